@@ -1,0 +1,119 @@
+"""Profile status: counts and standard conditions, from in-memory state.
+
+cert-manager's way: small pure checks, each giving a status, a reason and a message, turned into
+``metav1.Condition``-shaped entries. ``lastTransitionTime`` only moves when a condition's status
+does, and the status carries no per-namespace lists, so its size is bounded and an unchanged
+cluster yields an identical status: no write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+MAX_MESSAGE = 1024
+MAX_EXAMPLES = 5
+
+
+@dataclass(frozen=True)
+class Check:
+    type: str
+    status: bool
+    reason: str
+    message: str
+
+
+def condition(
+    check: Check, generation: int, previous: Sequence[Mapping[str, Any]], now: str
+) -> dict[str, Any]:
+    old = next((c for c in previous if c.get("type") == check.type), None)
+    status = "True" if check.status else "False"
+    moved = old is None or old.get("status") != status
+    return {
+        "type": check.type,
+        "status": status,
+        "reason": check.reason,
+        "message": check.message[:MAX_MESSAGE],
+        "observedGeneration": generation,
+        "lastTransitionTime": now if moved or old is None else old.get("lastTransitionTime", now),
+    }
+
+
+def examples(items: Sequence[str]) -> str:
+    """A bounded summary: the first few items and how many more there are."""
+    shown = ", ".join(sorted(items)[:MAX_EXAMPLES])
+    more = len(items) - MAX_EXAMPLES
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+@dataclass(frozen=True)
+class Observations:
+    """What the reconciler knows about one profile right now."""
+
+    spec_error: str | None
+    render_errors: Mapping[str, str]  # policy -> message
+    conflicts: Sequence[str]  # object descriptions
+    contested: Sequence[str]  # objects in repair backoff
+    pending: int  # actions planned but not yet applied (Enforce)
+    audit_findings: Sequence[str]  # Audit: what Enforce would change
+    audit: bool
+
+
+def checks(obs: Observations) -> list[Check]:
+    """Ready and Degraded, with the most important reason first."""
+    degraded: Check
+    if obs.spec_error:
+        degraded = Check(
+            "Degraded",
+            True,
+            "InvalidSpec",
+            f"{obs.spec_error}; the last valid version stays in force",
+        )
+    elif obs.render_errors:
+        detail = "; ".join(f"{p}: {m}" for p, m in sorted(obs.render_errors.items()))
+        degraded = Check(
+            "Degraded",
+            True,
+            "RenderError",
+            f"{detail}; nothing is written from these templates, existing objects stay",
+        )
+    elif obs.conflicts:
+        degraded = Check(
+            "Degraded",
+            True,
+            "Conflict",
+            f"{len(obs.conflicts)} managed name(s) held by objects the operator did "
+            f"not create, left untouched: {examples(obs.conflicts)}",
+        )
+    elif obs.contested:
+        degraded = Check(
+            "Degraded",
+            True,
+            "Contested",
+            f"something keeps reverting {len(obs.contested)} object(s), repairs are "
+            f"backed off: {examples(obs.contested)}",
+        )
+    else:
+        degraded = Check("Degraded", False, "AsExpected", "no problems")
+
+    if obs.spec_error or obs.render_errors:
+        ready = Check("Ready", False, degraded.reason, degraded.message)
+    elif obs.audit:
+        ready = Check(
+            "Ready",
+            True,
+            "Audited",
+            "Audit mode, nothing written; "
+            + (
+                f"{len(obs.audit_findings)} object(s) missing or drifted: "
+                f"{examples(obs.audit_findings)}"
+                if obs.audit_findings
+                else "all in place"
+            ),
+        )
+    elif obs.pending:
+        ready = Check("Ready", False, "Reconciling", f"{obs.pending} change(s) being applied")
+    else:
+        ready = Check("Ready", True, "Reconciled", "every governed namespace holds its policies")
+    return [ready, degraded]

@@ -1,0 +1,523 @@
+"""Level-based reconciliation: events mark scopes dirty; one loop plans and applies them.
+
+Every event (namespace, profile, managed object) only updates the :class:`World` and marks the
+affected scopes -- namespaces, or "calico" for the cluster-scoped objects -- as dirty. A single
+loop drains the dirty set, asks the world for a plan and executes it with bounded concurrency.
+Because plans come from state, not from the event that triggered them, a burst of events for
+one namespace costs one plan, and a periodic full resync that finds nothing to do writes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import time
+from collections.abc import Awaitable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from . import metrics
+from .conditions import Observations, checks, condition
+from .governance import Namespace
+from .kube import (
+    NAMESPACES,
+    NETWORK_POLICIES,
+    PROFILES,
+    ApiError,
+    KubeApi,
+    Resource,
+    calico_resource,
+)
+from .labels import GROUP, KIND, MANAGED_SELECTOR, VERSION
+from .normalize import ObjectState, state_of
+from .objects import GLOBAL_NETWORK_POLICY, ObjectKey, is_managed, managed_labels
+from .plan import Action, Verb
+from .world import ScopePlan, World
+
+log = logging.getLogger(__name__)
+
+CALICO_SCOPE = ""  # the dirty-set entry for cluster-scoped Calico objects
+DRIFT_WINDOW = 60.0  # repairs of one object closer together than this count as a fight
+FIGHT_THRESHOLD = 3  # repairs within the window before backing off
+MAX_BACKOFF = 300.0
+
+
+@dataclass
+class Settings:
+    workers: int = 32
+    resync_period: float = 600.0
+    status_interval: float = 1.0
+    calico_api_version: str = "crd.projectcalico.org/v1"
+
+
+#: (kind of drift: "modified" or "deleted", monotonic time the watch showed it)
+_Drift = tuple[str, float]
+
+
+@dataclass
+class _Fight:
+    """Repair history of one object, for backing off from a controller that reverts us."""
+
+    repairs: int = 0
+    last: float = 0.0
+    blocked_until: float = 0.0
+
+
+def now_rfc3339() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Reconciler:
+    def __init__(self, world: World, api: KubeApi, settings: Settings) -> None:
+        self.world = world
+        self.api = api
+        self.settings = settings
+        self.calico = calico_resource(settings.calico_api_version)
+        self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()  # set while nothing is dirty or in flight
+        self._status_dirty = asyncio.Event()
+        self.synced = asyncio.Event()  # readiness: the first full pass completed
+        self.started = asyncio.Event()  # kopf finished its initial listings
+        self.last_loop = time.monotonic()  # liveness heartbeat
+        self.last_resync = 0.0
+        self._own_versions: dict[ObjectKey, str] = {}  # resourceVersions of our own writes
+        self._drift: dict[ObjectKey, _Drift] = {}
+        self._fights: dict[ObjectKey, _Fight] = {}
+        self._pending: dict[str, int] = {}  # profile -> actions in flight
+        self._published: dict[str, dict[str, Any]] = {}  # profile -> last status written
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- events in ----------------------------------------------------------------------
+
+    def mark(self, scopes: Iterable[str]) -> None:
+        self._idle.clear()
+        self._dirty.update(scopes)
+        self._wake.set()
+        self._status_dirty.set()
+
+    def mark_all(self) -> None:
+        self.mark([*self.world.namespaces, *self.world.namespaces_with_objects(), CALICO_SCOPE])
+
+    def namespace_event(self, event_type: str | None, body: dict[str, Any]) -> None:
+        meta = body.get("metadata") or {}
+        name = meta.get("name", "")
+        if event_type == "DELETED":
+            self.world.remove_namespace(name)
+        else:
+            annotations = dict(meta.get("annotations") or {})
+            annotations.pop("kubectl.kubernetes.io/last-applied-configuration", None)
+            self.world.set_namespace(
+                Namespace(name=name, labels=dict(meta.get("labels") or {}), annotations=annotations)
+            )
+        self.mark([name, CALICO_SCOPE])
+
+    def object_event(self, event_type: str | None, body: dict[str, Any]) -> None:
+        """A managed object changed: update the index, detect drift, re-plan its scope."""
+        state = state_of(body)
+        key = state.key
+        known = self.world.objects.get(key)
+        if known is not None and _older(state.resource_version, known.resource_version):
+            return  # a stale event overtaken by our own write's response
+        own = self._own_versions.get(key) == state.resource_version
+        if event_type == "DELETED":
+            self.world.remove_object(key)
+            if not own and known is not None and known.uid == state.uid:
+                self._drift.setdefault(key, ("deleted", time.monotonic()))
+        else:
+            self.world.set_object(state)
+            if event_type is not None and not own:
+                self._drift.setdefault(key, ("modified", time.monotonic()))
+        self.mark([key.namespace or CALICO_SCOPE])
+
+    def profile_changed(self) -> None:
+        self.mark_all()
+
+    def objects_of(self, profile: str) -> list[ObjectState]:
+        return [s for s in self.world.objects.values() if s.profile == profile]
+
+    async def idle(self, limit: float = 30.0) -> None:
+        """Wait until every dirty scope has been reconciled (at most ``limit`` seconds)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), limit)
+
+    async def orphan(self, profile: str) -> None:
+        """Release a profile's remaining objects: drop our labels and owner, keep the policy.
+
+        Called by the finalizer of a profile with ``deletionPolicy: Orphan``, after namespaces
+        that another profile governs have been handed over in place.
+        """
+        release = {
+            "metadata": {"labels": dict.fromkeys(managed_labels("", "")), "ownerReferences": None}
+        }
+        for state in self.objects_of(profile):
+            key = state.key
+            try:
+                await self.api.patch(
+                    self._resource(key), key.name, release, namespace=key.namespace
+                )
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+            self.world.remove_object(key)
+
+    # -- the loop -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Start the loops; returns when they are cancelled."""
+        await self.started.wait()
+        self.mark_all()
+        self._tasks = [
+            asyncio.create_task(self._reconcile_loop(), name="dpo-reconcile"),
+            asyncio.create_task(self._status_loop(), name="dpo-status"),
+            asyncio.create_task(self._resync_loop(), name="dpo-resync"),
+        ]
+        try:
+            await asyncio.gather(*self._tasks)
+        finally:
+            for task in self._tasks:
+                task.cancel()
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            self.last_loop = time.monotonic()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=5.0)
+            self._wake.clear()
+            if not self._dirty:
+                self.synced.set()
+                self._idle.set()
+                continue
+            batch, self._dirty = self._dirty, set()
+            started = time.monotonic()
+            try:
+                await self.reconcile(batch)
+            except Exception:  # never let one bad batch stop the operator
+                log.exception("reconcile batch failed; will retry")
+                metrics.RECONCILE_ERRORS.labels(reason="unexpected").inc()
+                self._dirty |= batch
+                await asyncio.sleep(1.0)
+                self._wake.set()
+            metrics.RECONCILE_DURATION.labels(trigger="events").observe(time.monotonic() - started)
+            if not self._dirty:
+                self.synced.set()
+                self._idle.set()
+
+    async def reconcile(self, scopes: set[str]) -> None:
+        """Plan every scope, then run all resulting actions with bounded concurrency."""
+        actions: list[tuple[Action, _Drift | None]] = []
+        self.world.render_errors.clear()
+        for scope in scopes:
+            result = (
+                self.world.plan_calico()
+                if scope == CALICO_SCOPE
+                else self.world.plan_namespace(scope)
+            )
+            actions.extend(self._admit(result, scope))
+        for action, _ in actions:
+            self._pending[action.profile] = self._pending.get(action.profile, 0) + 1
+        semaphore = asyncio.Semaphore(self.settings.workers)
+
+        async def run(action: Action, drift: _Drift | None) -> None:
+            async with semaphore:
+                try:
+                    await self._execute(action, drift)
+                finally:
+                    self._pending[action.profile] -= 1
+
+        await asyncio.gather(*(run(a, d) for a, d in actions))
+        self._status_dirty.set()
+
+    def _admit(self, result: ScopePlan, scope: str) -> list[tuple[Action, _Drift | None]]:
+        """Record errors and audit findings; hold back repairs of contested objects."""
+        for profile, error in result.errors:
+            self.world.render_errors.setdefault(profile, {})[error.policy] = error.message
+            metrics.RECONCILE_ERRORS.labels(reason="render").inc()
+        self._record_findings(result, scope)
+        admitted: list[tuple[Action, _Drift | None]] = []
+        now = time.monotonic()
+        for action in result.actions:
+            drift = self._drift.pop(action.key, None)
+            if drift is None or action.verb is Verb.DELETE:
+                admitted.append((action, None))
+                continue
+            metrics.DRIFT_DETECTED.labels(profile=action.profile, kind=drift[0]).inc()
+            fight = self._fights.setdefault(action.key, _Fight())
+            fight.repairs = fight.repairs + 1 if now - fight.last < DRIFT_WINDOW else 1
+            fight.last = now
+            if fight.repairs > FIGHT_THRESHOLD:
+                delay = min(MAX_BACKOFF, 2.0 ** (fight.repairs - FIGHT_THRESHOLD))
+                fight.blocked_until = now + delay
+                metrics.BACKOFFS.labels(profile=action.profile).inc()
+                log.warning("%s keeps being reverted; next repair in %.0fs", action.key, delay)
+                self._schedule(delay, scope)
+                self._event_later(action, delay)
+                continue
+            admitted.append((action, drift))
+        return admitted
+
+    def _record_findings(self, result: ScopePlan, scope: str) -> None:
+        for findings in self.world.audit_findings.values():
+            for key in [k for k in findings if (k.namespace or CALICO_SCOPE) == scope]:
+                del findings[key]
+        for action in result.audit_findings:
+            self.world.audit_findings.setdefault(action.profile, {})[action.key] = action.verb
+            drift = self._drift.pop(action.key, None)
+            if drift is not None:
+                metrics.DRIFT_DETECTED.labels(profile=action.profile, kind=drift[0]).inc()
+
+    def _schedule(self, delay: float, scope: str) -> None:
+        loop = asyncio.get_running_loop()
+        loop.call_later(delay, self.mark, [scope])
+
+    def _event_later(self, action: Action, delay: float) -> None:
+        message = (
+            f"{action.key} keeps being changed by something else; "
+            f"repair backed off for {delay:.0f}s"
+        )
+        self._spawn(self._profile_event(action.profile, "Warning", "RepairBackoff", message))
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.append(task)  # keep a reference until done
+        task.add_done_callback(self._tasks.remove)
+
+    def contested(self, profile: str) -> list[str]:
+        now = time.monotonic()
+        return [
+            str(k)
+            for k, f in self._fights.items()
+            if f.blocked_until > now and self._profile_of(k) == profile
+        ]
+
+    def _profile_of(self, key: ObjectKey) -> str:
+        state = self.world.objects.get(key)
+        return state.profile if state is not None else ""
+
+    # -- executing ----------------------------------------------------------------------
+
+    def _resource(self, key: ObjectKey) -> Resource:
+        return self.calico if key.kind == GLOBAL_NETWORK_POLICY else NETWORK_POLICIES
+
+    async def _execute(self, action: Action, drift: _Drift | None = None) -> None:
+        resource = self._resource(action.key)
+        key = action.key
+        try:
+            if action.verb is Verb.CREATE:
+                assert action.body is not None
+                self._remember(await self.api.create(resource, action.body))
+            elif action.verb is Verb.UPDATE:
+                assert action.body is not None
+                self._remember(
+                    await self.api.replace(resource, action.body, action.resource_version)
+                )
+            else:
+                known = self.world.objects.get(key)
+                await self.api.delete(
+                    resource, key.name, namespace=key.namespace, uid=known.uid if known else ""
+                )
+                self.world.remove_object(key)
+        except ApiError as exc:
+            await self._failed(action, exc)
+            return
+        if drift is not None:
+            kind, detected = drift
+            metrics.DRIFT_REPAIRED.labels(profile=action.profile, kind=kind).inc()
+            metrics.REPAIR_LATENCY.observe(time.monotonic() - detected)
+            await self._profile_event(
+                action.profile, "Normal", "DriftRepaired", f"{key} was {kind}; restored"
+            )
+
+    def _remember(self, body: dict[str, Any]) -> None:
+        state = state_of(body)
+        self._own_versions[state.key] = state.resource_version
+        self.world.set_object(state)
+
+    async def _failed(self, action: Action, exc: ApiError) -> None:
+        key = action.key
+        if action.verb is Verb.DELETE and exc.status == 404:
+            self.world.remove_object(key)
+            return
+        if action.verb is Verb.CREATE and exc.status == 409:
+            await self._check_conflict(action)
+            return
+        if exc.status in (404, 409) and action.verb is Verb.UPDATE:
+            # Stale resourceVersion or gone meanwhile: the watch will tell; re-plan then.
+            self.mark([key.namespace or CALICO_SCOPE])
+            return
+        log.error("%s %s failed: %s", action.verb, key, exc)
+        metrics.RECONCILE_ERRORS.labels(reason=f"api_{exc.status}").inc()
+        self.world.render_errors.setdefault(action.profile, {})[str(key)] = (
+            f"{action.verb} failed: {exc.status} {exc.reason}: {exc.message}"[:300]
+        )
+        self._schedule(5.0, key.namespace or CALICO_SCOPE)
+
+    async def _check_conflict(self, action: Action) -> None:
+        """A create hit an existing object: ours (index lagging) or someone else's (conflict)."""
+        key = action.key
+        try:
+            live = await self.api.get(self._resource(key), key.name, key.namespace)
+        except ApiError as exc:
+            if exc.status == 404:
+                self.mark([key.namespace or CALICO_SCOPE])
+                return
+            raise
+        if is_managed(live):
+            live.setdefault("kind", key.kind)
+            self.world.set_object(state_of(live))
+            self.mark([key.namespace or CALICO_SCOPE])
+            return
+        if key not in self.world.conflicts:
+            self.world.conflicts[key] = "exists and was not created by the operator"
+            metrics.DRIFT_DETECTED.labels(profile=action.profile, kind="foreign").inc()
+            await self._profile_event(
+                action.profile,
+                "Warning",
+                "Conflict",
+                f"{key} already exists and was not created by default-policy-operator; "
+                "left untouched. Delete or rename it to let the baseline apply.",
+            )
+
+    async def _profile_event(self, profile: str, event_type: str, reason: str, msg: str) -> None:
+        entry = self.world.profiles.get(profile)
+        uid = entry.profile.uid if entry and entry.profile else ""
+        regarding = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": KIND,
+            "metadata": {"name": profile, "uid": uid},
+        }
+        await self.api.post_event(regarding, event_type=event_type, reason=reason, message=msg)
+
+    # -- status ------------------------------------------------------------------------
+
+    async def _status_loop(self) -> None:
+        while True:
+            await self._status_dirty.wait()
+            self._status_dirty.clear()
+            try:
+                await self.publish_status()
+            except Exception:
+                log.exception("status update failed")
+            await asyncio.sleep(self.settings.status_interval)
+
+    def status_for(self, name: str, previous: dict[str, Any]) -> dict[str, Any]:
+        entry = self.world.profiles[name]
+        counts = self.world.counts().get(name)
+        assert counts is not None
+        conflicts = [
+            str(k)
+            for k in self.world.conflicts
+            if (ns := self.world.namespaces.get(k.namespace)) is not None
+            and (g := self.world.governor(ns)) is not None
+            and g.name == name
+        ]
+        findings = self.world.audit_findings.get(name, {})
+        obs = Observations(
+            spec_error=entry.error,
+            render_errors=self.world.render_errors.get(name, {}),
+            conflicts=conflicts,
+            contested=self.contested(name),
+            pending=self._pending.get(name, 0),
+            audit_findings=[f"{verb} {key}" for key, verb in findings.items()],
+            audit=entry.profile is not None and not entry.profile.enforcing,
+        )
+        now = now_rfc3339()
+        previous_conditions = previous.get("conditions") or []
+        status: dict[str, Any] = {
+            "observedGeneration": entry.generation,
+            "governedNamespaces": counts.governed,
+            "shadowedNamespaces": counts.shadowed,
+            "excludedNamespaces": counts.excluded,
+            "managedObjects": counts.managed,
+            "driftedObjects": counts.drifted,
+            "conflicts": len(conflicts),
+            "conditions": [
+                condition(c, entry.generation, previous_conditions, now) for c in checks(obs)
+            ],
+        }
+        comparable = {k: v for k, v in previous.items() if k != "lastSyncTime"}
+        status["lastSyncTime"] = previous.get("lastSyncTime", now) if comparable == status else now
+        metrics.PROFILE_READY.labels(profile=name).set(
+            1 if status["conditions"][0]["status"] == "True" else 0
+        )
+        metrics.MANAGED_OBJECTS.labels(profile=name).set(counts.managed)
+        metrics.DRIFTED_OBJECTS.labels(profile=name).set(counts.drifted)
+        metrics.CONFLICTS.labels(profile=name).set(len(conflicts))
+        for standing in ("governed", "shadowed", "excluded"):
+            metrics.PROFILE_NAMESPACES.labels(profile=name, standing=standing).set(
+                getattr(counts, standing)
+            )
+        return status
+
+    async def publish_status(self) -> None:
+        """Write each profile's status when it differs from what was last written."""
+        for state, count in self.world.coverage().items():
+            metrics.NAMESPACES.labels(state=state).set(count)
+        for state in ("governed", "excluded", "exempt", "protected", "uncovered"):
+            if state not in self.world.coverage():
+                metrics.NAMESPACES.labels(state=state).set(0)
+        for name, entry in list(self.world.profiles.items()):
+            previous = self._published.get(name, entry.status)
+            status = self.status_for(name, previous)
+            if status == previous:
+                continue
+            try:
+                await self.api.patch(PROFILES, name, {"status": status}, subresource="status")
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+                continue
+            self._published[name] = status
+
+    def forget_profile(self, name: str) -> None:
+        self._published.pop(name, None)
+        for gauge in (
+            metrics.PROFILE_READY,
+            metrics.MANAGED_OBJECTS,
+            metrics.DRIFTED_OBJECTS,
+            metrics.CONFLICTS,
+        ):
+            with contextlib.suppress(KeyError):
+                gauge.remove(name)
+
+    # -- resync -------------------------------------------------------------------------
+
+    async def _resync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.resync_period)
+            try:
+                await self.resync()
+            except Exception:
+                log.exception("full resync failed; will try again next period")
+
+    async def resync(self) -> None:
+        """Re-list everything, rebuild the indexes, and re-plan every scope.
+
+        Catches whatever a watch may have missed; writes nothing when all is in order.
+        """
+        started = time.monotonic()
+        namespaces = await self.api.list(NAMESPACES)
+        objects = await self.api.list(NETWORK_POLICIES, label_selector=MANAGED_SELECTOR)
+        with contextlib.suppress(ApiError):  # Calico may not be installed
+            objects += await self.api.list(self.calico, label_selector=MANAGED_SELECTOR)
+        self.world.namespaces.clear()
+        for body in namespaces:
+            self.namespace_event(None, body)
+        for key in list(self.world.objects):
+            self.world.remove_object(key)
+        for body in objects:
+            self.world.set_object(state_of(body))
+        self.world.conflicts.clear()  # re-detected by the next create attempt
+        self.mark_all()
+        self.last_resync = time.monotonic()
+        metrics.LAST_FULL_RESYNC.set(time.time())
+        metrics.RECONCILE_DURATION.labels(trigger="resync").observe(time.monotonic() - started)
+
+
+def _older(candidate: str, current: str) -> bool:
+    try:
+        return int(candidate) < int(current)
+    except ValueError:
+        return False
