@@ -52,7 +52,7 @@ class Observations:
     """What the reconciler knows about one profile right now."""
 
     spec_error: str | None
-    render_errors: Mapping[str, str]  # policy -> message
+    errors: Mapping[str, str]  # what failed (a policy, an object) -> message
     conflicts: Sequence[str]  # object descriptions
     contested: Sequence[str]  # objects in repair backoff
     pending: int  # actions planned but not yet applied (Enforce)
@@ -70,13 +70,14 @@ def checks(obs: Observations) -> list[Check]:
             "InvalidSpec",
             f"{obs.spec_error}; the last valid version stays in force",
         )
-    elif obs.render_errors:
-        detail = "; ".join(f"{p}: {m}" for p, m in sorted(obs.render_errors.items()))
+    elif obs.errors:
+        detail = "; ".join(f"{p}: {m}" for p, m in sorted(obs.errors.items())[:MAX_EXAMPLES])
+        rendering = any(what.startswith("policy ") for what in obs.errors)
         degraded = Check(
             "Degraded",
             True,
-            "RenderError",
-            f"{detail}; nothing is written from these templates, existing objects stay",
+            "RenderError" if rendering else "ApplyFailed",
+            f"{detail}; nothing is written from these, existing objects stay",
         )
     elif obs.conflicts:
         degraded = Check(
@@ -97,7 +98,7 @@ def checks(obs: Observations) -> list[Check]:
     else:
         degraded = Check("Degraded", False, "AsExpected", "no problems")
 
-    if obs.spec_error or obs.render_errors:
+    if obs.spec_error or obs.errors:
         ready = Check("Ready", False, degraded.reason, degraded.message)
     elif obs.audit:
         ready = Check(

@@ -96,7 +96,12 @@ def build_registry(config: HandlerConfig, reconciler: Reconciler) -> kopf.Operat
 
     @kopf.index(GROUP, VERSION, PLURAL, registry=registry)
     def profile_index(body: kopf.Body, **_: Any) -> None:
+        # Our own status writes come back here too: only a new generation or a deletion
+        # changes what the profile wants, so only those re-plan the cluster.
+        before = reconciler.world.profiles.get(body.metadata.name)
         entry = reconciler.world.update_profile(dict(body))
+        if entry is before:
+            return
         if entry.error:
             log.warning("profile %s: %s", entry.name, entry.error)
         reconciler.profile_changed()

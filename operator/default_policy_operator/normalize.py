@@ -22,12 +22,14 @@ def _prune(value: Any) -> Any:
     """Drop mapping entries that are None, [] or {} (recursively); keep list elements.
 
     List elements stay even when empty: ``ingress: [{}]`` (allow all) differs from no rule.
+    An empty selector stays too (the API server keeps it): ``podSelector: {}`` (every pod in
+    the namespace) and ``namespaceSelector: {}`` (every namespace) are different peers.
     """
     if isinstance(value, Mapping):
         out = {}
         for k, v in value.items():
             pruned = _prune(v)
-            if pruned is None or pruned == [] or pruned == {}:
+            if pruned is None or pruned == [] or (pruned == {} and not str(k).endswith("Selector")):
                 continue
             out[k] = pruned
         return out
@@ -51,6 +53,8 @@ def normalize_spec(kind: str, spec: Mapping[str, Any] | None) -> dict[str, Any]:
     normalized = _prune(json.loads(json.dumps(spec or {})))
     if kind == NETWORK_POLICY:
         normalized = _network_policy_defaults(normalized)
+    elif normalized.get("tier") == "default":
+        del normalized["tier"]  # newer Calico CRDs default it; older ones lack the field
     return dict(normalized)
 
 

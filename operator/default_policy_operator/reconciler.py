@@ -34,7 +34,7 @@ from .labels import GROUP, KIND, MANAGED_SELECTOR, VERSION
 from .normalize import ObjectState, state_of
 from .objects import GLOBAL_NETWORK_POLICY, ObjectKey, is_managed, managed_labels
 from .plan import Action, Verb
-from .world import ScopePlan, World
+from .world import ProfileCounts, ScopePlan, World
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,9 @@ class Reconciler:
         self._own_versions: dict[ObjectKey, str] = {}  # resourceVersions of our own writes
         self._drift: dict[ObjectKey, _Drift] = {}
         self._fights: dict[ObjectKey, _Fight] = {}
+        self._failures: dict[ObjectKey, int] = {}  # consecutive failed writes, for backoff
+        #: per scope, (profile, what) -> message: render errors and refused writes
+        self._errors: dict[str, dict[tuple[str, str], str]] = {}
         self._pending: dict[str, int] = {}  # profile -> actions in flight
         self._published: dict[str, dict[str, Any]] = {}  # profile -> last status written
         self._tasks: list[asyncio.Task[None]] = []
@@ -208,7 +211,6 @@ class Reconciler:
     async def reconcile(self, scopes: set[str]) -> None:
         """Plan every scope, then run all resulting actions with bounded concurrency."""
         actions: list[tuple[Action, _Drift | None]] = []
-        self.world.render_errors.clear()
         for scope in scopes:
             result = (
                 self.world.plan_calico()
@@ -232,8 +234,9 @@ class Reconciler:
 
     def _admit(self, result: ScopePlan, scope: str) -> list[tuple[Action, _Drift | None]]:
         """Record errors and audit findings; hold back repairs of contested objects."""
+        self._errors[scope] = {}
         for profile, error in result.errors:
-            self.world.render_errors.setdefault(profile, {})[error.policy] = error.message
+            self._errors[scope][profile, f"policy {error.policy}"] = error.message
             metrics.RECONCILE_ERRORS.labels(reason="render").inc()
         self._record_findings(result, scope)
         admitted: list[tuple[Action, _Drift | None]] = []
@@ -332,6 +335,7 @@ class Reconciler:
 
     def _remember(self, body: dict[str, Any]) -> None:
         state = state_of(body)
+        self._failures.pop(state.key, None)
         self._own_versions[state.key] = state.resource_version
         self.world.set_object(state)
 
@@ -349,10 +353,12 @@ class Reconciler:
             return
         log.error("%s %s failed: %s", action.verb, key, exc)
         metrics.RECONCILE_ERRORS.labels(reason=f"api_{exc.status}").inc()
-        self.world.render_errors.setdefault(action.profile, {})[str(key)] = (
+        scope = key.namespace or CALICO_SCOPE
+        self._errors.setdefault(scope, {})[action.profile, str(key)] = (
             f"{action.verb} failed: {exc.status} {exc.reason}: {exc.message}"[:300]
         )
-        self._schedule(5.0, key.namespace or CALICO_SCOPE)
+        failures = self._failures[key] = self._failures.get(key, 0) + 1
+        self._schedule(min(MAX_BACKOFF, 2.0**failures), scope)
 
     async def _check_conflict(self, action: Action) -> None:
         """A create hit an existing object: ours (index lagging) or someone else's (conflict)."""
@@ -402,21 +408,20 @@ class Reconciler:
                 log.exception("status update failed")
             await asyncio.sleep(self.settings.status_interval)
 
-    def status_for(self, name: str, previous: dict[str, Any]) -> dict[str, Any]:
+    def status_for(
+        self, name: str, previous: dict[str, Any], counts: ProfileCounts
+    ) -> dict[str, Any]:
         entry = self.world.profiles[name]
-        counts = self.world.counts().get(name)
-        assert counts is not None
-        conflicts = [
-            str(k)
-            for k in self.world.conflicts
-            if (ns := self.world.namespaces.get(k.namespace)) is not None
-            and (g := self.world.governor(ns)) is not None
-            and g.name == name
-        ]
+        conflicts = counts.conflict_keys
         findings = self.world.audit_findings.get(name, {})
         obs = Observations(
             spec_error=entry.error,
-            render_errors=self.world.render_errors.get(name, {}),
+            errors={
+                what: message
+                for errors in self._errors.values()
+                for (profile, what), message in errors.items()
+                if profile == name
+            },
             conflicts=conflicts,
             contested=self.contested(name),
             pending=self._pending.get(name, 0),
@@ -453,14 +458,13 @@ class Reconciler:
 
     async def publish_status(self) -> None:
         """Write each profile's status when it differs from what was last written."""
-        for state, count in self.world.coverage().items():
-            metrics.NAMESPACES.labels(state=state).set(count)
+        coverage = self.world.coverage()
         for state in ("governed", "excluded", "exempt", "protected", "uncovered"):
-            if state not in self.world.coverage():
-                metrics.NAMESPACES.labels(state=state).set(0)
+            metrics.NAMESPACES.labels(state=state).set(coverage.get(state, 0))
+        counts = self.world.counts()
         for name, entry in list(self.world.profiles.items()):
             previous = self._published.get(name, entry.status)
-            status = self.status_for(name, previous)
+            status = self.status_for(name, previous, counts[name])
             if status == previous:
                 continue
             try:

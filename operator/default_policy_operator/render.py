@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-import jinja2.meta
+import jinja2.nodes
 import yaml
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -44,6 +44,7 @@ TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 MAX_OUTPUT_CHARS = 256 * 1024
 MAX_VALUE_CHARS = 64 * 1024
 MAX_INT_ARGUMENT = 10_000
+MAX_INT_BITS = 16_384
 DEFAULT_TIME_LIMIT = 1.0
 
 NETWORK_POLICY_SPEC_KEYS = frozenset({"podSelector", "policyTypes", "ingress", "egress"})
@@ -77,8 +78,8 @@ class _Budget(Exception):
 
 def _as_yaml_value(value: Any) -> str:
     """``finalize`` hook: every expression becomes a JSON (hence YAML flow) value."""
-    if isinstance(value, jinja2.runtime.Undefined):  # pragma: no cover - StrictUndefined raises
-        raise jinja2.UndefinedError("undefined value")
+    if isinstance(value, jinja2.runtime.Undefined):
+        value._fail_with_undefined_error()  # raises, naming the missing variable or key
     if isinstance(value, str) and len(value) > MAX_VALUE_CHARS:
         raise _Budget(f"a value longer than {MAX_VALUE_CHARS} characters")
     try:
@@ -110,6 +111,10 @@ class _GuardedEnvironment(ImmutableSandboxedEnvironment):
         self.tests = {name: self._guard(t) for name, t in self.tests.items()}  # type: ignore[arg-type]
         for unsafe in ("attr", "xmlattr", "urlize", "pprint"):
             self.filters.pop(unsafe, None)
+        # Jinja's own ``namespace()`` global would shadow our ``namespace`` variable where it is
+        # absent (the Calico flavor); ``lipsum`` and ``cycler``/``joiner`` have no use here.
+        for name in ("namespace", "lipsum", "cycler", "joiner"):
+            self.globals.pop(name, None)
 
     def _tick(self) -> None:
         if time.monotonic() > self.deadline:
@@ -152,6 +157,12 @@ class _GuardedEnvironment(ImmutableSandboxedEnvironment):
         self._tick()
         if operator == "**" and isinstance(right, int) and abs(right) > 64:
             raise _Budget("an exponent above 64")
+        if operator in ("*", "**") and isinstance(left, int) and isinstance(right, int):
+            # One big-integer operation can outlast the deadline: bound the result's size.
+            bits = abs(left).bit_length()
+            bits = bits * abs(right) if operator == "**" else bits + abs(right).bit_length()
+            if bits > MAX_INT_BITS:
+                raise _Budget(f"an integer above {MAX_INT_BITS} bits")
         if operator == "*":
             count = right if isinstance(right, int) else left if isinstance(left, int) else 1
             if (_size_of(left) + _size_of(right)) * max(count, 1) > MAX_VALUE_CHARS:
@@ -196,11 +207,14 @@ class Renderer:
             return cached
         try:
             ast = self._env.parse(source)
-            uses_namespace = "namespace" in jinja2.meta.find_undeclared_variables(ast)
+            # (jinja2.meta misses "namespace": it is also the name of a Jinja global we remove)
+            uses_namespace = any(n.name == "namespace" for n in ast.find_all(jinja2.nodes.Name))
             template = self._env.from_string(source)
         except jinja2.TemplateSyntaxError as exc:
             message = f"template syntax error on line {exc.lineno}: {exc.message}"
             raise RenderError(policy, message) from None
+        except (RecursionError, SyntaxError):  # Python's own limits on the compiled template
+            raise RenderError(policy, "template nests too deeply") from None
         if len(self._compiled) > 1024:  # profiles come and go; keep the cache bounded
             self._compiled.clear()
         self._compiled[source] = (template, uses_namespace)
@@ -250,7 +264,16 @@ class Renderer:
     def render_namespace(
         self, profile: Profile, namespace: Mapping[str, Any]
     ) -> list[RenderedObject]:
-        """Every NetworkPolicy ``profile`` wants in ``namespace`` (name, labels, annotations)."""
+        """Every NetworkPolicy ``profile`` wants in ``namespace``; raises on the first failure."""
+        objects, errors = self.render_namespace_partial(profile, namespace)
+        if errors:
+            raise errors[0]
+        return objects
+
+    def render_namespace_partial(
+        self, profile: Profile, namespace: Mapping[str, Any]
+    ) -> tuple[list[RenderedObject], list[RenderError]]:
+        """Render policy by policy: one failing template must not cost a namespace the rest."""
         assert profile.flavor is Flavor.NETWORK_POLICY
         name = str(namespace["name"])
         context = {
@@ -261,11 +284,14 @@ class Renderer:
             },
             "profile": {"name": profile.name, "priority": profile.priority},
         }
-        out = []
+        objects, errors = [], []
         for policy, source, params in self._sources(profile):
-            document = self.render_document(source, policy, {**context, "params": params})
-            out.append(self._stamp(profile, policy, document, name))
-        return out
+            try:
+                document = self.render_document(source, policy, {**context, "params": params})
+                objects.append(self._stamp(profile, policy, document, name))
+            except RenderError as exc:
+                errors.append(exc)
+        return objects, errors
 
     def render_calico(self, profile: Profile, namespace_selector: str) -> list[RenderedObject]:
         """Every GlobalNetworkPolicy ``profile`` wants; the selector picks governed namespaces."""
@@ -303,7 +329,11 @@ class Renderer:
             try:
                 document = self.render_document(source, policy, context)
             except RenderError as exc:
-                if uses_namespace and exc.message.startswith("undefined variable"):
+                if (
+                    uses_namespace
+                    and profile.flavor is Flavor.NETWORK_POLICY
+                    and exc.message.startswith("undefined variable")
+                ):
                     continue
                 raise
             namespace = None if profile.flavor is Flavor.CALICO else sample_name

@@ -58,6 +58,8 @@ def configure_logging(fmt: str, level: str) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler], force=True)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # kopf logs every successful handler call at INFO: one line per event at scale.
+    logging.getLogger("kopf.objects").setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
 def health_app(reconciler: Reconciler, resync_period: float) -> web.Application:

@@ -9,11 +9,30 @@ matches everything.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
+_LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def valid_label_key(key: str) -> bool:
+    """Kubernetes' rule for label keys: ``[dns-subdomain/]name``, name at most 63 characters.
+
+    It also keeps keys safe to write unquoted into a Calico selector.
+    """
+    prefix, slash, name = key.rpartition("/")
+    if slash and not (len(prefix) <= 253 and _DNS_SUBDOMAIN.fullmatch(prefix)):
+        return False
+    return _LABEL_NAME.fullmatch(name) is not None
+
+
+def valid_label_value(value: str) -> bool:
+    """Kubernetes' rule for label values (at most 63 characters, may be empty)."""
+    return value == "" or _LABEL_NAME.fullmatch(value) is not None
 
 
 class SelectorError(ValueError):
@@ -81,6 +100,11 @@ def parse_selector(raw: Any) -> LabelSelector:
         isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
     ):
         raise SelectorError("matchLabels must map strings to strings")
+    for k, v in labels.items():
+        if not valid_label_key(k):
+            raise SelectorError(f"matchLabels: {k!r} is not a valid label key")
+        if not valid_label_value(v):
+            raise SelectorError(f"matchLabels: {v!r} is not a valid label value")
     expressions = []
     for i, expr in enumerate(raw.get("matchExpressions") or []):
         if not isinstance(expr, Mapping):
@@ -88,12 +112,19 @@ def parse_selector(raw: Any) -> LabelSelector:
         key, op, values = expr.get("key"), expr.get("operator"), expr.get("values") or []
         if not isinstance(key, str) or not key:
             raise SelectorError(f"matchExpressions[{i}].key is required")
+        if not valid_label_key(key):
+            raise SelectorError(f"matchExpressions[{i}].key {key!r} is not a valid label key")
         if op not in OPERATORS:
             raise SelectorError(
                 f"matchExpressions[{i}].operator must be one of {', '.join(OPERATORS)}"
             )
         if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
             raise SelectorError(f"matchExpressions[{i}].values must be a list of strings")
+        bad = [v for v in values if not valid_label_value(v)]
+        if bad:
+            raise SelectorError(
+                f"matchExpressions[{i}].values: {bad[0]!r} is not a valid label value"
+            )
         if op in ("In", "NotIn") and not values:
             raise SelectorError(f"matchExpressions[{i}]: {op} needs at least one value")
         if op in ("Exists", "DoesNotExist") and values:

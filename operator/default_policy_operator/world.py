@@ -22,7 +22,14 @@ from .governance import (
     precedence,
 )
 from .labels import CALICO_NAME_LABEL, EXEMPT_LABEL, POLICY_LABEL
-from .model import DeletionPolicy, Flavor, Profile, ProfileError, parse_profile
+from .model import (
+    DNS1123_LABEL,
+    DeletionPolicy,
+    Flavor,
+    Profile,
+    ProfileError,
+    parse_profile,
+)
 from .normalize import ObjectState
 from .objects import GLOBAL_NETWORK_POLICY, ObjectKey
 from .plan import Action, Desired, plan
@@ -65,7 +72,7 @@ class ProfileCounts:
     excluded: int = 0
     managed: int = 0
     drifted: int = 0
-    conflicts: int = 0
+    conflict_keys: list[str] = field(default_factory=list)
 
 
 class World:
@@ -80,7 +87,6 @@ class World:
         self.conflicts: dict[ObjectKey, str] = {}
         #: per profile, namespaces whose last plan found audit findings or render errors
         self.audit_findings: dict[str, dict[ObjectKey, str]] = {}
-        self.render_errors: dict[str, dict[str, str]] = {}
         self._sorted: list[Profile] | None = None
 
     # -- index maintenance ---------------------------------------------------------------
@@ -104,12 +110,17 @@ class World:
         meta = body.get("metadata") or {}
         name = str(meta.get("name", ""))
         previous = self.profiles.get(name)
+        generation = int(meta.get("generation") or 0)
+        deleting = bool(meta.get("deletionTimestamp"))
+        if previous and (previous.generation, previous.deleting) == (generation, deleting):
+            previous.status = dict(body.get("status") or {})  # a status-only change
+            return previous
         spec = body.get("spec") or {}
         entry = ProfileEntry(
             name=name,
             profile=previous.profile if previous else None,
-            generation=int(meta.get("generation") or 0),
-            deleting=bool(meta.get("deletionTimestamp")),
+            generation=generation,
+            deleting=deleting,
             deletion_policy=(
                 DeletionPolicy.ORPHAN
                 if spec.get("deletionPolicy") == DeletionPolicy.ORPHAN
@@ -132,7 +143,6 @@ class World:
     def remove_profile(self, name: str) -> None:
         self.profiles.pop(name, None)
         self.audit_findings.pop(name, None)
-        self.render_errors.pop(name, None)
         self._sorted = None
 
     def set_object(self, state: ObjectState) -> None:
@@ -215,18 +225,15 @@ class World:
     def _render_namespace(
         self, profile: Profile, namespace: Namespace, result: ScopePlan
     ) -> tuple[dict[ObjectKey, Desired], set[str]]:
+        """Desired objects, and the policies that failed to render (held: kept, not written)."""
         data = {
             "name": namespace.name,
             "labels": namespace.labels,
             "annotations": namespace.annotations,
         }
-        try:
-            rendered = self.renderer.render_namespace(profile, data)
-        except RenderError as exc:
-            # Keep whatever exists for this profile here; write nothing new from it.
-            result.errors.append((profile.name, exc))
-            return {}, set(profile.policy_names())
-        return {o.key: Desired.of(o) for o in rendered}, set()
+        rendered, errors = self.renderer.render_namespace_partial(profile, data)
+        result.errors.extend((profile.name, error) for error in errors)
+        return {o.key: Desired.of(o) for o in rendered}, {e.policy for e in errors}
 
     def calico_selector(self, profile: Profile) -> str:
         """A Calico namespaceSelector matching exactly the namespaces ``profile`` governs.
@@ -235,7 +242,9 @@ class World:
         every selected namespace it does not govern (protected, excluded, shadowed) by name.
         """
         left_out = set(self.protected)
-        left_out.update(p for p in profile.exclude_namespaces if not any(c in p for c in "*?["))
+        # Exact names only (globs are covered by name below); an entry that cannot name a
+        # namespace would only break the Calico selector's string syntax.
+        left_out.update(p for p in profile.exclude_namespaces if DNS1123_LABEL.fullmatch(p))
         for namespace in self.namespaces.values():
             if not profile.namespace_selector.matches(namespace.labels):
                 continue
@@ -319,7 +328,7 @@ class World:
             holder = self.namespaces.get(key.namespace)
             governor = self.governor(holder) if holder is not None else None
             if governor is not None and governor.name in counts:
-                counts[governor.name].conflicts += 1
+                counts[governor.name].conflict_keys.append(str(key))
         return counts
 
     def coverage(self) -> Counter[str]:

@@ -1,0 +1,45 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Everything else supports them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: help venv binaries lint test unit e2e demo bench clean
+
+help:
+	@echo "make demo   - local control plane + operator + sample profile, until Ctrl-C"
+	@echo "make test   - lint, type-check, unit and end-to-end tests (builds the control plane once)"
+	@echo "make bench  - scale benchmark (slow; writes bench/results/)"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Builds etcd, kube-apiserver and kubectl from Go modules into ~/.cache (once; seconds after).
+binaries: venv
+	$(BIN)/python -c "from default_policy_operator.cluster import ensure_binaries, calico_crd_files; ensure_binaries(); calico_crd_files()"
+
+lint: venv
+	$(BIN)/ruff check operator tests
+	$(BIN)/ruff format --check operator tests
+	$(BIN)/mypy
+
+test: lint binaries
+	$(BIN)/pytest -q -p no:cacheprovider
+
+unit: venv
+	$(BIN)/pytest -q -p no:cacheprovider -m "not e2e"
+
+demo: binaries
+	$(BIN)/python -m default_policy_operator.demo
+
+bench: binaries
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .dpo-cluster .mypy_cache .ruff_cache .pytest_cache
