@@ -142,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
         print(governance_table(plane))
         print()
         print(plane.kubectl("get", "dpp").stdout)
+        audit = plane.kubectl(
+            "get", "dpp", "audit-staging", "-o",
+            "jsonpath={.status.conditions[?(@.type=='Ready')].message}",
+        ).stdout  # fmt: skip
+        print(f"audit-staging (Audit mode, writes nothing) reports: {audit}")
 
         say("Deleting shop-search/dpo-deny-all by hand (drift) ...")
         metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
@@ -158,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             10,
             "the repair",
         )
-        print(f"... repaired after {time.monotonic() - started:.2f}s (as seen by kubectl):")
+        print(f"... back within {time.monotonic() - started:.2f}s (kubectl polling included):")
         print(plane.kubectl("get", "networkpolicy", "-n", "shop-search").stdout)
         after = _wait(
             lambda: (

@@ -86,6 +86,7 @@ class Reconciler:
         self._own_versions: dict[ObjectKey, str] = {}  # resourceVersions of our own writes
         self._drift: dict[ObjectKey, _Drift] = {}
         self._fights: dict[ObjectKey, _Fight] = {}
+        self._deferred: dict[ObjectKey, _Drift] = {}  # drift seen, repair not yet made
         self._failures: dict[ObjectKey, int] = {}  # consecutive failed writes, for backoff
         #: per scope, (profile, what) -> message: render errors and refused writes
         self._errors: dict[str, dict[tuple[str, str], str]] = {}
@@ -242,23 +243,44 @@ class Reconciler:
         admitted: list[tuple[Action, _Drift | None]] = []
         now = time.monotonic()
         for action in result.actions:
-            drift = self._drift.pop(action.key, None)
-            if drift is None or action.verb is Verb.DELETE:
+            key = action.key
+            if action.verb is Verb.DELETE:
                 admitted.append((action, None))
                 continue
-            metrics.DRIFT_DETECTED.labels(profile=action.profile, kind=drift[0]).inc()
-            fight = self._fights.setdefault(action.key, _Fight())
-            fight.repairs = fight.repairs + 1 if now - fight.last < DRIFT_WINDOW else 1
-            fight.last = now
-            if fight.repairs > FIGHT_THRESHOLD:
-                delay = min(MAX_BACKOFF, 2.0 ** (fight.repairs - FIGHT_THRESHOLD))
-                fight.blocked_until = now + delay
-                metrics.BACKOFFS.labels(profile=action.profile).inc()
-                log.warning("%s keeps being reverted; next repair in %.0fs", action.key, delay)
-                self._schedule(delay, scope)
-                self._event_later(action, delay)
+            fresh = self._drift.pop(key, None)
+            if fresh is not None:
+                metrics.DRIFT_DETECTED.labels(profile=action.profile, kind=fresh[0]).inc()
+                self._deferred.setdefault(key, fresh)
+            drift = self._deferred.get(key)
+            fight = self._fights.get(key)
+            if drift is None:
+                if fight is None or fight.blocked_until <= now:
+                    admitted.append((action, None))
                 continue
+            fight = self._fights.setdefault(key, _Fight())
+            if fight.blocked_until > now:
+                continue  # a repair is already scheduled for when the backoff ends
+            if fight.blocked_until:
+                fight.blocked_until = 0.0  # the backoff just ended: this repair may go
+            else:
+                fight.repairs = fight.repairs + 1 if now - fight.last < DRIFT_WINDOW else 1
+                if fight.repairs > FIGHT_THRESHOLD:
+                    delay = min(MAX_BACKOFF, 2.0 ** (fight.repairs - FIGHT_THRESHOLD))
+                    fight.blocked_until = now + delay
+                    metrics.BACKOFFS.labels(profile=action.profile).inc()
+                    log.warning("%s keeps being reverted; next repair in %.0fs", key, delay)
+                    self._schedule(delay, scope)
+                    self._event_later(action, delay)
+                    continue
+            fight.last = now
+            del self._deferred[key]
             admitted.append((action, drift))
+        # Drift that needs no write after all (reverted by someone, or irrelevant) is forgotten.
+        wanted = {a.key for a in result.actions}
+        for pending in (self._drift, self._deferred):
+            for key in [k for k in pending if (k.namespace or CALICO_SCOPE) == scope]:
+                if key not in wanted:
+                    del pending[key]
         return admitted
 
     def _record_findings(self, result: ScopePlan, scope: str) -> None:
@@ -288,11 +310,14 @@ class Reconciler:
         task.add_done_callback(self._tasks.remove)
 
     def contested(self, profile: str) -> list[str]:
+        """Objects whose repairs were backed off within the last drift window."""
         now = time.monotonic()
         return [
             str(k)
             for k, f in self._fights.items()
-            if f.blocked_until > now and self._profile_of(k) == profile
+            if f.repairs > FIGHT_THRESHOLD
+            and now - max(f.last, f.blocked_until) < DRIFT_WINDOW
+            and self._profile_of(k) == profile
         ]
 
     def _profile_of(self, key: ObjectKey) -> str:
@@ -514,6 +539,11 @@ class Reconciler:
         for body in objects:
             self.world.set_object(state_of(body))
         self.world.conflicts.clear()  # re-detected by the next create attempt
+        now = time.monotonic()
+        self._fights = {
+            k: f for k, f in self._fights.items()
+            if max(f.last, f.blocked_until) > now - DRIFT_WINDOW
+        }  # fmt: skip
         self.mark_all()
         self.last_resync = time.monotonic()
         metrics.LAST_FULL_RESYNC.set(time.time())
