@@ -563,10 +563,17 @@ class ControlPlane:
         manifests_dir: Path | None = None,
         calico_fallback_dir: Path | None = None,
         log: Log = _stderr_log,
+        audit_policy: Mapping[str, Any] | None = None,
+        extra_apiserver_args: Sequence[str] = (),
     ) -> None:
         self.workdir = Path(workdir).resolve()
         self.manifests_dir = manifests_dir or default_manifests_dir()
         self.calico_fallback_dir = calico_fallback_dir
+        #: An ``audit.k8s.io/v1`` Policy; when given, the apiserver writes JSON lines to
+        #: :attr:`audit_log` (synchronously, so a request is logged before it is answered).
+        self.audit_policy = audit_policy
+        self.audit_log = self.workdir / "audit.log"
+        self.extra_apiserver_args = tuple(extra_apiserver_args)
         self.kubeconfig = self.workdir / "kubeconfig"
         self.pids_file = self.workdir / "pids.json"
         self.pki_dir = self.workdir / "pki"
@@ -722,10 +729,33 @@ class ControlPlane:
                 "--profiling=false",
                 "--max-requests-inflight=800",
                 "--max-mutating-requests-inflight=400",
+                *self._audit_args(),
+                *self.extra_apiserver_args,
             ],
         )
         self._wait_ready()
         self._write_kubeconfig()
+
+    def _audit_args(self) -> list[str]:
+        if self.audit_policy is None:
+            return []
+        policy_file = self.workdir / "audit-policy.yaml"
+        _write_atomic(policy_file, yaml.safe_dump(dict(self.audit_policy), sort_keys=False))
+        self.audit_log.unlink(missing_ok=True)  # every start is fresh, its audit log too
+        return [
+            f"--audit-policy-file={policy_file}",
+            f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json",
+            "--audit-log-mode=blocking",
+        ]
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        """The audit log so far, one dict per event (empty without an audit policy)."""
+        try:
+            lines = self.audit_log.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in lines if line.strip()]
 
     def _spawn(self, name: str, exe: Path, args: Sequence[str]) -> None:
         log_path = self.workdir / f"{name}.log"

@@ -28,7 +28,6 @@ class HandlerConfig:
     credentials: Credentials
     calico_api_version: str
     watch_server_timeout: int = 300
-    worker_limit: int = 64
 
 
 def build_registry(config: HandlerConfig, reconciler: Reconciler) -> kopf.OperatorRegistry:
@@ -46,7 +45,10 @@ def build_registry(config: HandlerConfig, reconciler: Reconciler) -> kopf.Operat
         settings.watching.server_timeout = config.watch_server_timeout
         settings.watching.client_timeout = config.watch_server_timeout + 30
         settings.watching.connect_timeout = 30
-        settings.batching.worker_limit = config.worker_limit
+        # No batching.worker_limit: with indexes, kopf parks one worker per listed object until
+        # every index is populated, so any limit below the object count deadlocks the start-up
+        # (seen with 64 and 125 objects). Workers are short-lived tasks that exit when idle;
+        # the writes themselves are bounded by the reconciler's own --workers semaphore.
         settings.persistence.finalizer = FINALIZER
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
