@@ -44,7 +44,7 @@ def governor_name(profiles: list[Profile], namespace: Namespace) -> str | None:
 def test_protected_namespaces() -> None:
     assert protected_namespaces(None) == DEFAULT_PROTECTED_NAMESPACES
     assert protected_namespaces("") == DEFAULT_PROTECTED_NAMESPACES
-    assert PROTECTED == DEFAULT_PROTECTED_NAMESPACES | {"dpo-system"}
+    assert DEFAULT_PROTECTED_NAMESPACES | {"dpo-system"} == PROTECTED
     for name in ("kube-system", "kube-public", "kube-node-lease", "calico-system"):
         assert name in PROTECTED
 
@@ -267,7 +267,8 @@ def test_at_most_one_governor_and_it_is_the_best_candidate(
     else:
         top = max(p.priority for p in candidates)
         expected = min(p.name for p in candidates if p.priority == top)
-        assert governor is not None and governor.name == expected
+        assert governor is not None
+        assert governor.name == expected
 
     governed = [p for p in profiles if standing(p, ns, governor, PROTECTED) is Standing.GOVERNED]
     assert len(governed) == (0 if governor is None else 1)

@@ -45,7 +45,8 @@ def test_package_is_imported_from_the_source_root() -> None:
 
 def test_path_finder_prefers_stdlib_operator_over_the_source_root() -> None:
     spec = importlib.machinery.PathFinder.find_spec("operator", [str(REPO), *sys.path])
-    assert spec is not None and spec.origin is not None
+    assert spec is not None
+    assert spec.origin is not None
     assert Path(spec.origin).resolve().parent == STDLIB
 
 
@@ -101,5 +102,5 @@ def test_templates_are_reachable_as_package_resources() -> None:
 
 def test_template_dir_is_inside_the_package() -> None:
     package_dir = Path(default_policy_operator.__file__).resolve().parent
-    assert render.TEMPLATE_DIR == package_dir / "templates"
+    assert package_dir / "templates" == render.TEMPLATE_DIR
     assert render.TEMPLATE_DIR.is_dir()

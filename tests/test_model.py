@@ -50,7 +50,8 @@ def test_documented_defaults(spec: dict[str, Any] | None) -> None:
     assert p.namespace_selector == LabelSelector()
     assert p.exclude_namespaces == ()
     assert p.priority == 0
-    assert p.mode is Mode.ENFORCE and p.enforcing
+    assert p.mode is Mode.ENFORCE
+    assert p.enforcing
     assert p.deletion_policy is DeletionPolicy.DELETE
     assert p.flavor is Flavor.NETWORK_POLICY
     assert p.calico_order == 2000
@@ -102,7 +103,8 @@ def test_full_spec_is_read() -> None:
     )
     assert p.exclude_namespaces == ("legacy", "sandbox-*")
     assert p.priority == -5
-    assert p.mode is Mode.AUDIT and not p.enforcing
+    assert p.mode is Mode.AUDIT
+    assert not p.enforcing
     assert p.deletion_policy is DeletionPolicy.ORPHAN
     assert (p.calico_order, p.calico_api_version) == (150.5, "projectcalico.org/v3")
     assert p.deny_all == Directions(ingress=True, egress=False)

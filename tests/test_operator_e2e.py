@@ -396,9 +396,7 @@ def test_status_stays_small_with_a_thousand_namespaces(api: Api, tag: str) -> No
     for i in range(count):
         api.namespace(f"{tag}-{i:04d}", {"dpo-test": tag})
     api.profile(tag, {"namespaceSelector": selector(tag)})
-    profile = wait_status(
-        api, tag, timeout=300, governedNamespaces=count, managedObjects=3 * count
-    )
+    profile = wait_status(api, tag, timeout=300, governedNamespaces=count, managedObjects=3 * count)
     wait_for(lambda: condition(api.get_profile(tag), "Ready").get("status") == "True",
              timeout=120, what="Ready")  # fmt: skip
     assert len(json.dumps(profile["status"])) < 2048

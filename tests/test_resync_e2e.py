@@ -48,9 +48,9 @@ def apiserver_writes(api: Api) -> dict[str, float]:
             continue
         verb = re.search(r'verb="(\w+)"', line)
         resource = re.search(r'resource="(\w+)"', line)
-        if verb and resource and verb.group(1) in ("POST", "PUT", "PATCH", "DELETE"):
-            if resource.group(1) in totals:
-                totals[resource.group(1)] += float(line.rpartition(" ")[2])
+        mutating = verb is not None and verb.group(1) in ("POST", "PUT", "PATCH", "DELETE")
+        if mutating and resource is not None and resource.group(1) in totals:
+            totals[resource.group(1)] += float(line.rpartition(" ")[2])
     return totals
 
 

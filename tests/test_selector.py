@@ -311,7 +311,7 @@ def biased_labels(raw: Mapping[str, Any], data: st.DataObject) -> dict[str, str]
     return data.draw(st.dictionaries(key_choice, value_choice, max_size=6))
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(raw=raw_selectors(), data=st.data())
 def test_matches_agrees_with_the_kubernetes_reference(
     raw: dict[str, Any], data: st.DataObject
@@ -320,7 +320,7 @@ def test_matches_agrees_with_the_kubernetes_reference(
     assert parse_selector(raw).matches(labels) is reference_matches(raw, labels)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(raw=raw_selectors(), data=st.data())
 def test_to_calico_selects_exactly_what_matches_selects(
     raw: dict[str, Any], data: st.DataObject
@@ -330,7 +330,7 @@ def test_to_calico_selects_exactly_what_matches_selects(
     assert evaluate(to_calico(selector), labels) is selector.matches(labels)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(raw=raw_selectors())
 def test_as_k8s_round_trips(raw: dict[str, Any]) -> None:
     selector = parse_selector(raw)

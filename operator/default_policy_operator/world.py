@@ -31,7 +31,7 @@ from .model import (
     parse_profile,
 )
 from .normalize import ObjectState
-from .objects import GLOBAL_NETWORK_POLICY, ObjectKey
+from .objects import GLOBAL_NETWORK_POLICY, ObjectKey, calico_policy_name
 from .plan import Action, Desired, plan
 from .render import Renderer, RenderError
 from .selector import calico_name_not_in, to_calico
@@ -324,11 +324,21 @@ class World:
         for name, c in counts.items():
             c.managed = managed.get(name, 0)
             c.drifted = len(self.audit_findings.get(name, {}))
+        calico_names = {
+            calico_policy_name(p.name, policy): p.name
+            for p in self.active_profiles()
+            if p.flavor is Flavor.CALICO
+            for policy in p.policy_names()
+        }
         for key in self.conflicts:
-            holder = self.namespaces.get(key.namespace)
-            governor = self.governor(holder) if holder is not None else None
-            if governor is not None and governor.name in counts:
-                counts[governor.name].conflict_keys.append(str(key))
+            if key.kind == GLOBAL_NETWORK_POLICY:
+                owner = calico_names.get(key.name)
+            else:
+                holder = self.namespaces.get(key.namespace)
+                governor = self.governor(holder) if holder is not None else None
+                owner = governor.name if governor is not None else None
+            if owner in counts:
+                counts[owner].conflict_keys.append(str(key))
         return counts
 
     def coverage(self) -> Counter[str]:
