@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help venv binaries lint test unit e2e demo bench clean
+.PHONY: help venv binaries tools lint test unit e2e demo bench clean
 
 help:
 	@echo "make demo   - local control plane + operator + sample profile, until Ctrl-C"
@@ -29,11 +29,15 @@ lint: venv
 	$(BIN)/ruff format --check operator tests
 	$(BIN)/mypy
 
-test: lint binaries
+# prometheus and promtool for the monitoring tests: Debian's package (CI runs as root on Debian).
+tools:
+	command -v prometheus >/dev/null && command -v promtool >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus)
+
+test: lint binaries tools
 	$(BIN)/pytest -q -p no:cacheprovider
 
 unit: venv
-	$(BIN)/pytest -q -p no:cacheprovider -m "not e2e"
+	$(BIN)/pytest -q -p no:cacheprovider -m "not e2e and not slow"
 
 demo: binaries
 	$(BIN)/python -m default_policy_operator.demo

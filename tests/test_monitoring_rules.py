@@ -161,6 +161,9 @@ def test_dashboard_uses_the_datasource_variable_everywhere() -> None:
             assert target["datasource"] == expected, panel["title"]
             assert target["expr"].strip(), panel["title"]
     assert "__inputs" not in board  # provisioned by the sidecar: nothing would fill them in
+    # `up{job=~".*"}` would count every target of the Prometheus: one job at a time.
+    assert not variables["job"]["includeAll"]
+    assert not variables["job"]["multi"]
 
 
 def test_dashboard_layout_is_consistent() -> None:

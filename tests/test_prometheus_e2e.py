@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import re
 import signal
 import subprocess
 import time
@@ -23,7 +24,15 @@ from typing import Any
 import pytest
 import yaml
 
-from .monitoring import JOB, as_promql, dashboard_queries, rules, tool, write_rules_file
+from .monitoring import (
+    JOB,
+    as_promql,
+    dashboard,
+    dashboard_queries,
+    rules,
+    tool,
+    write_rules_file,
+)
 from .support import MANAGED, Api, OperatorProcess, free_port, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -180,6 +189,8 @@ def test_prometheus_sees_drift_conflicts_and_coverage(
         for expr in (detected, repaired)
         for kind in ("deleted", "modified", "foreign")
     }
+    latency = f'dpo_repair_latency_seconds_count{{job="{JOB}"}}'
+    repairs_before = prometheus.value(latency)
 
     # Deleted: a managed policy removed by someone else comes back.
     path = api.policy_path(first, "dpo-allow-dns")
@@ -228,7 +239,7 @@ def test_prometheus_sees_drift_conflicts_and_coverage(
         prometheus, f'dpo_managed_objects{{profile="{tag}"}}', lambda v: v == 8, "8 managed objects"
     )
     assert prometheus.value(f'up{{job="{JOB}"}} == 1') == 1
-    assert prometheus.value(f'dpo_repair_latency_seconds_count{{job="{JOB}"}}') >= 2
+    wait_value(prometheus, latency, lambda v: v >= repairs_before + 2, "two repair latencies")
     live = api.get(api.policy_path(late, "dpo-deny-all"))
     assert live["metadata"]["resourceVersion"] == created["metadata"]["resourceVersion"]
 
@@ -256,6 +267,17 @@ def test_every_dashboard_and_rule_expression_evaluates(prometheus: Prometheus) -
     # Series the operator exports from its start: these panels return data, not just no error.
     for name in ("Uncovered namespaces", "Governed namespaces", "Version", "Operator targets up"):
         assert results[f"{name} [A]"] >= 1, f"{name} returned no series"
+
+    # The template variables' label_values(selector, label) queries find the operator.
+    for variable in dashboard()["templating"]["list"]:
+        if variable["type"] != "query":
+            continue
+        found = re.fullmatch(r"label_values\((.*),\s*(\w+)\)", variable["query"])
+        assert found, variable["query"]
+        selector, label = as_promql(found[1]), found[2]
+        values = prometheus.api(f"label/{label}/values", **{"match[]": selector})
+        if variable["name"] == "job":  # profiles exist only if another test made one
+            assert values == [JOB]
 
     def rules_loaded() -> list[dict[str, Any]] | None:
         groups = prometheus.api("rules")["groups"]

@@ -1,0 +1,284 @@
+"""``manifests/``: the kustomize tree people install the operator with.
+
+The static checks read the YAML (no cluster needed); the end-to-end one runs the real
+``kubectl apply -k manifests/`` against the local control plane. The Prometheus Operator's
+CRDs (for ``monitoring/``) are taken from its Go module at a pinned version, so the
+ServiceMonitor and PrometheusRule are checked by their real schemas.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from default_policy_operator.cluster import ControlPlane
+
+MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
+NAMESPACE = "dpo-system"
+ACCOUNT = "default-policy-operator"
+PROMETHEUS_OPERATOR_MODULE = "github.com/prometheus-operator/prometheus-operator"
+PROMETHEUS_OPERATOR_VERSION = "v0.85.0"
+
+
+def documents(*parts: str) -> list[dict[str, Any]]:
+    """Every YAML document in the files of ``manifests/<parts>`` (a file or a directory)."""
+    path = MANIFESTS.joinpath(*parts)
+    files = sorted(path.glob("*.yaml")) if path.is_dir() else [path]
+    return [
+        doc
+        for file in files
+        if file.name != "kustomization.yaml"
+        for doc in yaml.safe_load_all(file.read_text())
+        if doc
+    ]
+
+
+def one(kind: str, *parts: str) -> dict[str, Any]:
+    found = [d for d in documents(*parts) if d["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind} in manifests/{'/'.join(parts)}"
+    return found[0]
+
+
+def kustomization(*parts: str) -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(
+        MANIFESTS.joinpath(*parts, "kustomization.yaml").read_text()
+    )
+    return data
+
+
+# -- the tree -------------------------------------------------------------------------------
+
+
+def test_top_level_kustomization_composes_the_install() -> None:
+    resources = kustomization()["resources"]
+    for required in ("crd", "rbac", "deploy", "admission"):
+        assert required in resources
+    assert "samples" not in resources, "example profiles are applied on purpose, not installed"
+    if (MANIFESTS / "monitoring" / "kustomization.yaml").is_file():
+        assert "monitoring" in resources
+    for entry in resources:
+        assert (MANIFESTS / entry / "kustomization.yaml").is_file(), entry
+
+
+def test_every_kustomization_lists_exactly_its_files() -> None:
+    for directory in ("crd", "rbac", "deploy", "admission"):
+        listed = set(kustomization(directory)["resources"])
+        present = {p.name for p in (MANIFESTS / directory).glob("*.yaml")} - {"kustomization.yaml"}
+        assert listed == present, directory
+
+
+# -- RBAC -----------------------------------------------------------------------------------
+
+
+def test_cluster_role_is_least_privilege() -> None:
+    role = one("ClusterRole", "rbac")
+    assert role["metadata"]["name"] == ACCOUNT
+    for rule in role["rules"]:
+        for field in ("apiGroups", "resources", "verbs"):
+            assert "*" not in rule[field], f"wildcard in {rule}"
+            assert not any("*" in item for item in rule[field]), f"wildcard in {rule}"
+        assert "nonResourceURLs" not in rule
+        assert "secrets" not in rule["resources"]
+        assert "rbac.authorization.k8s.io" not in rule["apiGroups"]
+        assert not {"escalate", "bind", "impersonate", "deletecollection"} & set(rule["verbs"])
+        if "" in rule["apiGroups"] and "namespaces" in rule["resources"]:
+            assert set(rule["verbs"]) <= {"get", "list", "watch"}, "no writes to namespaces"
+    granted = {
+        (g, r) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+    }
+    assert granted == {
+        ("", "namespaces"),
+        ("networking.k8s.io", "networkpolicies"),
+        ("crd.projectcalico.org", "globalnetworkpolicies"),
+        ("defaultpolicy.dev", "defaultpolicyprofiles"),
+        ("defaultpolicy.dev", "defaultpolicyprofiles/status"),
+        ("apiextensions.k8s.io", "customresourcedefinitions"),
+    }
+
+
+def test_bindings_name_the_shipped_service_account() -> None:
+    account = one("ServiceAccount", "rbac")
+    assert (account["metadata"]["name"], account["metadata"]["namespace"]) == (ACCOUNT, NAMESPACE)
+    subject = {"kind": "ServiceAccount", "name": ACCOUNT, "namespace": NAMESPACE}
+    binding = one("ClusterRoleBinding", "rbac")
+    assert binding["subjects"] == [subject]
+    assert binding["roleRef"]["name"] == one("ClusterRole", "rbac")["metadata"]["name"]
+    events = one("RoleBinding", "rbac")
+    role = one("Role", "rbac")
+    assert events["subjects"] == [subject]
+    assert events["metadata"]["namespace"] == role["metadata"]["namespace"] == "default"
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}]
+
+
+# -- the Deployment -------------------------------------------------------------------------
+
+
+def test_namespace_enforces_the_restricted_pod_security_standard() -> None:
+    namespace = one("Namespace", "deploy")
+    assert namespace["metadata"]["name"] == NAMESPACE
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def test_deployment() -> None:
+    deployment = one("Deployment", "deploy")
+    assert deployment["metadata"]["namespace"] == NAMESPACE
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    assert pod["serviceAccountName"] == one("ServiceAccount", "rbac")["metadata"]["name"]
+    assert pod["automountServiceAccountToken"] is True
+    assert pod["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 65532,
+        "runAsGroup": 65532,
+        "fsGroup": 65532,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    (container,) = pod["containers"]
+    assert container["image"] == "ghcr.io/default-policy-operator/default-policy-operator:0.1.0"
+    assert container["args"] == ["--namespace=$(POD_NAMESPACE)", "--log-format=json"]
+    assert container["env"] == [
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}
+    ]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"metrics": 8080, "health": 8081}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    assert set(container["resources"]) == {"requests", "limits"}
+    for section in container["resources"].values():
+        assert set(section) == {"cpu", "memory"}
+    security = container["securityContext"]
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["runAsNonRoot"] is True
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert isinstance(security["runAsUser"], int)
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+
+
+def test_dpo_run_accepts_the_deployment_args() -> None:
+    from default_policy_operator.cli import build_parser
+
+    container = one("Deployment", "deploy")["spec"]["template"]["spec"]["containers"][0]
+    args = [a.replace("$(POD_NAMESPACE)", NAMESPACE) for a in container["args"]]
+    parsed = build_parser().parse_args(["run", *args])
+    assert parsed.namespace == NAMESPACE
+    assert parsed.log_format == "json"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert (parsed.metrics_port, parsed.health_port) == (ports["metrics"], ports["health"])
+
+
+def test_metrics_service_selects_the_operator_pod() -> None:
+    service = one("Service", "deploy")
+    pod_labels = one("Deployment", "deploy")["spec"]["template"]["metadata"]["labels"]
+    assert service["metadata"]["namespace"] == NAMESPACE
+    assert service["metadata"]["labels"]["app.kubernetes.io/name"] == ACCOUNT
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert service["spec"]["ports"] == [
+        {"name": "metrics", "port": 8080, "targetPort": "metrics", "protocol": "TCP"}
+    ]
+
+
+# -- applying it ----------------------------------------------------------------------------
+
+
+def _prometheus_operator_crds(kinds: set[str]) -> list[Path]:
+    """The Prometheus Operator's own CRD files for ``kinds``, from its pinned Go module."""
+    with tempfile.TemporaryDirectory(prefix="dpo-promop-") as tmp:
+        env = {**os.environ, "GOWORK": "off", "GOFLAGS": "-mod=mod"}
+        subprocess.run(["go", "mod", "init", "x"], cwd=tmp, env=env, capture_output=True)
+        result = subprocess.run(
+            ["go", "mod", "download", "-json", f"{PROMETHEUS_OPERATOR_MODULE}@"
+             f"{PROMETHEUS_OPERATOR_VERSION}"],
+            cwd=tmp, env=env, capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+    info = json.loads(result.stdout or "{}")
+    if result.returncode != 0 or info.get("Error") or not info.get("Dir"):
+        raise RuntimeError(info.get("Error") or result.stderr[-2000:])
+    crd_dir = Path(info["Dir"]) / "example" / "prometheus-operator-crd"
+    return [crd_dir / f"monitoring.coreos.com_{kind.lower()}s.yaml" for kind in sorted(kinds)]
+
+
+def _minimal_crd(kind: str) -> dict[str, Any]:
+    plural = f"{kind.lower()}s"
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.monitoring.coreos.com"},
+        "spec": {
+            "group": "monitoring.coreos.com",
+            "scope": "Namespaced",
+            "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "x-kubernetes-preserve-unknown-fields": True,
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def _install_monitoring_crds(plane: ControlPlane, kinds: set[str]) -> None:
+    try:
+        files = _prometheus_operator_crds(kinds)
+        args = [arg for path in files for arg in ("-f", str(path))]
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        warnings.warn(
+            f"Prometheus Operator CRDs unavailable ({exc}); using schema-less stand-ins",
+            stacklevel=2,
+        )
+        text = yaml.safe_dump_all([_minimal_crd(kind) for kind in sorted(kinds)])
+        plane.kubectl("apply", "--server-side", "-f", "-", input=text)
+    else:
+        plane.kubectl("apply", "--server-side", "--force-conflicts", *args)
+    for kind in kinds:
+        plane.kubectl(
+            "wait", "--for=condition=Established", "--timeout=60s",
+            f"crd/{kind.lower()}s.monitoring.coreos.com",
+        )  # fmt: skip
+
+
+@pytest.mark.e2e
+def test_kubectl_apply_k_manifests(control_plane: ControlPlane) -> None:
+    built = control_plane.kubectl("kustomize", str(MANIFESTS)).stdout
+    objects = [d for d in yaml.safe_load_all(built) if d]
+    monitoring = {
+        d["kind"] for d in objects if d["apiVersion"].startswith("monitoring.coreos.com/")
+    }
+    if monitoring:
+        _install_monitoring_crds(control_plane, monitoring)
+
+    applied = control_plane.kubectl("apply", "-k", str(MANIFESTS))
+    assert "PodSecurity" not in applied.stderr, applied.stderr  # warn=restricted is quiet
+    live = control_plane.kubectl("get", "-k", str(MANIFESTS), "-o", "json").stdout
+    items = json.loads(live)["items"]
+    assert sorted((i["kind"], i["metadata"]["name"]) for i in items) == sorted(
+        (d["kind"], d["metadata"]["name"]) for d in objects
+    )
+
+    # Applying again changes nothing, and the live objects match the manifests exactly.
+    again = control_plane.kubectl("apply", "-k", str(MANIFESTS))
+    changed = [line for line in again.stdout.splitlines() if not line.endswith(" unchanged")]
+    assert changed == [], again.stdout
+    diff = control_plane.kubectl("diff", "-k", str(MANIFESTS), check=False)
+    assert diff.returncode == 0, diff.stdout + diff.stderr
