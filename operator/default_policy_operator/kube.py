@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 RETRYABLE = frozenset({429, 500, 502, 503, 504})
+#: HTTP methods named as the API's verbs, so error and write metrics share one vocabulary
+VERBS = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 
 
 class ApiError(Exception):
@@ -245,7 +247,7 @@ class KubeApi:
         content_type: str = "application/json",
     ) -> Any:
         """One API call, retried on throttling, server errors and dropped connections."""
-        verb = method.lower()
+        verb = VERBS.get(method, method.lower())
         attempt = 0
         while True:
             headers = {"Accept": "application/json"}
@@ -392,6 +394,7 @@ class KubeApi:
         }
         try:
             await self.request("POST", EVENTS.path(namespace), body=event)
+            metrics.API_WRITES.labels(verb="create", resource=EVENTS.plural).inc()
         except ApiError as exc:  # an event is best-effort: never fail a reconcile over it
             log.warning("could not post event %s: %s", reason, exc)
 

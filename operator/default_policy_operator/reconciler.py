@@ -39,6 +39,7 @@ from .world import ProfileCounts, ScopePlan, World
 log = logging.getLogger(__name__)
 
 CALICO_SCOPE = ""  # the dirty-set entry for cluster-scoped Calico objects
+STANDINGS = ("governed", "shadowed", "excluded")
 DRIFT_WINDOW = 60.0  # repairs of one object closer together than this count as a fight
 FIGHT_THRESHOLD = 3  # repairs within the window before backing off
 MAX_BACKOFF = 300.0
@@ -92,6 +93,7 @@ class Reconciler:
         self._errors: dict[str, dict[tuple[str, str], str]] = {}
         self._pending: dict[str, int] = {}  # profile -> actions in flight
         self._published: dict[str, dict[str, Any]] = {}  # profile -> last status written
+        self._initialised: set[str] = set()  # profiles whose counter series exist
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- events in ----------------------------------------------------------------------
@@ -475,7 +477,8 @@ class Reconciler:
         metrics.MANAGED_OBJECTS.labels(profile=name).set(counts.managed)
         metrics.DRIFTED_OBJECTS.labels(profile=name).set(counts.drifted)
         metrics.CONFLICTS.labels(profile=name).set(len(conflicts))
-        for standing in ("governed", "shadowed", "excluded"):
+        self._initialise_series(name)
+        for standing in STANDINGS:
             metrics.PROFILE_NAMESPACES.labels(profile=name, standing=standing).set(
                 getattr(counts, standing)
             )
@@ -502,6 +505,7 @@ class Reconciler:
 
     def forget_profile(self, name: str) -> None:
         self._published.pop(name, None)
+        self._initialised.discard(name)
         for gauge in (
             metrics.PROFILE_READY,
             metrics.MANAGED_OBJECTS,
@@ -510,6 +514,20 @@ class Reconciler:
         ):
             with contextlib.suppress(KeyError):
                 gauge.remove(name)
+        for standing in STANDINGS:
+            with contextlib.suppress(KeyError):
+                metrics.PROFILE_NAMESPACES.remove(name, standing)
+
+    def _initialise_series(self, name: str) -> None:
+        """Start a profile's counters at 0, so that rate() and increase() see the first event."""
+        if name in self._initialised:
+            return
+        self._initialised.add(name)
+        for kind in ("modified", "deleted", "foreign"):
+            metrics.DRIFT_DETECTED.labels(profile=name, kind=kind)
+        for kind in ("modified", "deleted"):
+            metrics.DRIFT_REPAIRED.labels(profile=name, kind=kind)
+        metrics.BACKOFFS.labels(profile=name)
 
     # -- resync -------------------------------------------------------------------------
 
