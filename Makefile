@@ -42,8 +42,10 @@ unit: venv
 demo: binaries
 	$(BIN)/python -m default_policy_operator.demo
 
+# BENCH_ARGS="--sizes 1000" for a shorter run; --profile adds a py-spy flame graph.
 bench: binaries
-	$(BIN)/python -m bench
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .dpo-cluster .mypy_cache .ruff_cache .pytest_cache

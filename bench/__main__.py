@@ -28,6 +28,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import ssl
@@ -487,11 +488,14 @@ async def run_size(n: int, args: argparse.Namespace, workdir: Path) -> dict[str,
     return result
 
 
+PY_SPY = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+
+
 def start_profiler(operator: Operator, path: Path) -> subprocess.Popen[bytes]:
     """py-spy on the operator while it converges (``pip install py-spy``)."""
     assert operator.process is not None
     return subprocess.Popen(
-        ["py-spy", "record", "--pid", str(operator.process.pid), "--rate", "50",
+        [PY_SPY, "record", "--pid", str(operator.process.pid), "--rate", "50",
          "--output", str(path), "--nonblocking"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip

@@ -111,11 +111,21 @@ def test_bindings_name_the_shipped_service_account() -> None:
     binding = one("ClusterRoleBinding", "rbac")
     assert binding["subjects"] == [subject]
     assert binding["roleRef"]["name"] == one("ClusterRole", "rbac")["metadata"]["name"]
-    events = one("RoleBinding", "rbac")
-    role = one("Role", "rbac")
-    assert events["subjects"] == [subject]
-    assert events["metadata"]["namespace"] == role["metadata"]["namespace"] == "default"
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}]
+    roles = {d["metadata"]["name"]: d for d in documents("rbac") if d["kind"] == "Role"}
+    bindings = {d["metadata"]["name"]: d for d in documents("rbac") if d["kind"] == "RoleBinding"}
+    assert set(roles) == set(bindings) == {f"{ACCOUNT}-events", f"{ACCOUNT}-leader-election"}
+    for name, binding in bindings.items():
+        assert binding["subjects"] == [subject]
+        assert binding["roleRef"]["name"] == name
+        assert binding["metadata"]["namespace"] == roles[name]["metadata"]["namespace"]
+    events, leases = roles[f"{ACCOUNT}-events"], roles[f"{ACCOUNT}-leader-election"]
+    assert events["metadata"]["namespace"] == "default"
+    assert events["rules"] == [{"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}]
+    assert leases["metadata"]["namespace"] == NAMESPACE
+    assert leases["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+         "verbs": ["get", "create", "update"]}
+    ]  # fmt: skip
 
 
 # -- the Deployment -------------------------------------------------------------------------
@@ -145,9 +155,14 @@ def test_deployment() -> None:
     }
     (container,) = pod["containers"]
     assert container["image"] == "ghcr.io/default-policy-operator/default-policy-operator:0.1.0"
-    assert container["args"] == ["--namespace=$(POD_NAMESPACE)", "--log-format=json"]
+    assert container["args"] == [
+        "--namespace=$(POD_NAMESPACE)",
+        "--log-format=json",
+        "--leader-elect",
+    ]
     assert container["env"] == [
-        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
     ]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"metrics": 8080, "health": 8081}
@@ -176,6 +191,7 @@ def test_dpo_run_accepts_the_deployment_args() -> None:
     parsed = build_parser().parse_args(["run", *args])
     assert parsed.namespace == NAMESPACE
     assert parsed.log_format == "json"
+    assert parsed.leader_elect is True
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert (parsed.metrics_port, parsed.health_port) == (ports["metrics"], ports["health"])
 

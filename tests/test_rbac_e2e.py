@@ -106,9 +106,10 @@ def identity(plane: ControlPlane, admin: Api, tmp_path_factory: pytest.TempPathF
 def operator(
     identity: Identity, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
-    """``dpo run`` as the ServiceAccount, resyncing every few seconds so resyncs happen too."""
+    """``dpo run`` as the ServiceAccount, resyncing every few seconds so resyncs happen too, and
+    with leader election as the Deployment runs it (its Lease in dpo-system)."""
     log = tmp_path_factory.mktemp("rbac-operator") / "operator.log"
-    process = OperatorProcess(identity.kubeconfig, log, "--resync-period", "4")
+    process = OperatorProcess(identity.kubeconfig, log, "--resync-period", "4", "--leader-elect")
     atexit.register(process.stop)
     try:
         process.start()
@@ -435,6 +436,14 @@ FORBIDDEN = [
     ("defaultpolicy.dev", "defaultpolicyprofiles", "update", ""),
     ("crd.projectcalico.org", "networkpolicies", "create", "default"),
     ("crd.projectcalico.org", "tiers", "create", ""),
+    # Leases: only in dpo-system, only get/create/update (kube-node-lease: node heartbeats).
+    ("coordination.k8s.io", "leases", "update", "kube-node-lease"),
+    ("coordination.k8s.io", "leases", "create", "default"),
+    ("coordination.k8s.io", "leases", "get", "kube-system"),
+    ("coordination.k8s.io", "leases", "delete", NAMESPACE),
+    ("coordination.k8s.io", "leases", "patch", NAMESPACE),
+    ("coordination.k8s.io", "leases", "list", ""),
+    ("coordination.k8s.io", "leases", "watch", NAMESPACE),
     ("", "users", "impersonate", ""),
     ("", "serviceaccounts", "impersonate", ""),
     ("*", "*", "*", ""),

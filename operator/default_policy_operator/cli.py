@@ -38,9 +38,23 @@ def _emit(data: Any, output: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .leader import LeaderElectionConfig
     from .runtime import RunOptions, configure_logging, run_operator
 
     configure_logging(args.log_format, args.log_level)
+    election = None
+    if args.leader_elect:
+        try:
+            election = LeaderElectionConfig(
+                namespace=args.leader_election_namespace or args.namespace or "default",
+                name=args.leader_election_id,
+                lease_duration=args.leader_election_lease_duration,
+                renew_deadline=args.leader_election_renew_deadline,
+                retry_period=args.leader_election_retry_period,
+            )
+        except ValueError as exc:
+            print(f"dpo run: error: {exc}", file=sys.stderr)
+            return 2
     options = RunOptions(
         kubeconfig=args.kubeconfig,
         namespace=args.namespace,
@@ -52,6 +66,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         resync_period=args.resync_period,
         workers=args.workers,
         calico_api_version=args.calico_api_version,
+        leader_election=election,
     )
     try:
         asyncio.run(run_operator(options))
@@ -151,6 +166,42 @@ def build_parser() -> argparse.ArgumentParser:
         default="crd.projectcalico.org/v1",
         choices=["crd.projectcalico.org/v1", "projectcalico.org/v3"],
         help="which Calico API to manage GlobalNetworkPolicies through",
+    )
+    election = run.add_argument_group(
+        "leader election", "one active replica; the others stand by (not ready) to take over"
+    )
+    election.add_argument(
+        "--leader-elect",
+        action="store_true",
+        help="act only while holding a coordination.k8s.io Lease (off: always act)",
+    )
+    election.add_argument(
+        "--leader-election-namespace",
+        help="the Lease's namespace (default: --namespace, else `default`)",
+    )
+    election.add_argument(
+        "--leader-election-id", default="default-policy-operator", help="the Lease's name"
+    )
+    election.add_argument(
+        "--leader-election-lease-duration",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="how long a standby waits for an unrenewed lease before taking over",
+    )
+    election.add_argument(
+        "--leader-election-renew-deadline",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="the leader exits when it has not renewed for this long (< lease duration)",
+    )
+    election.add_argument(
+        "--leader-election-retry-period",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="between attempts to acquire or renew",
     )
     run.set_defaults(func=cmd_run)
 

@@ -88,11 +88,18 @@ def build_registry(config: HandlerConfig, reconciler: Reconciler) -> kopf.Operat
         def object_index(body: kopf.Body, **_: Any) -> None:
             reconciler.object_event(_event_type(reconciler), dict(body))
 
-        @kopf.on.event(group, version, plural, labels={MANAGED_BY: kopf.PRESENT}, registry=registry)
+        # Only deletions need this handler (index handlers never see them); the filter keeps
+        # kopf from invoking it, with all its bookkeeping, for every other event.
+        @kopf.on.event(
+            group,
+            version,
+            plural,
+            labels={MANAGED_BY: kopf.PRESENT},
+            when=lambda type, **_: type == "DELETED",
+            registry=registry,
+        )
         def object_event(type: str | None, body: kopf.Body, **_: Any) -> None:
-            reconciler.started.set()
-            if type == "DELETED":
-                reconciler.object_event(type, dict(body))
+            reconciler.object_event(type, dict(body))
 
     # -- profiles -----------------------------------------------------------------------
 

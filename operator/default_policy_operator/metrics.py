@@ -100,6 +100,12 @@ API_ERRORS = Counter(
     ["verb", "code"],
     registry=REGISTRY,
 )
+LEADER = Gauge(
+    "dpo_leader",
+    "1 while this replica is the active writer: it holds the leader-election Lease "
+    "(always 1 without --leader-elect).",
+    registry=REGISTRY,
+)
 LAST_FULL_RESYNC = Gauge(
     "dpo_last_full_resync_timestamp_seconds",
     "Unix time the last periodic full resync finished.",

@@ -128,6 +128,11 @@ class Reconciler:
         if known is not None and _older(state.resource_version, known.resource_version):
             return  # a stale event overtaken by our own write's response
         own = self._own_versions.get(key) == state.resource_version
+        if own and event_type != "DELETED":
+            # The echo of our own write: the index already holds it, nothing to re-plan.
+            del self._own_versions[key]
+            self.world.set_object(state)
+            return
         if event_type == "DELETED":
             self.world.remove_object(key)
             if not own and known is not None and known.uid == state.uid:

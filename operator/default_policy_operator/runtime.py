@@ -6,8 +6,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import signal
+import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import kopf
 from aiohttp import web
@@ -17,6 +20,7 @@ from . import metrics
 from .governance import protected_namespaces
 from .handlers import HandlerConfig, build_registry
 from .kube import KubeApi, load_credentials
+from .leader import FencedKubeApi, LeaderElectionConfig, LeaderElector
 from .reconciler import Reconciler, Settings
 from .world import World
 
@@ -35,6 +39,8 @@ class RunOptions:
     resync_period: float = 600.0
     workers: int = 32
     calico_api_version: str = "crd.projectcalico.org/v1"
+    #: ``--leader-elect``: stand by until this replica holds the Lease (None: always act)
+    leader_election: LeaderElectionConfig | None = None
 
 
 class JsonFormatter(logging.Formatter):
@@ -62,12 +68,22 @@ def configure_logging(fmt: str, level: str) -> None:
     logging.getLogger("kopf.objects").setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
-def health_app(reconciler: Reconciler, resync_period: float) -> web.Application:
-    """Liveness: the reconcile loop turns over and resyncs happen; readiness: first sync done."""
+def health_app(
+    reconciler: Reconciler, resync_period: float, elector: LeaderElector | None = None
+) -> web.Application:
+    """Liveness: the reconcile loop turns over and resyncs happen; readiness: first sync done.
+
+    A standby (leader election on, Lease held by another replica) is alive while its election
+    loop turns over, and never ready: it serves nothing and writes nothing.
+    """
 
     async def healthz(_: web.Request) -> web.Response:
         now = time.monotonic()
         problems = []
+        if elector is not None and not elector.is_leader:
+            if now - elector.last_attempt > 60:
+                return web.Response(status=500, text="leader election stalled\n")
+            return web.Response(text="ok (standby)\n")
         if now - reconciler.last_loop > 60:
             problems.append("reconcile loop stalled")
         if reconciler.last_resync and now - reconciler.last_resync > 3 * resync_period:
@@ -77,6 +93,8 @@ def health_app(reconciler: Reconciler, resync_period: float) -> web.Application:
         return web.Response(text="ok\n")
 
     async def readyz(_: web.Request) -> web.Response:
+        if elector is not None and not elector.is_leader:
+            return web.Response(status=503, text="standby: another replica is the leader\n")
         if reconciler.synced.is_set():
             return web.Response(text="ok\n")
         return web.Response(status=503, text="initial sync in progress\n")
@@ -105,9 +123,30 @@ async def _serve(app: web.Application, host: str, port: int) -> web.AppRunner:
     return runner
 
 
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    """SIGTERM/SIGINT set ``stop`` until kopf installs its own handlers (it replaces these)."""
+    if threading.current_thread() is threading.main_thread():
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+
+
 async def run_operator(options: RunOptions, stop: asyncio.Event | None = None) -> None:
     credentials = load_credentials(options.kubeconfig)
-    api = KubeApi(credentials)
+    elector = None
+    if options.leader_election is not None:
+        elector = LeaderElector(credentials, options.leader_election)
+        # The reconciler's client refuses to write once the Lease is lost or released.
+        api: KubeApi = FencedKubeApi(credentials, elector)
+    else:
+        metrics.LEADER.set(1)  # without leader election this process is the writer
+        api = KubeApi(credentials)
     world = World(protected_namespaces(options.namespace))
     reconciler = Reconciler(
         world,
@@ -125,28 +164,46 @@ async def run_operator(options: RunOptions, stop: asyncio.Event | None = None) -
     runners = [
         await _serve(metrics_app(), options.bind_address, options.metrics_port),
         await _serve(
-            health_app(reconciler, options.resync_period),
+            health_app(reconciler, options.resync_period, elector),
             options.bind_address,
             options.health_port,
         ),
     ]
-    loops = asyncio.create_task(reconciler.run(), name="dpo-reconciler")
     log.info(
         "default-policy-operator starting: metrics on :%d, health on :%d",
         options.metrics_port,
         options.health_port,
     )
     try:
-        await kopf.operator(
-            registry=registry,
-            clusterwide=True,
-            standalone=True,
-            stop_flag=stop,
-        )
+        if elector is not None:
+            # Standing by: neither kopf nor the reconciler runs until this replica leads.
+            stop = stop or asyncio.Event()
+            _stop_on_signals(stop)
+            if not await elector.acquire(stop):
+                return
+            reconciler.last_loop = time.monotonic()  # liveness counts from taking over
+        loops = asyncio.create_task(reconciler.run(), name="dpo-reconciler")
+
+        @kopf.on.cleanup(registry=registry)
+        async def stop_reconciler(**_: Any) -> None:
+            # First thing when kopf stops (SIGTERM): otherwise kopf waits 5 s for these tasks as
+            # "hung" ones, and a standby waits that much longer for the released Lease.
+            await _cancel(loops)
+            if stop is not None:
+                stop.set()  # ends kopf's own waiter on the flag (else also "hung" for 5 s)
+
+        try:
+            await kopf.operator(
+                registry=registry,
+                clusterwide=True,
+                standalone=True,
+                stop_flag=stop,
+            )
+        finally:
+            await _cancel(loops)
     finally:
-        loops.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await loops
+        if elector is not None:  # everything that writes has stopped: hand over now
+            await elector.release()
         for runner in runners:
             await runner.cleanup()
         await api.close()
