@@ -34,20 +34,20 @@ async def load_world(api: KubeApi, calico_api_version: str, *, with_foreign: boo
     """List namespaces, profiles and managed objects (and, for audit, foreign holders)."""
     world = World(protected_namespaces(None))
     print("listing namespaces, profiles and policies...", file=sys.stderr)
-    for body in await api.list(NAMESPACES):
+    for body in await api.list_objects(NAMESPACES):
         meta = body["metadata"]
         world.set_namespace(
             Namespace(
                 meta["name"], dict(meta.get("labels") or {}), dict(meta.get("annotations") or {})
             )
         )
-    for body in await api.list(PROFILES):
+    for body in await api.list_objects(PROFILES):
         world.update_profile(body)
-    policies = await api.list(
+    policies = await api.list_objects(
         NETWORK_POLICIES, label_selector="" if with_foreign else MANAGED_SELECTOR
     )
     try:
-        policies += await api.list(calico_resource(calico_api_version))
+        policies += await api.list_objects(calico_resource(calico_api_version))
     except ApiError as exc:
         if exc.status != 404:
             raise

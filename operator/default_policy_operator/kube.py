@@ -21,7 +21,7 @@ import ssl
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -294,10 +294,19 @@ class KubeApi:
         result: dict[str, Any] = await self.request("GET", resource.path(namespace, name))
         return result
 
-    async def list(
+    async def list_objects(
         self, resource: Resource, *, label_selector: str = "", namespace: str = ""
     ) -> list[dict[str, Any]]:
         """All items, paginated (``limit``/``continue``) so huge lists don't stall the server."""
+        items, _ = await self.list_with_version(
+            resource, label_selector=label_selector, namespace=namespace
+        )
+        return items
+
+    async def list_with_version(
+        self, resource: Resource, *, label_selector: str = "", namespace: str = ""
+    ) -> tuple[list[dict[str, Any]], str]:
+        """All items and the list's resourceVersion, the point a watch continues from."""
         items: list[dict[str, Any]] = []
         params = {"limit": "500"}
         if label_selector:
@@ -312,8 +321,52 @@ class KubeApi:
                 items.append(item)
             token = (page.get("metadata") or {}).get("continue")
             if not token:
-                return items
+                return items, str((page.get("metadata") or {}).get("resourceVersion", ""))
             params["continue"] = token
+
+    async def watch(
+        self,
+        resource: Resource,
+        *,
+        resource_version: str,
+        label_selector: str = "",
+        timeout_seconds: int = 60,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Raw watch events from ``resource_version`` (bookmarks on), until the server ends it.
+
+        The server closes the stream after ``timeout_seconds``; a read timeout slightly above
+        that catches a connection that silently died. Errors come back as ERROR events (410 Gone
+        after compaction) for the caller to relist.
+        """
+        params = {
+            "watch": "true",
+            "resourceVersion": resource_version,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(timeout_seconds),
+        }
+        if label_selector:
+            params["labelSelector"] = label_selector
+        headers = {"Accept": "application/json"}
+        token = self.credentials.authorization()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=timeout_seconds + 30)
+        try:
+            async with self._get_session().get(
+                self.credentials.server + resource.path(),
+                params=params,
+                headers=headers,
+                timeout=timeout,
+            ) as response:
+                if response.status >= 300:
+                    metrics.API_ERRORS.labels(verb="watch", code=str(response.status)).inc()
+                    raise _api_error(response.status, await response.text())
+                async for line in response.content:
+                    if line.strip():
+                        yield json.loads(line)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            metrics.API_ERRORS.labels(verb="watch", code="connection").inc()
+            raise ApiError(0, "ConnectionError", str(exc) or type(exc).__name__) from exc
 
     async def create(self, resource: Resource, body: dict[str, Any]) -> dict[str, Any]:
         namespace = body["metadata"].get("namespace", "")

@@ -21,8 +21,8 @@ from typing import Any
 from . import metrics
 from .conditions import Observations, checks, condition
 from .governance import Namespace
+from .informers import Informer
 from .kube import (
-    NAMESPACES,
     NETWORK_POLICIES,
     PROFILES,
     ApiError,
@@ -30,7 +30,7 @@ from .kube import (
     Resource,
     calico_resource,
 )
-from .labels import GROUP, KIND, MANAGED_SELECTOR, VERSION
+from .labels import GROUP, KIND, VERSION
 from .normalize import ObjectState, state_of
 from .objects import GLOBAL_NETWORK_POLICY, ObjectKey, is_managed, managed_labels
 from .plan import Action, Verb
@@ -95,6 +95,7 @@ class Reconciler:
         self._published: dict[str, dict[str, Any]] = {}  # profile -> last status written
         self._initialised: set[str] = set()  # profiles whose counter series exist
         self._tasks: list[asyncio.Task[None]] = []
+        self.informers: list[Informer] = []  # set by the runtime; relisted by resync()
 
     # -- events in ----------------------------------------------------------------------
 
@@ -106,6 +107,53 @@ class Reconciler:
 
     def mark_all(self) -> None:
         self.mark([*self.world.namespaces, *self.world.namespaces_with_objects(), CALICO_SCOPE])
+
+    # -- informer callbacks: a complete list replaces the view; events update it ---------
+
+    def namespaces_listed(self, items: list[dict[str, Any]]) -> None:
+        listed = {(i.get("metadata") or {}).get("name", "") for i in items}
+        for gone in set(self.world.namespaces) - listed:
+            self.namespace_event("DELETED", {"metadata": {"name": gone}})
+        for body in items:
+            self.namespace_event("ADDED", body)
+
+    def objects_listed(self, kind: str, items: list[dict[str, Any]]) -> None:
+        """A (re)list of one kind of managed object; what vanished unseen was deleted."""
+        listed = {state_of(body).key: body for body in items}
+        for key in [k for k in self.world.objects if k.kind == kind and k not in listed]:
+            known = self.world.objects[key]
+            self.object_event("DELETED", {"kind": kind, "metadata": {
+                "name": key.name, "namespace": key.namespace, "uid": known.uid,
+                "resourceVersion": known.resource_version}})  # fmt: skip
+        for key, body in listed.items():
+            current = self.world.objects.get(key)
+            version = body["metadata"].get("resourceVersion")
+            if current is None or current.resource_version != version:
+                self.object_event("ADDED" if current is None else "MODIFIED", body)
+
+    def profiles_listed(self, items: list[dict[str, Any]]) -> None:
+        listed = {(i.get("metadata") or {}).get("name", "") for i in items}
+        for gone in set(self.world.profiles) - listed:
+            self.profile_event("DELETED", {"metadata": {"name": gone}})
+        for body in items:
+            self.profile_event("MODIFIED", body)
+
+    def profile_event(self, event_type: str, body: dict[str, Any]) -> None:
+        name = (body.get("metadata") or {}).get("name", "")
+        if event_type == "DELETED":
+            self.world.remove_profile(name)
+            self.forget_profile(name)
+            self.profile_changed()
+            return
+        # Our own status writes come back here too: only a new generation or a deletion
+        # changes what the profile wants, so only those re-plan the cluster.
+        before = self.world.profiles.get(name)
+        entry = self.world.update_profile(body)
+        if entry is before:
+            return
+        if entry.error:
+            log.warning("profile %s: %s", entry.name, entry.error)
+        self.profile_changed()
 
     def namespace_event(self, event_type: str | None, body: dict[str, Any]) -> None:
         meta = body.get("metadata") or {}
@@ -135,11 +183,11 @@ class Reconciler:
             return
         if event_type == "DELETED":
             self.world.remove_object(key)
-            if not own and known is not None and known.uid == state.uid:
+            if self.started.is_set() and known is not None and known.uid == state.uid:
                 self._drift.setdefault(key, ("deleted", time.monotonic()))
         else:
             self.world.set_object(state)
-            if event_type is not None and not own:
+            if self.started.is_set() and not own:
                 self._drift.setdefault(key, ("modified", time.monotonic()))
         self.mark([key.namespace or CALICO_SCOPE])
 
@@ -177,19 +225,33 @@ class Reconciler:
     # -- the loop -----------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Start the loops; returns when they are cancelled."""
-        await self.started.wait()
-        self.mark_all()
+        """Start the informers, wait for their first lists, then the loops; returns when cancelled.
+
+        Nothing is planned before every informer has delivered a complete list: acting on a
+        partial view could delete what belongs to a namespace not yet seen.
+        """
         self._tasks = [
-            asyncio.create_task(self._reconcile_loop(), name="dpo-reconcile"),
-            asyncio.create_task(self._status_loop(), name="dpo-status"),
-            asyncio.create_task(self._resync_loop(), name="dpo-resync"),
+            asyncio.create_task(informer.run(), name=f"dpo-informer-{informer.name}")
+            for informer in self.informers
         ]
         try:
+            await asyncio.gather(*(informer.listed.wait() for informer in self.informers))
+            self.started.set()
+            self.mark_all()
+            self._tasks += [
+                asyncio.create_task(self._reconcile_loop(), name="dpo-reconcile"),
+                asyncio.create_task(self._status_loop(), name="dpo-status"),
+                asyncio.create_task(self._resync_loop(), name="dpo-resync"),
+            ]
             await asyncio.gather(*self._tasks)
         finally:
             for task in self._tasks:
                 task.cancel()
+
+    def stale_informers(self, limit: float) -> list[str]:
+        """Informers whose watch has not heard from the API server for ``limit`` seconds."""
+        now = time.monotonic()
+        return [i.name for i in self.informers if now - i.last_contact > limit]
 
     async def _reconcile_loop(self) -> None:
         while True:
@@ -545,22 +607,17 @@ class Reconciler:
                 log.exception("full resync failed; will try again next period")
 
     async def resync(self) -> None:
-        """Re-list everything, rebuild the indexes, and re-plan every scope.
+        """Re-list everything through the informers and re-plan every scope.
 
         Catches whatever a watch may have missed; writes nothing when all is in order.
         """
         started = time.monotonic()
-        namespaces = await self.api.list(NAMESPACES)
-        objects = await self.api.list(NETWORK_POLICIES, label_selector=MANAGED_SELECTOR)
-        with contextlib.suppress(ApiError):  # Calico may not be installed
-            objects += await self.api.list(self.calico, label_selector=MANAGED_SELECTOR)
-        self.world.namespaces.clear()
-        for body in namespaces:
-            self.namespace_event(None, body)
-        for key in list(self.world.objects):
-            self.world.remove_object(key)
-        for body in objects:
-            self.world.set_object(state_of(body))
+        before = [informer.relists for informer in self.informers]
+        for informer in self.informers:
+            informer.relist()
+        await asyncio.gather(
+            *(i.wait_listed(b) for i, b in zip(self.informers, before, strict=True))
+        )
         self.world.conflicts.clear()  # re-detected by the next create attempt
         now = time.monotonic()
         self._fights = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import signal
@@ -19,12 +20,19 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from . import metrics
 from .governance import protected_namespaces
 from .handlers import HandlerConfig, build_registry
-from .kube import KubeApi, load_credentials
+from .informers import Informer
+from .kube import NAMESPACES, NETWORK_POLICIES, PROFILES, KubeApi, load_credentials
+from .labels import MANAGED_SELECTOR
 from .leader import FencedKubeApi, LeaderElectionConfig, LeaderElector
+from .objects import GLOBAL_NETWORK_POLICY, NETWORK_POLICY
 from .reconciler import Reconciler, Settings
 from .world import World
 
 log = logging.getLogger(__name__)
+
+#: Watches time out and are renewed every minute and carry bookmarks: three minutes without a
+#: word from the API server means a stream is stuck, and liveness says so.
+STALE_WATCH = 180.0
 
 
 @dataclass
@@ -88,6 +96,11 @@ def health_app(
             problems.append("reconcile loop stalled")
         if reconciler.last_resync and now - reconciler.last_resync > 3 * resync_period:
             problems.append("full resync overdue")
+        stale = reconciler.stale_informers(STALE_WATCH)
+        if stale:
+            problems.append(
+                f"no word from the API server for {STALE_WATCH:.0f}s: {', '.join(stale)}"
+            )
         if problems:
             return web.Response(status=500, text="; ".join(problems) + "\n")
         return web.Response(text="ok\n")
@@ -137,6 +150,29 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
             loop.add_signal_handler(sig, stop.set)
 
 
+def build_informers(api: KubeApi, reconciler: Reconciler) -> list[Informer]:
+    """One list-then-watch cache per kind the operator reads."""
+    return [
+        Informer(
+            api, NAMESPACES, on_list=reconciler.namespaces_listed,
+            on_event=reconciler.namespace_event,
+        ),
+        Informer(
+            api, PROFILES, on_list=reconciler.profiles_listed, on_event=reconciler.profile_event
+        ),
+        Informer(
+            api, NETWORK_POLICIES, label_selector=MANAGED_SELECTOR,
+            on_list=functools.partial(reconciler.objects_listed, NETWORK_POLICY),
+            on_event=reconciler.object_event,
+        ),
+        Informer(
+            api, reconciler.calico, label_selector=MANAGED_SELECTOR, optional=True,
+            on_list=functools.partial(reconciler.objects_listed, GLOBAL_NETWORK_POLICY),
+            on_event=reconciler.object_event,
+        ),
+    ]  # fmt: skip
+
+
 async def run_operator(options: RunOptions, stop: asyncio.Event | None = None) -> None:
     credentials = load_credentials(options.kubeconfig)
     elector = None
@@ -157,10 +193,8 @@ async def run_operator(options: RunOptions, stop: asyncio.Event | None = None) -
             calico_api_version=options.calico_api_version,
         ),
     )
-    registry = build_registry(
-        HandlerConfig(credentials=credentials, calico_api_version=options.calico_api_version),
-        reconciler,
-    )
+    reconciler.informers = build_informers(api, reconciler)
+    registry = build_registry(HandlerConfig(credentials=credentials), reconciler)
     runners = [
         await _serve(metrics_app(), options.bind_address, options.metrics_port),
         await _serve(
