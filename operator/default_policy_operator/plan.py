@@ -44,7 +44,7 @@ class Desired:
             policy=obj.policy,
             profile=meta["labels"][PROFILE_LABEL],
             body=obj.body,
-            spec_hash=spec_hash(obj.key.kind, obj.body.get("spec")),
+            spec_hash=obj.spec_hash or spec_hash(obj.key.kind, obj.body.get("spec")),
             owner_uid=owners[0].get("uid", ""),
         )
 

@@ -14,6 +14,7 @@ import contextlib
 import datetime
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 CALICO_SCOPE = ""  # the dirty-set entry for cluster-scoped Calico objects
 STANDINGS = ("governed", "shadowed", "excluded")
+BULK_CHUNK = 100  # scopes planned per step of a bulk re-plan
 DRIFT_WINDOW = 60.0  # repairs of one object closer together than this count as a fight
 FIGHT_THRESHOLD = 3  # repairs within the window before backing off
 MAX_BACKOFF = 300.0
@@ -78,6 +80,14 @@ class Reconciler:
         self.calico = calico_resource(settings.calico_api_version)
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
+        self._bulk: set[str] = set()  # scopes to re-plan in bulk (profile change, resync)
+        self._queues: dict[bool, deque[tuple[Action, _Drift | None]]] = {
+            True: deque(),  # urgent: from events
+            False: deque(),  # bulk
+        }
+        self._work = asyncio.Event()  # writers: something was queued
+        self._inflight: set[ObjectKey] = set()  # queued or being written
+        self._replan: set[str] = set()  # scopes skipped because a write was in flight
         self._idle = asyncio.Event()  # set while nothing is dirty or in flight
         self._status_dirty = asyncio.Event()
         self.synced = asyncio.Event()  # readiness: the first full pass completed
@@ -100,13 +110,20 @@ class Reconciler:
     # -- events in ----------------------------------------------------------------------
 
     def mark(self, scopes: Iterable[str]) -> None:
+        """Scopes an event touched: planned before any bulk work still waiting."""
         self._idle.clear()
         self._dirty.update(scopes)
         self._wake.set()
         self._status_dirty.set()
 
     def mark_all(self) -> None:
-        self.mark([*self.world.namespaces, *self.world.namespaces_with_objects(), CALICO_SCOPE])
+        """Every scope (profile change, resync): planned in chunks, behind event-driven work."""
+        self._idle.clear()
+        self._bulk.update(
+            [*self.world.namespaces, *self.world.namespaces_with_objects(), CALICO_SCOPE]
+        )
+        self._wake.set()
+        self._status_dirty.set()
 
     # -- informer callbacks: a complete list replaces the view; events update it ---------
 
@@ -240,6 +257,10 @@ class Reconciler:
             self.mark_all()
             self._tasks += [
                 asyncio.create_task(self._reconcile_loop(), name="dpo-reconcile"),
+                *(
+                    asyncio.create_task(self._writer(), name=f"dpo-writer-{i}")
+                    for i in range(self.settings.workers)
+                ),
                 asyncio.create_task(self._status_loop(), name="dpo-status"),
                 asyncio.create_task(self._resync_loop(), name="dpo-resync"),
             ]
@@ -254,53 +275,82 @@ class Reconciler:
         return [i.name for i in self.informers if now - i.last_contact > limit]
 
     async def _reconcile_loop(self) -> None:
+        """Plan dirty scopes and queue their actions; never wait for the writes themselves.
+
+        Event-driven scopes go first and their actions jump the queue, so a new namespace is
+        covered in milliseconds even while a profile change rolls out to thousands of others.
+        Bulk scopes are planned in small chunks, only as fast as the writers drain them.
+        """
         while True:
             self.last_loop = time.monotonic()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=5.0)
-            self._wake.clear()
-            if not self._dirty:
-                self.synced.set()
-                self._idle.set()
+            if self._dirty:
+                batch, self._dirty = self._dirty, set()
+                urgent = True
+            elif self._bulk and len(self._queues[False]) < 2 * self.settings.workers:
+                batch = {self._bulk.pop() for _ in range(min(BULK_CHUNK, len(self._bulk)))}
+                urgent = False
+            else:
+                if not self._bulk and not self._inflight:
+                    self.synced.set()
+                    self._idle.set()
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=5.0)
                 continue
-            batch, self._dirty = self._dirty, set()
             started = time.monotonic()
             try:
-                await self.reconcile(batch)
+                await self.reconcile(batch, urgent=urgent)
             except Exception:  # never let one bad batch stop the operator
                 log.exception("reconcile batch failed; will retry")
                 metrics.RECONCILE_ERRORS.labels(reason="unexpected").inc()
-                self._dirty |= batch
+                self._bulk |= batch
                 await asyncio.sleep(1.0)
-                self._wake.set()
             metrics.RECONCILE_DURATION.labels(trigger="events").observe(time.monotonic() - started)
-            if not self._dirty:
-                self.synced.set()
-                self._idle.set()
 
-    async def reconcile(self, scopes: set[str]) -> None:
-        """Plan every scope, then run all resulting actions with bounded concurrency."""
-        actions: list[tuple[Action, _Drift | None]] = []
-        for scope in scopes:
+    async def reconcile(self, scopes: set[str], *, urgent: bool = True) -> None:
+        """Plan ``scopes`` and queue the resulting actions for the writers."""
+        for count, scope in enumerate(scopes):
+            if count % 50 == 49:
+                await asyncio.sleep(0)  # let watches, probes and writers run
             result = (
                 self.world.plan_calico()
                 if scope == CALICO_SCOPE
                 else self.world.plan_namespace(scope)
             )
-            actions.extend(self._admit(result, scope))
-        for action, _ in actions:
-            self._pending[action.profile] = self._pending.get(action.profile, 0) + 1
-        semaphore = asyncio.Semaphore(self.settings.workers)
-
-        async def run(action: Action, drift: _Drift | None) -> None:
-            async with semaphore:
-                try:
-                    await self._execute(action, drift)
-                finally:
-                    self._pending[action.profile] -= 1
-
-        await asyncio.gather(*(run(a, d) for a, d in actions))
+            for action, drift in self._admit(result, scope):
+                if action.key in self._inflight:
+                    self._replan.add(scope)  # decide again once that write has landed
+                    continue
+                self._inflight.add(action.key)
+                self._pending[action.profile] = self._pending.get(action.profile, 0) + 1
+                self._queues[urgent].append((action, drift))
+                self._work.set()
         self._status_dirty.set()
+
+    async def _writer(self) -> None:
+        """One of ``--workers`` writers: urgent actions first, then bulk ones."""
+        while True:
+            for urgent in (True, False):
+                if self._queues[urgent]:
+                    action, drift = self._queues[urgent].popleft()
+                    break
+            else:
+                self._work.clear()
+                await self._work.wait()
+                continue
+            try:
+                await self._execute(action, drift)
+            except Exception:
+                log.exception("%s %s failed unexpectedly", action.verb, action.key)
+                metrics.RECONCILE_ERRORS.labels(reason="unexpected").inc()
+            finally:
+                self._inflight.discard(action.key)
+                self._pending[action.profile] -= 1
+                scope = action.key.namespace or CALICO_SCOPE
+                if scope in self._replan:
+                    self._replan.discard(scope)
+                    self.mark([scope])
+                self._wake.set()  # the planner may be waiting for room, or for idleness
 
     def _admit(self, result: ScopePlan, scope: str) -> list[tuple[Action, _Drift | None]]:
         """Record errors and audit findings; hold back repairs of contested objects."""
