@@ -64,6 +64,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         log_format=args.log_format,
         log_level=args.log_level,
         resync_period=args.resync_period,
+        watch_timeout=args.watch_timeout,
         workers=args.workers,
         calico_api_version=args.calico_api_version,
         leader_election=election,
@@ -159,6 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", default="INFO")
     run.add_argument(
         "--resync-period", type=float, default=600.0, help="seconds between full resyncs"
+    )
+    run.add_argument(
+        "--watch-timeout",
+        type=int,
+        default=60,
+        help="seconds before a watch is renewed; liveness fails after 3 without any word",
     )
     run.add_argument("--workers", type=int, default=32, help="concurrent API writes")
     run.add_argument(

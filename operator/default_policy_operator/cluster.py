@@ -586,6 +586,8 @@ class ControlPlane:
         self._records: list[_ProcessRecord] = []
         self._popens: dict[int, subprocess.Popen[bytes]] = {}
         self._ssl: ssl.SSLContext | None = None
+        #: name -> (executable, arguments) of each child, to restart one alone (fault tests)
+        self._commands: dict[str, tuple[Path, list[str]]] = {}
 
     # -- state -----------------------------------------------------------------------------
 
@@ -757,9 +759,10 @@ class ControlPlane:
             return []
         return [json.loads(line) for line in lines if line.strip()]
 
-    def _spawn(self, name: str, exe: Path, args: Sequence[str]) -> None:
+    def _spawn(self, name: str, exe: Path, args: Sequence[str], *, append: bool = False) -> None:
+        self._commands[name] = (exe, list(args))
         log_path = self.workdir / f"{name}.log"
-        with log_path.open("wb") as log_file:
+        with log_path.open("ab" if append else "wb") as log_file:
             popen = subprocess.Popen(
                 [str(exe), *args],
                 stdin=subprocess.DEVNULL,
@@ -902,6 +905,62 @@ class ControlPlane:
             self._records.clear()
             self._popens.clear()
             self.pids_file.unlink(missing_ok=True)
+
+    # -- stopping and starting one child (fault-injection tests) --------------------------------
+
+    def _record(self, name: str) -> _ProcessRecord | None:
+        return next((r for r in self._records if r.name == name), None)
+
+    def stop_child(self, name: str, sig: signal.Signals = signal.SIGTERM) -> None:
+        """Stop one child (``"etcd"`` or ``"kube-apiserver"``) and keep its data and port.
+
+        SIGTERM lets it shut down gracefully; SIGKILL is a crash. Idempotent.
+        """
+        record = self._record(name)
+        if record is None:
+            return
+        popen = self._popens.pop(record.pid, None)
+        if sig == signal.SIGKILL and popen is not None and popen.poll() is None:
+            _signal_group(record.pid, signal.SIGKILL)
+            popen.wait()
+        else:
+            _terminate(record, popen)
+        self._records.remove(record)
+        self._save_pids()
+
+    def start_child(self, name: str) -> None:
+        """Start again a child stopped by :meth:`stop_child`, with the same flags and ports.
+
+        Waits until etcd listens, or until kube-apiserver's ``/readyz`` answers 200 (which
+        needs etcd up).
+        """
+        if self._record(name) is not None:
+            raise ControlPlaneError(f"{name} is already running")
+        if name not in self._commands:
+            raise ControlPlaneError(f"{name} was never started")
+        exe, args = self._commands[name]
+        self._spawn(name, exe, args, append=True)
+        # Keep the start order (etcd first), so stop() still stops the apiserver first.
+        self._records.sort(key=lambda r: list(self._commands).index(r.name))
+        self._save_pids()
+        if name == "etcd":
+            self._wait_listening("etcd", int(self.etcd_endpoint.rpartition(":")[2]))
+        else:
+            self._ssl = None
+            self._wait_ready()
+
+    def stop_etcd(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        """Take etcd down (its data stays); the apiserver keeps running and fails requests."""
+        self.stop_child("etcd", sig)
+
+    def start_etcd(self) -> None:
+        self.start_child("etcd")
+
+    def restart_apiserver(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        """Stop kube-apiserver alone and start it again on the same port, with the same
+        certificates and tokens; returns once ``/readyz`` answers 200."""
+        self.stop_child("kube-apiserver", sig)
+        self.start_child("kube-apiserver")
 
     # -- talking to it ----------------------------------------------------------------------
 

@@ -176,13 +176,18 @@ class Reconciler:
         meta = body.get("metadata") or {}
         name = meta.get("name", "")
         if event_type == "DELETED":
+            if self.world.namespaces.get(name) is None:
+                return
             self.world.remove_namespace(name)
         else:
             annotations = dict(meta.get("annotations") or {})
             annotations.pop("kubectl.kubernetes.io/last-applied-configuration", None)
-            self.world.set_namespace(
-                Namespace(name=name, labels=dict(meta.get("labels") or {}), annotations=annotations)
+            namespace = Namespace(
+                name=name, labels=dict(meta.get("labels") or {}), annotations=annotations
             )
+            if self.world.namespaces.get(name) == namespace:
+                return  # status or finalizers moved, or a re-list: nothing we read changed
+            self.world.set_namespace(namespace)
         self.mark([name, CALICO_SCOPE])
 
     def object_event(self, event_type: str | None, body: dict[str, Any]) -> None:

@@ -30,9 +30,9 @@ from .world import World
 
 log = logging.getLogger(__name__)
 
-#: Watches time out and are renewed every minute and carry bookmarks: three minutes without a
-#: word from the API server means a stream is stuck, and liveness says so.
-STALE_WATCH = 180.0
+#: Watches end and are renewed every --watch-timeout seconds and carry bookmarks: this many
+#: timeouts without a word from the API server means a stream is stuck, and liveness says so.
+STALE_WATCH_TIMEOUTS = 3
 
 
 @dataclass
@@ -45,6 +45,7 @@ class RunOptions:
     log_format: str = "text"
     log_level: str = "INFO"
     resync_period: float = 600.0
+    watch_timeout: int = 60
     workers: int = 32
     calico_api_version: str = "crd.projectcalico.org/v1"
     #: ``--leader-elect``: stand by until this replica holds the Lease (None: always act)
@@ -77,7 +78,10 @@ def configure_logging(fmt: str, level: str) -> None:
 
 
 def health_app(
-    reconciler: Reconciler, resync_period: float, elector: LeaderElector | None = None
+    reconciler: Reconciler,
+    resync_period: float,
+    elector: LeaderElector | None = None,
+    watch_timeout: float = 60.0,
 ) -> web.Application:
     """Liveness: the reconcile loop turns over and resyncs happen; readiness: first sync done.
 
@@ -96,10 +100,11 @@ def health_app(
             problems.append("reconcile loop stalled")
         if reconciler.last_resync and now - reconciler.last_resync > 3 * resync_period:
             problems.append("full resync overdue")
-        stale = reconciler.stale_informers(STALE_WATCH)
+        stale_after = STALE_WATCH_TIMEOUTS * watch_timeout
+        stale = reconciler.stale_informers(stale_after)
         if stale:
             problems.append(
-                f"no word from the API server for {STALE_WATCH:.0f}s: {', '.join(stale)}"
+                f"no word from the API server for {stale_after:.0f}s: {', '.join(stale)}"
             )
         if problems:
             return web.Response(status=500, text="; ".join(problems) + "\n")
@@ -150,26 +155,19 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
             loop.add_signal_handler(sig, stop.set)
 
 
-def build_informers(api: KubeApi, reconciler: Reconciler) -> list[Informer]:
+def build_informers(api: KubeApi, reconciler: Reconciler, watch_timeout: int) -> list[Informer]:
     """One list-then-watch cache per kind the operator reads."""
+    informer = functools.partial(Informer, api, watch_timeout=watch_timeout)
     return [
-        Informer(
-            api, NAMESPACES, on_list=reconciler.namespaces_listed,
-            on_event=reconciler.namespace_event,
-        ),
-        Informer(
-            api, PROFILES, on_list=reconciler.profiles_listed, on_event=reconciler.profile_event
-        ),
-        Informer(
-            api, NETWORK_POLICIES, label_selector=MANAGED_SELECTOR,
-            on_list=functools.partial(reconciler.objects_listed, NETWORK_POLICY),
-            on_event=reconciler.object_event,
-        ),
-        Informer(
-            api, reconciler.calico, label_selector=MANAGED_SELECTOR, optional=True,
-            on_list=functools.partial(reconciler.objects_listed, GLOBAL_NETWORK_POLICY),
-            on_event=reconciler.object_event,
-        ),
+        informer(NAMESPACES, on_list=reconciler.namespaces_listed,
+                 on_event=reconciler.namespace_event),
+        informer(PROFILES, on_list=reconciler.profiles_listed, on_event=reconciler.profile_event),
+        informer(NETWORK_POLICIES, label_selector=MANAGED_SELECTOR,
+                 on_list=functools.partial(reconciler.objects_listed, NETWORK_POLICY),
+                 on_event=reconciler.object_event),
+        informer(reconciler.calico, label_selector=MANAGED_SELECTOR, optional=True,
+                 on_list=functools.partial(reconciler.objects_listed, GLOBAL_NETWORK_POLICY),
+                 on_event=reconciler.object_event),
     ]  # fmt: skip
 
 
@@ -193,12 +191,12 @@ async def run_operator(options: RunOptions, stop: asyncio.Event | None = None) -
             calico_api_version=options.calico_api_version,
         ),
     )
-    reconciler.informers = build_informers(api, reconciler)
+    reconciler.informers = build_informers(api, reconciler, options.watch_timeout)
     registry = build_registry(HandlerConfig(credentials=credentials), reconciler)
     runners = [
         await _serve(metrics_app(), options.bind_address, options.metrics_port),
         await _serve(
-            health_app(reconciler, options.resync_period, elector),
+            health_app(reconciler, options.resync_period, elector, options.watch_timeout),
             options.bind_address,
             options.health_port,
         ),

@@ -1,0 +1,242 @@
+"""The "nothing lost" check: the live cluster holds exactly what an offline render says it should.
+
+Reusable by any resilience test: after a fault and the recovery, call :func:`wait_nothing_lost`
+(or :func:`check` for a one-shot verdict). The expectation is computed offline, from the live
+namespaces and profiles only, with the operator's own pure model -- :class:`World` decides who
+governs a namespace and :class:`Renderer` produces the objects -- and compared with the live
+managed objects after normalisation (:func:`spec_hash`). The live side is read with the tests'
+independent client (:class:`tests.support.Api`), never the operator's.
+
+What counts as lost or extra:
+
+* every namespace governed by an enforcing NetworkPolicy-flavour profile holds exactly the
+  rendered NetworkPolicies (same names, same normalised spec, our labels, owned by the profile);
+* every other namespace holds no managed NetworkPolicy (no orphans, no leftovers of a namespace
+  that stopped wanting them, nothing in namespaces that are gone);
+* the managed GlobalNetworkPolicies are exactly those of the enforcing Calico profiles, with the
+  selector the current namespaces call for;
+* no object of any other kind carries the operator's managed-by label (every listable resource
+  the apiserver serves is listed with that label selector).
+
+Namespaces governed by an ``Audit`` profile are not checked (Audit writes nothing, so what is
+there depends on history) and neither is anything when a profile is invalid (the operator keeps
+the last good version, which an offline render cannot know): both are reported, not guessed.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.parse
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from default_policy_operator.governance import Namespace, protected_namespaces
+from default_policy_operator.labels import MANAGED_SELECTOR, PROFILE_LABEL
+from default_policy_operator.model import Flavor
+from default_policy_operator.normalize import spec_hash
+from default_policy_operator.objects import GLOBAL_NETWORK_POLICY, NETWORK_POLICY
+from default_policy_operator.render import RenderedObject
+from default_policy_operator.world import World
+
+from .support import GNPS, PROFILES, Api, ApiStatus
+
+NETPOLS = "/apis/networking.k8s.io/v1/networkpolicies"
+#: (API group, kind) the operator may create; anything else with its label is a finding.
+ALLOWED_KINDS = {
+    ("networking.k8s.io", NETWORK_POLICY),
+    ("crd.projectcalico.org", GLOBAL_NETWORK_POLICY),
+}
+
+
+@dataclass
+class Verdict:
+    """The outcome of one check: empty ``problems`` means nothing lost and nothing extra."""
+
+    problems: list[str] = field(default_factory=list)
+    namespaces: int = 0
+    governed: int = 0
+    objects: int = 0  # managed objects found live
+    skipped: list[str] = field(default_factory=list)  # Audit-governed namespaces
+    kinds_listed: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        return (
+            f"{self.namespaces} namespaces, {self.governed} governed, {self.objects} managed "
+            f"objects, {self.kinds_listed} kinds listed, {len(self.skipped)} skipped (Audit), "
+            f"{len(self.problems)} problem(s)"
+        )
+
+    def __str__(self) -> str:
+        shown = self.problems[:25]
+        more = len(self.problems) - len(shown)
+        return "\n".join([self.summary(), *shown, *([f"... and {more} more"] if more else [])])
+
+
+def _get(api: Api, path: str, attempts: int = 20) -> Any:
+    """A GET that waits out the apiserver's transient refusals (e.g. a watch cache that is
+    re-initialising after a restart answers 429 "storage is (re)initializing")."""
+    for attempt in range(attempts):
+        try:
+            return api.request("GET", path)
+        except ApiStatus as exc:
+            if exc.code not in (429, 500, 503, 504) or attempt == attempts - 1:
+                raise
+        time.sleep(0.5)
+    raise AssertionError("unreachable")
+
+
+def _managed(api: Api, path: str) -> list[dict[str, Any]]:
+    query = urllib.parse.quote(MANAGED_SELECTOR)
+    items: list[dict[str, Any]] = _get(api, f"{path}?labelSelector={query}")["items"]
+    return items
+
+
+def _list_all(api: Api, path: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    token = ""
+    while True:
+        query = "?limit=500" + (f"&continue={urllib.parse.quote(token)}" if token else "")
+        page = _get(api, path + query)
+        items.extend(page["items"])
+        token = (page.get("metadata") or {}).get("continue") or ""
+        if not token:
+            return items
+
+
+def listable_resources(api: Api) -> list[tuple[str, str, str]]:
+    """(list path, API group, kind) of every resource the apiserver can list, via discovery."""
+    out: list[tuple[str, str, str]] = []
+    versions = [("", "/api/v1")]
+    for group in _get(api, "/apis")["groups"]:
+        preferred = group["preferredVersion"]["groupVersion"]
+        versions.append((group["name"], f"/apis/{preferred}"))
+    for group, base in versions:
+        for resource in _get(api, base)["resources"]:
+            if "/" in resource["name"] or "list" not in resource.get("verbs", []):
+                continue
+            out.append((f"{base}/{resource['name']}", group, resource["kind"]))
+    return out
+
+
+def _expected_owner(world: World, profile: str) -> str:
+    entry = world.profiles.get(profile)
+    return entry.profile.uid if entry is not None and entry.profile is not None else ""
+
+
+def _compare(
+    verdict: Verdict,
+    where: str,
+    wanted: Iterable[RenderedObject],
+    live: dict[str, dict[str, Any]],
+    world: World,
+) -> None:
+    wanted_by_name = {obj.key.name: obj for obj in wanted}
+    for name in sorted(set(wanted_by_name) - set(live)):
+        verdict.problems.append(f"missing: {where}{name}")
+    for name in sorted(set(live) - set(wanted_by_name)):
+        profile = live[name]["metadata"].get("labels", {}).get(PROFILE_LABEL, "?")
+        verdict.problems.append(f"orphan: {where}{name} (profile {profile})")
+    for name in sorted(set(live) & set(wanted_by_name)):
+        obj, body = wanted_by_name[name], live[name]
+        kind = obj.key.kind
+        if spec_hash(kind, body.get("spec")) != spec_hash(kind, obj.body.get("spec")):
+            verdict.problems.append(f"drifted spec: {where}{name}")
+        labels = body["metadata"].get("labels") or {}
+        wrong = {k: v for k, v in obj.body["metadata"]["labels"].items() if labels.get(k) != v}
+        if wrong:
+            verdict.problems.append(f"wrong labels: {where}{name}: want {wrong}, have {labels}")
+        owner = _expected_owner(world, labels.get(PROFILE_LABEL, ""))
+        owners = [ref.get("uid") for ref in body["metadata"].get("ownerReferences") or []]
+        if owner and owner not in owners:
+            verdict.problems.append(f"wrong owner: {where}{name}: {owners} lacks {owner}")
+
+
+def check(api: Api, *, operator_namespace: str = "dpo-system", other_kinds: bool = True) -> Verdict:
+    """One comparison of the live cluster with the offline render (no waiting)."""
+    verdict = Verdict()
+    world = World(protected_namespaces(operator_namespace))
+    for body in _list_all(api, "/api/v1/namespaces"):
+        meta = body["metadata"]
+        annotations = dict(meta.get("annotations") or {})
+        annotations.pop("kubectl.kubernetes.io/last-applied-configuration", None)
+        world.set_namespace(Namespace(meta["name"], dict(meta.get("labels") or {}), annotations))
+    for body in _list_all(api, PROFILES):
+        entry = world.update_profile(body)
+        if entry.error:
+            verdict.problems.append(f"profile {entry.name} is invalid, cannot check: {entry.error}")
+    verdict.namespaces = len(world.namespaces)
+
+    live_policies: dict[str, dict[str, dict[str, Any]]] = {}
+    for item in _managed(api, NETPOLS):
+        meta = item["metadata"]
+        live_policies.setdefault(meta["namespace"], {})[meta["name"]] = item
+    verdict.objects = sum(len(v) for v in live_policies.values())
+
+    for name in sorted(set(world.namespaces) | set(live_policies)):
+        namespace = world.namespaces.get(name)
+        governor = world.governor(namespace) if namespace is not None else None
+        wanted: list[RenderedObject] = []
+        if governor is not None and governor.flavor is Flavor.NETWORK_POLICY:
+            if not governor.enforcing:
+                verdict.skipped.append(name)
+                continue
+            assert namespace is not None
+            verdict.governed += 1
+            data = {"name": name, "labels": namespace.labels, "annotations": namespace.annotations}
+            wanted = world.renderer.render_namespace(governor, data)
+        _compare(verdict, f"{name}/", wanted, live_policies.get(name, {}), world)
+
+    gnps = {item["metadata"]["name"]: item for item in _managed(api, GNPS)}
+    verdict.objects += len(gnps)
+    wanted_gnps: list[RenderedObject] = []
+    for profile in world.active_profiles():
+        if profile.flavor is Flavor.CALICO and profile.enforcing:
+            wanted_gnps += world.renderer.render_calico(profile, world.calico_selector(profile))
+    audit = {p.name for p in world.active_profiles() if not p.enforcing}
+    gnps = {k: v for k, v in gnps.items() if v["metadata"]["labels"][PROFILE_LABEL] not in audit}
+    _compare(verdict, "", wanted_gnps, gnps, world)
+
+    if other_kinds:
+        resources = listable_resources(api)
+        verdict.kinds_listed = len(resources)
+        for path, group, kind in resources:
+            if (group, kind) in ALLOWED_KINDS:
+                continue
+            for item in _managed(api, path):
+                meta = item["metadata"]
+                where = f"{meta['namespace']}/" if meta.get("namespace") else ""
+                verdict.problems.append(f"unexpected kind: {group}/{kind} {where}{meta['name']}")
+    return verdict
+
+
+def wait_nothing_lost(
+    api: Api,
+    timeout: float = 60.0,
+    *,
+    interval: float = 1.0,
+    operator_namespace: str = "dpo-system",
+    other_kinds: bool = True,
+) -> Verdict:
+    """Poll :func:`check` until it passes; fail with the last verdict's problems otherwise.
+
+    The cheap part (namespaces, profiles and managed objects) is polled; the listing of every
+    other kind runs once, on the passing pass, since nothing should ever create those.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        verdict = check(api, operator_namespace=operator_namespace, other_kinds=False)
+        if verdict.ok:
+            if other_kinds:
+                verdict = check(api, operator_namespace=operator_namespace)
+                assert verdict.ok, f"nothing-lost check failed:\n{verdict}"
+            return verdict
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"nothing-lost check still failing after {timeout:.0f}s:\n{verdict}"
+            )
+        time.sleep(interval)
