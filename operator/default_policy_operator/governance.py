@@ -34,6 +34,8 @@ class Namespace:
     name: str
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
+    #: where the informer saw it; not part of equality (a new version may change nothing we read)
+    resource_version: str = field(default="", compare=False)
 
     @property
     def exempt(self) -> bool:

@@ -21,8 +21,9 @@ from .kube import ApiError, KubeApi, Resource
 
 log = logging.getLogger(__name__)
 
-#: Called with the complete list after every (re)list: the consumer replaces its view.
-OnList = Callable[[list[dict[str, Any]]], None]
+#: Called with a complete list and its resourceVersion: the consumer merges it into its view
+#: (what is missing and not newer than the list was deleted; what is newer stays).
+OnList = Callable[[list[dict[str, Any]], str], None]
 #: Called with each watch event's type (ADDED, MODIFIED, DELETED) and object.
 OnEvent = Callable[[str, dict[str, Any]], None]
 
@@ -49,37 +50,35 @@ class Informer:
         self.optional = optional
         self.listed = asyncio.Event()
         self.last_contact = time.monotonic()
-        self.relists = 0
-        self._lists = asyncio.Condition()
-        self._watcher: asyncio.Task[None] | None = None
 
     @property
     def name(self) -> str:
         return f"{self.resource.plural}.{self.resource.group or 'core'}"
 
-    def relist(self) -> None:
-        """Re-list now (the periodic full resync): interrupts the current watch."""
-        if self._watcher is not None and not self._watcher.done():
-            self._watcher.cancel()
-
     async def run(self) -> None:
         failures = 0
-        me = asyncio.current_task()
         while True:
             try:
                 version = await self._list()
+                self.listed.set()
                 failures = 0
-                self._watcher = asyncio.create_task(self._watch(version))
-                await self._watcher
-            except asyncio.CancelledError:
-                if me is not None and me.cancelling():
-                    raise  # we are being stopped
-                # only the watcher was cancelled: a relist was asked for
+                await self._watch(version)
             except Exception as exc:  # any failure: back off and re-list, never give up
+                if isinstance(exc, ApiError) and exc.status >= 400:
+                    self.last_contact = time.monotonic()  # the server answered, if with an error
                 failures += 1
                 delay = min(30.0, 0.5 * 2**failures) * random.uniform(0.8, 1.2)
                 log.warning("%s: %s; re-listing in %.1fs", self.name, exc, delay)
                 await asyncio.sleep(delay)
+
+    async def resync(self) -> None:
+        """A fresh list merged into the view (the periodic full resync).
+
+        The watch keeps running meanwhile: interrupting it would leave every change made during
+        a long list unseen until the list ends (seconds, at thousands of objects). The consumer
+        merges by resourceVersion, so the list never overrides something newer.
+        """
+        await self._list()
 
     async def _list(self) -> str:
         try:
@@ -90,18 +89,9 @@ class Informer:
             if not (self.optional and exc.status == 404):
                 raise
             items, version = [], ""
-        self.on_list(items)
+        self.on_list(items, version)
         self.last_contact = time.monotonic()
-        self.listed.set()
-        async with self._lists:
-            self.relists += 1
-            self._lists.notify_all()
         return version
-
-    async def wait_listed(self, after: int) -> None:
-        """Wait until more than ``after`` lists have been delivered."""
-        async with self._lists:
-            await self._lists.wait_for(lambda: self.relists > after)
 
     async def _watch(self, version: str) -> None:
         """Watch from ``version`` until the list is stale (410) or the stream fails."""

@@ -125,34 +125,39 @@ class Reconciler:
         self._wake.set()
         self._status_dirty.set()
 
-    # -- informer callbacks: a complete list replaces the view; events update it ---------
+    # -- informer callbacks: a list is merged by resourceVersion; events update the view -
 
-    def namespaces_listed(self, items: list[dict[str, Any]]) -> None:
-        listed = {(i.get("metadata") or {}).get("name", "") for i in items}
-        for gone in set(self.world.namespaces) - listed:
-            self.namespace_event("DELETED", {"metadata": {"name": gone}})
-        for body in items:
-            self.namespace_event("ADDED", body)
+    def namespaces_listed(self, items: list[dict[str, Any]], version: str) -> None:
+        listed = {(i.get("metadata") or {}).get("name", ""): i for i in items}
+        for name, known in list(self.world.namespaces.items()):
+            if name not in listed and not _older(version, known.resource_version):
+                self.namespace_event("DELETED", {"metadata": {"name": name}})
+        for name, body in listed.items():
+            seen = self.world.namespaces.get(name)
+            if seen is None or _older(seen.resource_version, _version_of(body)):
+                self.namespace_event("MODIFIED", body)
 
-    def objects_listed(self, kind: str, items: list[dict[str, Any]]) -> None:
+    def objects_listed(self, kind: str, items: list[dict[str, Any]], version: str) -> None:
         """A (re)list of one kind of managed object; what vanished unseen was deleted."""
         listed = {state_of(body).key: body for body in items}
         for key in [k for k in self.world.objects if k.kind == kind and k not in listed]:
             known = self.world.objects[key]
+            if _older(version, known.resource_version):
+                continue  # created after the list was taken
             self.object_event("DELETED", {"kind": kind, "metadata": {
                 "name": key.name, "namespace": key.namespace, "uid": known.uid,
                 "resourceVersion": known.resource_version}})  # fmt: skip
         for key, body in listed.items():
             current = self.world.objects.get(key)
-            version = body["metadata"].get("resourceVersion")
-            if current is None or current.resource_version != version:
+            if current is None or _older(current.resource_version, _version_of(body)):
                 self.object_event("ADDED" if current is None else "MODIFIED", body)
 
-    def profiles_listed(self, items: list[dict[str, Any]]) -> None:
-        listed = {(i.get("metadata") or {}).get("name", "") for i in items}
-        for gone in set(self.world.profiles) - listed:
-            self.profile_event("DELETED", {"metadata": {"name": gone}})
-        for body in items:
+    def profiles_listed(self, items: list[dict[str, Any]], version: str) -> None:
+        listed = {(i.get("metadata") or {}).get("name", ""): i for i in items}
+        for name, entry in list(self.world.profiles.items()):
+            if name not in listed and not _older(version, entry.resource_version):
+                self.profile_event("DELETED", {"metadata": {"name": name}})
+        for body in listed.values():
             self.profile_event("MODIFIED", body)
 
     def profile_event(self, event_type: str, body: dict[str, Any]) -> None:
@@ -183,11 +188,15 @@ class Reconciler:
             annotations = dict(meta.get("annotations") or {})
             annotations.pop("kubectl.kubernetes.io/last-applied-configuration", None)
             namespace = Namespace(
-                name=name, labels=dict(meta.get("labels") or {}), annotations=annotations
+                name=name,
+                labels=dict(meta.get("labels") or {}),
+                annotations=annotations,
+                resource_version=str(meta.get("resourceVersion", "")),
             )
-            if self.world.namespaces.get(name) == namespace:
-                return  # status or finalizers moved, or a re-list: nothing we read changed
+            previous = self.world.namespaces.get(name)
             self.world.set_namespace(namespace)
+            if previous == namespace:
+                return  # status or finalizers moved, or a re-list: nothing we read changed
         self.mark([name, CALICO_SCOPE])
 
     def object_event(self, event_type: str | None, body: dict[str, Any]) -> None:
@@ -613,6 +622,8 @@ class Reconciler:
             metrics.NAMESPACES.labels(state=state).set(coverage.get(state, 0))
         counts = self.world.counts()
         for name, entry in list(self.world.profiles.items()):
+            if name not in self.world.profiles:
+                continue  # deleted while an earlier status write was awaited
             previous = self._published.get(name, entry.status)
             status = self.status_for(name, previous, counts[name])
             if status == previous:
@@ -667,12 +678,12 @@ class Reconciler:
         Catches whatever a watch may have missed; writes nothing when all is in order.
         """
         started = time.monotonic()
-        before = [informer.relists for informer in self.informers]
-        for informer in self.informers:
-            informer.relist()
-        await asyncio.gather(
-            *(i.wait_listed(b) for i, b in zip(self.informers, before, strict=True))
+        results = await asyncio.gather(
+            *(informer.resync() for informer in self.informers), return_exceptions=True
         )
+        for informer, result in zip(self.informers, results, strict=True):
+            if isinstance(result, Exception):  # its own loop retries, with backoff, and logs it
+                log.debug("resync: listing %s failed: %s", informer.name, result)
         self.world.conflicts.clear()  # re-detected by the next create attempt
         now = time.monotonic()
         self._fights = {
@@ -683,6 +694,10 @@ class Reconciler:
         self.last_resync = time.monotonic()
         metrics.LAST_FULL_RESYNC.set(time.time())
         metrics.RECONCILE_DURATION.labels(trigger="resync").observe(time.monotonic() - started)
+
+
+def _version_of(body: dict[str, Any]) -> str:
+    return str((body.get("metadata") or {}).get("resourceVersion", ""))
 
 
 def _older(candidate: str, current: str) -> bool:

@@ -918,6 +918,12 @@ class Renderer:
             raise RenderError(policy, f"output is not valid YAML: {exc}") from None
         if len(documents) != 1:
             raise RenderError(policy, f"must render exactly one document, got {len(documents)}")
+        # YAML aliases share nodes: a few hundred characters can stand for millions of them,
+        # which hashing, copying and the API request would all expand.
+        if _rendered_size(documents[0], MAX_OUTPUT_CHARS) > MAX_OUTPUT_CHARS:
+            raise RenderError(
+                policy, f"template exceeded {MAX_OUTPUT_CHARS} characters of output (YAML aliases)"
+            )
         return documents[0]
 
     # -- profile rendering -----------------------------------------------------------------

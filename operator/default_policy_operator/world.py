@@ -49,6 +49,7 @@ class ProfileEntry:
     deletion_policy: DeletionPolicy = DeletionPolicy.DELETE
     #: the status last read from the API, so a restart does not rewrite an identical status
     status: dict[str, Any] = field(default_factory=dict)
+    resource_version: str = ""
 
     @property
     def active(self) -> bool:
@@ -112,8 +113,10 @@ class World:
         previous = self.profiles.get(name)
         generation = int(meta.get("generation") or 0)
         deleting = bool(meta.get("deletionTimestamp"))
+        version = str(meta.get("resourceVersion", ""))
         if previous and (previous.generation, previous.deleting) == (generation, deleting):
             previous.status = dict(body.get("status") or {})  # a status-only change
+            previous.resource_version = version
             return previous
         spec = body.get("spec") or {}
         entry = ProfileEntry(
@@ -127,6 +130,7 @@ class World:
                 else DeletionPolicy.DELETE
             ),
             status=dict(body.get("status") or {}),
+            resource_version=version,
         )
         try:
             profile = parse_profile(body)
