@@ -119,6 +119,9 @@ class Client:
                 continue
             verb = re.search(r'verb="(\w+)"', line)
             resource = re.search(r'resource="(\w+)"', line)
+            code = re.search(r'code="(\d+)"', line)
+            if code and not code.group(1).startswith("2"):
+                continue  # refused (429 from API Priority and Fairness, 409...): not a write
             if verb and resource and verb.group(1) in WRITE_VERBS:
                 key = resource.group(1)
                 totals[key] = totals.get(key, 0.0) + float(line.rpartition(" ")[2])
