@@ -265,7 +265,7 @@ def test_every_dashboard_and_rule_expression_evaluates(prometheus: Prometheus) -
             failures.append(f"{name}: {exc}")
     assert not failures, "\n".join(failures)
     # Series the operator exports from its start: these panels return data, not just no error.
-    for name in ("Uncovered namespaces", "Governed namespaces", "Version", "Operator targets up"):
+    for name in ("Uncovered namespaces", "Governed namespaces", "Version", "Operator up / leaders"):
         assert results[f"{name} [A]"] >= 1, f"{name} returned no series"
 
     # The template variables' label_values(selector, label) queries find the operator.

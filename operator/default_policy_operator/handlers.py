@@ -61,6 +61,10 @@ def build_registry(config: HandlerConfig, reconciler: Reconciler) -> kopf.Operat
         """Finalizer: remove (Delete) or release (Orphan) the profile's objects, then let go."""
         await reconciler.synced.wait()
         entry = reconciler.world.profiles.get(name)
+        if entry is not None and not entry.deleting:
+            # kopf may see the deletion before our informer does: stop governing right now.
+            entry.deleting = True
+            reconciler.world.set_profile(entry)
         reconciler.profile_changed()
         await reconciler.idle()
         if entry is not None and entry.deletion_policy is DeletionPolicy.ORPHAN:

@@ -31,7 +31,7 @@ from .kube import (
     Resource,
     calico_resource,
 )
-from .labels import GROUP, KIND, VERSION
+from .labels import GROUP, KIND, MANAGED_SELECTOR, PROFILE_LABEL, VERSION
 from .normalize import ObjectState, state_of
 from .objects import GLOBAL_NETWORK_POLICY, ObjectKey, is_managed, managed_labels
 from .plan import Action, Verb
@@ -237,13 +237,18 @@ class Reconciler:
         """Release a profile's remaining objects: drop our labels and owner, keep the policy.
 
         Called by the finalizer of a profile with ``deletionPolicy: Orphan``, after namespaces
-        that another profile governs have been handed over in place.
+        that another profile governs have been handed over in place. The objects come from a
+        fresh list, not the cache: a write whose response is still on its way must not be missed.
         """
         release = {
             "metadata": {"labels": dict.fromkeys(managed_labels("", "")), "ownerReferences": None}
         }
-        for state in self.objects_of(profile):
-            key = state.key
+        selector = f"{MANAGED_SELECTOR},{PROFILE_LABEL}={profile}"
+        bodies = await self.api.list_objects(NETWORK_POLICIES, label_selector=selector)
+        with contextlib.suppress(ApiError):  # Calico may not be installed
+            bodies += await self.api.list_objects(self.calico, label_selector=selector)
+        for body in bodies:
+            key = state_of(body).key
             try:
                 await self.api.patch(
                     self._resource(key), key.name, release, namespace=key.namespace
