@@ -227,6 +227,13 @@ class OperatorProcess:
     def log_tail(self, limit: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-limit:]
 
+    def __enter__(self) -> OperatorProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process is None or self.process.poll() is not None:
             return

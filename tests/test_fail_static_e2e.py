@@ -91,12 +91,8 @@ def operator(
     plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
     log = tmp_path_factory.mktemp("fail-static-operator") / "operator.log"
-    process = OperatorProcess(plane.kubeconfig, log, "--resync-period", str(RESYNC))
-    process.start()
-    try:
+    with OperatorProcess(plane.kubeconfig, log, "--resync-period", str(RESYNC)) as process:
         yield process
-    finally:
-        process.stop()
 
 
 def managed(api: Api) -> dict[str, tuple[str, str]]:

@@ -55,12 +55,8 @@ def operator(
     plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
     log = tmp_path_factory.mktemp("outage-operator") / "operator.log"
-    process = OperatorProcess(plane.kubeconfig, log, "--resync-period", str(RESYNC))
-    process.start()
-    try:
+    with OperatorProcess(plane.kubeconfig, log, "--resync-period", str(RESYNC)) as process:
         yield process
-    finally:
-        process.stop()
 
 
 def api_errors(
