@@ -12,21 +12,23 @@ help:
 	@echo "make test   - lint, type-check, unit and end-to-end tests (builds the control plane once)"
 	@echo "make bench  - scale benchmark (slow; writes bench/results/)"
 
+# dev/ (local control plane, demo) is development tooling: on the venv's path, not in the wheel.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
+	echo "$(CURDIR)/dev" > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/dpo-dev.pth"
 	touch $(STAMP)
 
 venv: $(STAMP)
 
 # Builds etcd, kube-apiserver and kubectl from Go modules into ~/.cache (once; seconds after).
 binaries: venv
-	$(BIN)/python -c "from default_policy_operator.cluster import ensure_binaries, calico_crd_files; ensure_binaries(); calico_crd_files()"
+	$(BIN)/python -c "from dpo_dev.cluster import ensure_binaries, calico_crd_files; ensure_binaries(); calico_crd_files()"
 
 lint: venv
-	$(BIN)/ruff check operator tests
-	$(BIN)/ruff format --check operator tests
+	$(BIN)/ruff check operator dev tests bench
+	$(BIN)/ruff format --check operator dev tests bench
 	$(BIN)/mypy
 
 # prometheus and promtool for the monitoring tests: Debian's package (CI runs as root on Debian).
@@ -40,7 +42,7 @@ unit: venv
 	$(BIN)/pytest -q -p no:cacheprovider -m "not e2e and not slow"
 
 demo: binaries
-	$(BIN)/python -m default_policy_operator.demo
+	$(BIN)/python -m dpo_dev.demo
 
 # BENCH_ARGS="--sizes 1000" for a shorter run; --profile adds a py-spy flame graph.
 bench: binaries

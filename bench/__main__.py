@@ -44,7 +44,7 @@ from typing import Any
 
 import aiohttp
 
-from default_policy_operator.cluster import ControlPlane
+from dpo_dev.cluster import ControlPlane
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MANAGED = "app.kubernetes.io/managed-by=default-policy-operator"

@@ -15,9 +15,8 @@ from types import FrameType
 
 import pytest
 
-from default_policy_operator.cluster import ControlPlane
-
-from .support import Api, OperatorProcess
+from dpo_dev.cluster import ControlPlane
+from tests.support import Api, OperatorProcess
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

@@ -31,15 +31,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from default_policy_operator.governance import Namespace, protected_namespaces
-from default_policy_operator.labels import MANAGED_SELECTOR, PROFILE_LABEL
-from default_policy_operator.model import Flavor
-from default_policy_operator.normalize import spec_hash
-from default_policy_operator.objects import GLOBAL_NETWORK_POLICY, NETWORK_POLICY
-from default_policy_operator.render import RenderedObject
-from default_policy_operator.world import World
-
-from .support import GNPS, PROFILES, Api, ApiStatus
+from default_policy_operator.core.governance import Namespace, protected_namespaces
+from default_policy_operator.core.labels import MANAGED_SELECTOR, PROFILE_LABEL
+from default_policy_operator.core.model import Flavor
+from default_policy_operator.core.normalize import spec_hash
+from default_policy_operator.core.objects import GLOBAL_NETWORK_POLICY, NETWORK_POLICY
+from default_policy_operator.core.render import RenderedObject
+from default_policy_operator.core.world import World
+from tests.support import GNPS, PROFILES, Api, ApiStatus
 
 NETPOLS = "/apis/networking.k8s.io/v1/networkpolicies"
 #: (API group, kind) the operator may create; anything else with its label is a finding.

@@ -13,9 +13,8 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from default_policy_operator.cluster import ControlPlane
-
-from .support import MANAGED, Api, OperatorProcess
+from dpo_dev.cluster import ControlPlane
+from tests.support import MANAGED, Api, OperatorProcess
 
 BUILTINS = {"dpo-deny-all", "dpo-allow-dns", "dpo-allow-kube-system"}
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from default_policy_operator.cluster import ControlPlane
+from dpo_dev.cluster import ControlPlane
 
 T = TypeVar("T")
 

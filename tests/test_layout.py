@@ -20,8 +20,8 @@ import jinja2
 import pytest
 
 import default_policy_operator
-from default_policy_operator import render
-from default_policy_operator.model import BUILTIN_POLICIES
+from default_policy_operator.core import render
+from default_policy_operator.core.model import BUILTIN_POLICIES
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCE_ROOT = REPO / "operator"

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from default_policy_operator.cluster import ControlPlane
+from dpo_dev.cluster import ControlPlane
 
 MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
 NAMESPACE = "dpo-system"
@@ -184,7 +184,7 @@ def test_deployment() -> None:
 
 
 def test_dpo_run_accepts_the_deployment_args() -> None:
-    from default_policy_operator.cli import build_parser
+    from default_policy_operator.cli.main import build_parser
 
     container = one("Deployment", "deploy")["spec"]["template"]["spec"]["containers"][0]
     args = [a.replace("$(POD_NAMESPACE)", NAMESPACE) for a in container["args"]]

@@ -17,9 +17,8 @@ from typing import Any
 import yaml
 
 from default_policy_operator import metrics
-from default_policy_operator.cluster import binary_paths
-
-from .monitoring import (
+from dpo_dev.cluster import binary_paths
+from tests.monitoring import (
     JOB,
     MONITORING,
     PROMTOOL_TESTS,

@@ -1,9 +1,15 @@
 """default-policy-operator: a baseline network policy for every namespace.
 
-The package is split along one line: modules that decide (``model``, ``selector``,
-``governance``, ``render``, ``normalize``, ``plan``, ``conditions``, ``state``) do no I/O and
-import neither kopf nor an HTTP client; ``kube`` is the only module that talks to the
-Kubernetes API, and ``handlers`` / ``reconciler`` glue the two together.
+Four layers, each a subpackage, each importing only the ones before it:
+
+- ``core``: pure decisions (model, selectors, governance, rendering rules, plan, conditions);
+- ``kube``: the only code that talks to the Kubernetes API;
+- ``controller``: the reconcile loop, repair tracking, status, kopf handlers, the process;
+- ``cli``: the ``dpo`` command.
+
+``metrics`` (Prometheus definitions only) is a leaf that ``kube`` and ``controller`` share. The
+local control plane and the demo are development tooling in ``dev/dpo_dev``, outside this
+package and the image.
 """
 
 __version__ = "0.1.0"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
-from . import __version__
+from default_policy_operator import __version__
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series double the counters' cardinality for no benefit
 REGISTRY = CollectorRegistry(auto_describe=True)

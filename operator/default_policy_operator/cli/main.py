@@ -1,0 +1,233 @@
+"""``dpo``: run the operator, render profiles offline, compare with a cluster."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from default_policy_operator import __version__
+
+
+def _labels(text: str) -> dict[str, str]:
+    out = {}
+    for pair in filter(None, text.split(",")):
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected key=value, got {pair!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _emit(data: Any, output: str) -> None:
+    if output == "json":
+        print(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        print(
+            yaml.safe_dump_all(data if isinstance(data, list) else [data], sort_keys=False), end=""
+        )
+
+
+# -- commands -----------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from default_policy_operator.controller.runtime import (
+        RunOptions,
+        configure_logging,
+        run_operator,
+    )
+    from default_policy_operator.kube.leader import LeaderElectionConfig
+
+    configure_logging(args.log_format, args.log_level)
+    election = None
+    if args.leader_elect:
+        try:
+            election = LeaderElectionConfig(
+                namespace=args.leader_election_namespace or args.namespace or "default",
+                name=args.leader_election_id,
+                lease_duration=args.leader_election_lease_duration,
+                renew_deadline=args.leader_election_renew_deadline,
+                retry_period=args.leader_election_retry_period,
+            )
+        except ValueError as exc:
+            print(f"dpo run: error: {exc}", file=sys.stderr)
+            return 2
+    options = RunOptions(
+        kubeconfig=args.kubeconfig,
+        namespace=args.namespace,
+        metrics_port=args.metrics_port,
+        health_port=args.health_port,
+        bind_address=args.bind_address,
+        log_format=args.log_format,
+        log_level=args.log_level,
+        resync_period=args.resync_period,
+        watch_timeout=args.watch_timeout,
+        workers=args.workers,
+        calico_api_version=args.calico_api_version,
+        leader_election=election,
+    )
+    try:
+        asyncio.run(run_operator(options))
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _load_profiles(path: str) -> list[dict[str, Any]]:
+    text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    return [d for d in yaml.safe_load_all(text) if d and d.get("kind") == "DefaultPolicyProfile"]
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from default_policy_operator.core.governance import Namespace
+    from default_policy_operator.core.model import Flavor, ProfileError
+    from default_policy_operator.core.render import RenderError
+    from default_policy_operator.core.world import World
+
+    world = World(frozenset())
+    namespace = Namespace(
+        name=args.namespace,
+        labels={"kubernetes.io/metadata.name": args.namespace, **args.labels},
+    )
+    world.set_namespace(namespace)
+    documents: list[dict[str, Any]] = []
+    for body in _load_profiles(args.filename):
+        entry = world.update_profile(body)
+        if entry.error or entry.profile is None:
+            print(f"error: profile {entry.name}: {entry.error}", file=sys.stderr)
+            return 1
+    governor = world.governor(namespace)
+    if governor is None:
+        print(f"namespace {args.namespace} is not governed by any profile given", file=sys.stderr)
+        return 0
+    try:
+        if governor.flavor is Flavor.CALICO:
+            objects = world.renderer.render_calico(governor, world.calico_selector(governor))
+        else:
+            objects = world.renderer.render_namespace(
+                governor,
+                {"name": namespace.name, "labels": namespace.labels, "annotations": {}},
+            )
+    except (RenderError, ProfileError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    documents.extend(o.body for o in objects)
+    _emit(documents, args.output)
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from default_policy_operator.cli.inspection import audit, diff
+
+    command = diff if args.command == "diff" else audit
+    return asyncio.run(command(args.kubeconfig, args.output, args.calico_api_version))
+
+
+# -- parser -------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dpo",
+        description="default-policy-operator: a baseline network policy for every namespace.",
+    )
+    parser.add_argument("--version", action="version", version=f"dpo {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the operator (in-cluster or with a kubeconfig)")
+    run.add_argument("--kubeconfig", help="default: $KUBECONFIG, ~/.kube/config, in-cluster")
+    run.add_argument("--namespace", help="the operator's own namespace (always protected)")
+    run.add_argument("--metrics-port", type=int, default=8080)
+    run.add_argument("--health-port", type=int, default=8081)
+    run.add_argument("--bind-address", default="0.0.0.0", help="address for metrics and health")
+    run.add_argument("--log-format", choices=["text", "json"], default="text")
+    run.add_argument("--log-level", default="INFO")
+    run.add_argument(
+        "--resync-period", type=float, default=600.0, help="seconds between full resyncs"
+    )
+    run.add_argument(
+        "--watch-timeout",
+        type=int,
+        default=60,
+        help="seconds before a watch is renewed; liveness fails after 3 without any word",
+    )
+    run.add_argument("--workers", type=int, default=32, help="concurrent API writes")
+    run.add_argument(
+        "--calico-api-version",
+        default="crd.projectcalico.org/v1",
+        choices=["crd.projectcalico.org/v1", "projectcalico.org/v3"],
+        help="which Calico API to manage GlobalNetworkPolicies through",
+    )
+    election = run.add_argument_group(
+        "leader election", "one active replica; the others stand by (not ready) to take over"
+    )
+    election.add_argument(
+        "--leader-elect",
+        action="store_true",
+        help="act only while holding a coordination.k8s.io Lease (off: always act)",
+    )
+    election.add_argument(
+        "--leader-election-namespace",
+        help="the Lease's namespace (default: --namespace, else `default`)",
+    )
+    election.add_argument(
+        "--leader-election-id", default="default-policy-operator", help="the Lease's name"
+    )
+    election.add_argument(
+        "--leader-election-lease-duration",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="how long a standby waits for an unrenewed lease before taking over",
+    )
+    election.add_argument(
+        "--leader-election-renew-deadline",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="the leader exits when it has not renewed for this long (< lease duration)",
+    )
+    election.add_argument(
+        "--leader-election-retry-period",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="between attempts to acquire or renew",
+    )
+    run.set_defaults(func=cmd_run)
+
+    render = sub.add_parser("render", help="print the objects a profile produces (offline)")
+    render.add_argument("-f", "--filename", required=True, help="profile YAML file, or -")
+    render.add_argument("--namespace", default="example", help="namespace to render for")
+    render.add_argument("--labels", type=_labels, default={}, help="namespace labels k=v,...")
+    render.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
+    render.set_defaults(func=cmd_render)
+
+    for name, text in (
+        ("diff", "what the operator would change in the live cluster (writes nothing)"),
+        ("audit", "every namespace's coverage; exits 1 if any is uncovered or drifted"),
+    ):
+        inspect = sub.add_parser(name, help=text)
+        inspect.add_argument("--kubeconfig")
+        inspect.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
+        inspect.add_argument("--calico-api-version", default="crd.projectcalico.org/v1")
+        inspect.set_defaults(func=cmd_inspect)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

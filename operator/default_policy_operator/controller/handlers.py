@@ -1,0 +1,77 @@
+"""kopf handlers: the profile finalizer, kopf's settings and its login.
+
+kopf does what it is best at here: the profile lifecycle (finalizer, retries with backoff).
+Namespaces, profiles and managed objects are cached by the informers (``informers.py``), not
+kopf indexes, which stall quadratically at start-up with thousands of objects. Nothing is ever
+written to a Namespace: no annotations, finalizers or events.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+
+from default_policy_operator.controller.reconciler import Reconciler
+from default_policy_operator.core.labels import FINALIZER, GROUP, PLURAL, VERSION
+from default_policy_operator.core.model import DeletionPolicy
+from default_policy_operator.kube.client import Credentials
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class HandlerConfig:
+    credentials: Credentials
+    watch_server_timeout: int = 300
+
+
+def build_registry(config: HandlerConfig, reconciler: Reconciler) -> kopf.OperatorRegistry:
+    """The handlers, registered on a private registry."""
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.startup(registry=registry)
+    async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.posting.enabled = False  # our Events are deliberate; kopf's log lines are not
+        settings.watching.server_timeout = config.watch_server_timeout
+        settings.watching.client_timeout = config.watch_server_timeout + 30
+        settings.watching.connect_timeout = 30
+        settings.batching.worker_limit = 16  # profiles only: a handful of objects
+        settings.persistence.finalizer = FINALIZER
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+        settings.peering.standalone = True
+
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        creds = config.credentials
+        return kopf.ConnectionInfo(
+            server=creds.server,
+            ca_path=creds.ca_file,
+            insecure=creds.ssl_context is False,
+            certificate_path=creds.cert_file,
+            private_key_path=creds.key_file,
+            token=creds.authorization(),
+        )
+
+    @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry)
+    async def profile_deleted(name: str, **_: Any) -> None:
+        """Finalizer: remove (Delete) or release (Orphan) the profile's objects, then let go."""
+        await reconciler.synced.wait()
+        entry = reconciler.world.profiles.get(name)
+        if entry is not None and not entry.deleting:
+            # kopf may see the deletion before our informer does: stop governing right now.
+            entry.deleting = True
+            reconciler.world.set_profile(entry)
+        reconciler.profile_changed()
+        await reconciler.idle()
+        if entry is not None and entry.deletion_policy is DeletionPolicy.ORPHAN:
+            await reconciler.orphan(name)
+            return
+        remaining = reconciler.objects_of(name)
+        if remaining:
+            raise kopf.TemporaryError(f"waiting for {len(remaining)} object(s) to go", delay=1)
+
+    return registry

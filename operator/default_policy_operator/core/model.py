@@ -1,0 +1,349 @@
+"""The DefaultPolicyProfile model: parsing, defaults and validation.
+
+Pure: takes the plain dict the API server returned (or a YAML file held), gives back an
+immutable :class:`Profile` or a :class:`ProfileError` listing *every* problem at once, so a
+platform engineer fixes a profile in one round trip instead of one error per apply.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from default_policy_operator.core.selector import LabelSelector, SelectorError, parse_selector
+
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+#: Longest custom policy name: ``dpo-`` + name must stay a valid 63-character label value.
+MAX_POLICY_NAME = 40
+MAX_TEMPLATE_BYTES = 16 * 1024
+MAX_EXCLUSIONS = 1000
+MAX_CUSTOM_POLICIES = 20
+PROTOCOLS = ("TCP", "UDP", "SCTP")
+BUILTIN_POLICIES = ("deny-all", "allow-dns", "allow-kube-system", "allow-same-namespace")
+
+
+class Mode(StrEnum):
+    ENFORCE = "Enforce"
+    AUDIT = "Audit"
+
+
+class DeletionPolicy(StrEnum):
+    DELETE = "Delete"
+    ORPHAN = "Orphan"
+
+
+class Flavor(StrEnum):
+    NETWORK_POLICY = "NetworkPolicy"
+    CALICO = "CalicoGlobalNetworkPolicy"
+
+
+CALICO_API_VERSIONS = ("crd.projectcalico.org/v1", "projectcalico.org/v3")
+
+
+class ProfileError(ValueError):
+    """A profile that cannot be used; ``problems`` holds one human sentence per problem."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+@dataclass(frozen=True)
+class Port:
+    protocol: str
+    port: int | str
+    end_port: int | None = None
+
+    def as_k8s(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"protocol": self.protocol, "port": self.port}
+        if self.end_port is not None:
+            out["endPort"] = self.end_port
+        return out
+
+
+@dataclass(frozen=True)
+class Directions:
+    """An ingress/egress pair of switches (deny-all, allow-kube-system, allow-same-namespace)."""
+
+    ingress: bool
+    egress: bool
+
+    @property
+    def enabled(self) -> bool:
+        return self.ingress or self.egress
+
+
+@dataclass(frozen=True)
+class AllowDNS:
+    enabled: bool
+    namespace: str
+    pod_selector: LabelSelector
+    ports: tuple[Port, ...]
+
+
+@dataclass(frozen=True)
+class CustomPolicy:
+    name: str
+    template: str
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A validated profile with every default filled in."""
+
+    name: str
+    uid: str = ""
+    generation: int = 0
+    namespace_selector: LabelSelector = field(default_factory=LabelSelector)
+    exclude_namespaces: tuple[str, ...] = ()
+    priority: int = 0
+    mode: Mode = Mode.ENFORCE
+    deletion_policy: DeletionPolicy = DeletionPolicy.DELETE
+    flavor: Flavor = Flavor.NETWORK_POLICY
+    calico_order: float = 2000
+    calico_api_version: str = CALICO_API_VERSIONS[0]
+    deny_all: Directions = Directions(ingress=True, egress=True)
+    allow_dns: AllowDNS = AllowDNS(
+        enabled=True,
+        namespace="kube-system",
+        pod_selector=LabelSelector(match_labels=(("k8s-app", "kube-dns"),)),
+        ports=(Port("UDP", 53), Port("TCP", 53)),
+    )
+    allow_kube_system: Directions = Directions(ingress=True, egress=False)
+    allow_same_namespace: Directions = Directions(ingress=False, egress=False)
+    custom_policies: tuple[CustomPolicy, ...] = ()
+
+    @property
+    def enforcing(self) -> bool:
+        return self.mode is Mode.ENFORCE
+
+    def policy_names(self) -> tuple[str, ...]:
+        """Names of the policies this profile wants, built-ins first, in a stable order."""
+        names = []
+        if self.deny_all.enabled:
+            names.append("deny-all")
+        if self.allow_dns.enabled:
+            names.append("allow-dns")
+        if self.allow_kube_system.enabled:
+            names.append("allow-kube-system")
+        if self.allow_same_namespace.enabled:
+            names.append("allow-same-namespace")
+        names.extend(c.name for c in self.custom_policies)
+        return tuple(names)
+
+
+class _Reader:
+    """Reads typed fields out of a loosely typed mapping, collecting problems instead of raising."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def mapping(self, data: Any, path: str) -> Mapping[str, Any]:
+        if data is None:
+            return {}
+        if not isinstance(data, Mapping):
+            self.problems.append(f"{path} must be an object")
+            return {}
+        return data
+
+    def boolean(self, data: Mapping[str, Any], key: str, default: bool, path: str) -> bool:
+        value = data.get(key, default)
+        if not isinstance(value, bool):
+            self.problems.append(f"{path}.{key} must be true or false")
+            return default
+        return value
+
+    def enum(self, data: Mapping[str, Any], key: str, choices: Sequence[str], default: str) -> str:
+        value = data.get(key, default)
+        if value not in choices:
+            self.problems.append(f"spec.{key} must be one of {', '.join(choices)}, not {value!r}")
+            return default
+        return str(value)
+
+    def directions(
+        self, data: Mapping[str, Any], key: str, default: Directions, path: str
+    ) -> Directions:
+        section = self.mapping(data.get(key), f"{path}.{key}")
+        # ``enabled: false`` is accepted everywhere as "neither direction" for a uniform API.
+        if section.get("enabled") is False:
+            return Directions(ingress=False, egress=False)
+        if "enabled" in section and "ingress" not in section and "egress" not in section:
+            on = self.boolean(section, "enabled", True, f"{path}.{key}")
+            return Directions(ingress=on, egress=on)
+        return Directions(
+            ingress=self.boolean(section, "ingress", default.ingress, f"{path}.{key}"),
+            egress=self.boolean(section, "egress", default.egress, f"{path}.{key}"),
+        )
+
+    def selector(self, data: Any, path: str) -> LabelSelector:
+        try:
+            return parse_selector(data)
+        except SelectorError as exc:
+            self.problems.append(f"{path}: {exc}")
+            return LabelSelector()
+
+
+def _parse_ports(reader: _Reader, raw: Any, path: str) -> tuple[Port, ...]:
+    if not isinstance(raw, list) or not raw:
+        reader.problems.append(f"{path} must be a non-empty list")
+        return ()
+    ports = []
+    for i, item in enumerate(raw):
+        item_path = f"{path}[{i}]"
+        entry = reader.mapping(item, item_path)
+        protocol = entry.get("protocol", "TCP")
+        if protocol not in PROTOCOLS:
+            reader.problems.append(f"{item_path}.protocol must be one of {', '.join(PROTOCOLS)}")
+            continue
+        port = entry.get("port")
+        valid_int = isinstance(port, int) and not isinstance(port, bool) and 1 <= port <= 65535
+        valid_name = isinstance(port, str) and DNS1123_LABEL.match(port) and len(port) <= 15
+        if not (valid_int or valid_name):
+            reader.problems.append(f"{item_path}.port must be 1-65535 or a port name")
+            continue
+        end_port = entry.get("endPort")
+        if end_port is not None and not (
+            isinstance(end_port, int) and isinstance(port, int) and port <= end_port <= 65535
+        ):
+            reader.problems.append(f"{item_path}.endPort must be a number between port and 65535")
+            continue
+        ports.append(Port(protocol=str(protocol), port=port, end_port=end_port))  # type: ignore[arg-type]
+    return tuple(ports)
+
+
+def _parse_custom(reader: _Reader, raw: Any) -> tuple[CustomPolicy, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        reader.problems.append("spec.customPolicies must be a list")
+        return ()
+    if len(raw) > MAX_CUSTOM_POLICIES:
+        reader.problems.append(f"spec.customPolicies holds at most {MAX_CUSTOM_POLICIES} entries")
+    seen: set[str] = set()
+    out = []
+    for i, item in enumerate(raw[:MAX_CUSTOM_POLICIES]):
+        path = f"spec.customPolicies[{i}]"
+        entry = reader.mapping(item, path)
+        name = entry.get("name")
+        template = entry.get("template")
+        if (
+            not isinstance(name, str)
+            or not DNS1123_LABEL.match(name)
+            or len(name) > MAX_POLICY_NAME
+        ):
+            reader.problems.append(
+                f"{path}.name must be a lowercase DNS label of at most {MAX_POLICY_NAME} characters"
+            )
+            continue
+        if name in BUILTIN_POLICIES:
+            reader.problems.append(f"{path}.name {name!r} is reserved for a built-in policy")
+            continue
+        if name in seen:
+            reader.problems.append(f"{path}.name {name!r} is used twice")
+            continue
+        if not isinstance(template, str) or not template.strip():
+            reader.problems.append(f"{path}.template must be a non-empty string")
+            continue
+        if len(template.encode()) > MAX_TEMPLATE_BYTES:
+            reader.problems.append(f"{path}.template is longer than {MAX_TEMPLATE_BYTES} bytes")
+            continue
+        seen.add(name)
+        out.append(CustomPolicy(name=name, template=template))
+    return tuple(out)
+
+
+def parse_profile(obj: Mapping[str, Any]) -> Profile:
+    """Turn a DefaultPolicyProfile into a :class:`Profile`, or raise :class:`ProfileError`."""
+    reader = _Reader()
+    metadata = reader.mapping(obj.get("metadata"), "metadata")
+    spec = reader.mapping(obj.get("spec"), "spec")
+    name = metadata.get("name")
+    if not isinstance(name, str) or not name:
+        raise ProfileError(["metadata.name is missing"])
+    defaults = Profile(name=name)
+
+    exclusions_raw = spec.get("excludeNamespaces") or []
+    exclusions: tuple[str, ...] = ()
+    if not isinstance(exclusions_raw, list) or not all(isinstance(e, str) for e in exclusions_raw):
+        reader.problems.append("spec.excludeNamespaces must be a list of names or globs")
+    elif len(exclusions_raw) > MAX_EXCLUSIONS:
+        reader.problems.append(f"spec.excludeNamespaces holds at most {MAX_EXCLUSIONS} entries")
+    else:
+        exclusions = tuple(exclusions_raw)
+
+    priority = spec.get("priority", 0)
+    if not isinstance(priority, int) or isinstance(priority, bool) or abs(priority) > 1_000_000:
+        reader.problems.append("spec.priority must be an integer between -1000000 and 1000000")
+        priority = 0
+
+    flavor = Flavor(reader.enum(spec, "flavor", [f.value for f in Flavor], Flavor.NETWORK_POLICY))
+    calico = reader.mapping(spec.get("calico"), "spec.calico")
+    order = calico.get("order", 2000)
+    if not isinstance(order, int | float) or isinstance(order, bool) or order < 0:
+        reader.problems.append("spec.calico.order must be a non-negative number")
+        order = 2000
+    api_version = calico.get("apiVersion", CALICO_API_VERSIONS[0])
+    if api_version not in CALICO_API_VERSIONS:
+        reader.problems.append(
+            f"spec.calico.apiVersion must be one of {', '.join(CALICO_API_VERSIONS)}"
+        )
+        api_version = CALICO_API_VERSIONS[0]
+
+    policies = reader.mapping(spec.get("policies"), "spec.policies")
+    dns_raw = reader.mapping(policies.get("allowDNS"), "spec.policies.allowDNS")
+    dns_default = defaults.allow_dns
+    dns_namespace = dns_raw.get("namespace", dns_default.namespace)
+    if not isinstance(dns_namespace, str) or not DNS1123_LABEL.match(dns_namespace):
+        reader.problems.append("spec.policies.allowDNS.namespace must be a namespace name")
+        dns_namespace = dns_default.namespace
+    allow_dns = AllowDNS(
+        enabled=reader.boolean(dns_raw, "enabled", True, "spec.policies.allowDNS"),
+        namespace=dns_namespace,
+        pod_selector=(
+            reader.selector(dns_raw["podSelector"], "spec.policies.allowDNS.podSelector")
+            if "podSelector" in dns_raw
+            else dns_default.pod_selector
+        ),
+        ports=(
+            _parse_ports(reader, dns_raw["ports"], "spec.policies.allowDNS.ports")
+            if "ports" in dns_raw
+            else dns_default.ports
+        ),
+    )
+    same_namespace = reader.directions(
+        policies, "allowSameNamespace", defaults.allow_same_namespace, "spec.policies"
+    )
+    if flavor is Flavor.CALICO and same_namespace.enabled:
+        reader.problems.append(
+            "spec.policies.allowSameNamespace needs flavor NetworkPolicy: a Calico "
+            "GlobalNetworkPolicy cannot say 'the pod's own namespace'"
+        )
+
+    profile = Profile(
+        name=name,
+        uid=str(metadata.get("uid", "")),
+        generation=int(metadata.get("generation", 0) or 0),
+        namespace_selector=reader.selector(spec.get("namespaceSelector"), "spec.namespaceSelector"),
+        exclude_namespaces=exclusions,
+        priority=priority,
+        mode=Mode(reader.enum(spec, "mode", [m.value for m in Mode], Mode.ENFORCE)),
+        deletion_policy=DeletionPolicy(
+            reader.enum(spec, "deletionPolicy", [d.value for d in DeletionPolicy], "Delete")
+        ),
+        flavor=flavor,
+        calico_order=order,
+        calico_api_version=str(api_version),
+        deny_all=reader.directions(policies, "denyAll", defaults.deny_all, "spec.policies"),
+        allow_dns=allow_dns,
+        allow_kube_system=reader.directions(
+            policies, "allowKubeSystem", defaults.allow_kube_system, "spec.policies"
+        ),
+        allow_same_namespace=same_namespace,
+        custom_policies=_parse_custom(reader, spec.get("customPolicies")),
+    )
+    if reader.problems:
+        raise ProfileError(reader.problems)
+    return profile

@@ -1,0 +1,92 @@
+"""Normalisation: compare what we render with what the API server stores, without false drift.
+
+The API server fills defaults (``policyTypes``, ``protocol: TCP``) and drops empty fields (Go's
+``omitempty``); a naive comparison would therefore see drift on every object, forever. Both
+sides go through :func:`normalize_spec`, and objects are compared by a short hash of the result,
+which is also all the operator keeps in memory per managed object.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from default_policy_operator.core.labels import PROFILE_LABEL
+from default_policy_operator.core.objects import NETWORK_POLICY, ObjectKey
+
+
+def _prune(value: Any) -> Any:
+    """Drop mapping entries that are None, [] or {} (recursively); keep list elements.
+
+    List elements stay even when empty: ``ingress: [{}]`` (allow all) differs from no rule.
+    An empty selector stays too (the API server keeps it): ``podSelector: {}`` (every pod in
+    the namespace) and ``namespaceSelector: {}`` (every namespace) are different peers.
+    """
+    if isinstance(value, Mapping):
+        out = {}
+        for k, v in value.items():
+            pruned = _prune(v)
+            if pruned is None or pruned == [] or (pruned == {} and not str(k).endswith("Selector")):
+                continue
+            out[k] = pruned
+        return out
+    if isinstance(value, list):
+        return [_prune(v) for v in value]
+    return value
+
+
+def _network_policy_defaults(spec: dict[str, Any]) -> dict[str, Any]:
+    if not spec.get("policyTypes"):
+        spec["policyTypes"] = ["Ingress", *(["Egress"] if spec.get("egress") else [])]
+    spec["policyTypes"] = sorted(spec["policyTypes"])
+    for direction in ("ingress", "egress"):
+        for rule in spec.get(direction) or []:
+            for port in rule.get("ports") or []:
+                port.setdefault("protocol", "TCP")
+    return spec
+
+
+def normalize_spec(kind: str, spec: Mapping[str, Any] | None) -> dict[str, Any]:
+    normalized = _prune(json.loads(json.dumps(spec or {})))
+    if kind == NETWORK_POLICY:
+        normalized = _network_policy_defaults(normalized)
+    elif normalized.get("tier") == "default":
+        del normalized["tier"]  # newer Calico CRDs default it; older ones lack the field
+    return dict(normalized)
+
+
+def spec_hash(kind: str, spec: Mapping[str, Any] | None) -> str:
+    canonical = json.dumps(normalize_spec(kind, spec), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class ObjectState:
+    """What the operator remembers about one live managed object: names, labels and hashes."""
+
+    key: ObjectKey
+    uid: str
+    resource_version: str
+    labels: Mapping[str, str]
+    owner_uids: tuple[str, ...]
+    spec_hash: str
+
+    @property
+    def profile(self) -> str:
+        return self.labels.get(PROFILE_LABEL, "")
+
+
+def state_of(body: Mapping[str, Any]) -> ObjectState:
+    meta = body.get("metadata") or {}
+    kind = str(body.get("kind", ""))
+    return ObjectState(
+        key=ObjectKey(kind, meta.get("namespace") or "", meta.get("name", "")),
+        uid=meta.get("uid", ""),
+        resource_version=meta.get("resourceVersion", ""),
+        labels=dict(meta.get("labels") or {}),
+        owner_uids=tuple(ref.get("uid", "") for ref in meta.get("ownerReferences") or []),
+        spec_hash=spec_hash(kind, body.get("spec")),
+    )

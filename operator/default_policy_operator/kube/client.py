@@ -1,0 +1,460 @@
+"""The one module that talks to the Kubernetes API (kopf's watches aside).
+
+A small aiohttp client over plain dicts. Why not the generated ``kubernetes``/``kubernetes_asyncio``
+clients: we only ever handle a few kinds as JSON, the generated model classes cost memory at
+import and per object, and we need the raw HTTP status and ``Retry-After`` for backoff and
+metrics. kopf's own client is internal API. aiohttp is already here because kopf uses it.
+
+Every request retries 429 / 5xx / connection errors with capped exponential backoff, honouring
+``Retry-After``; everything else surfaces as :class:`ApiError` for the caller to decide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime
+import json
+import logging
+import os
+import ssl
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from default_policy_operator import metrics
+from default_policy_operator.core.labels import GROUP, PLURAL, VERSION
+
+log = logging.getLogger(__name__)
+
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+RETRYABLE = frozenset({429, 500, 502, 503, 504})
+#: HTTP methods named as the API's verbs, so error and write metrics share one vocabulary
+VERBS = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        self.status = status
+        self.reason = reason
+        self.message = message
+        super().__init__(f"{status} {reason}: {message}")
+
+
+@dataclass(frozen=True)
+class Resource:
+    """Where a kind lives in the API."""
+
+    group: str
+    version: str
+    plural: str
+    namespaced: bool
+
+    def path(self, namespace: str = "", name: str = "") -> str:
+        base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        if self.namespaced and namespace:
+            base += f"/namespaces/{namespace}"
+        base += f"/{self.plural}"
+        return f"{base}/{name}" if name else base
+
+
+NETWORK_POLICIES = Resource("networking.k8s.io", "v1", "networkpolicies", True)
+NAMESPACES = Resource("", "v1", "namespaces", False)
+EVENTS = Resource("", "v1", "events", True)
+PROFILES = Resource(GROUP, VERSION, PLURAL, False)
+
+
+def calico_resource(api_version: str) -> Resource:
+    group, version = api_version.split("/")
+    return Resource(group, version, "globalnetworkpolicies", False)
+
+
+# -- credentials ------------------------------------------------------------------------------
+
+
+@dataclass
+class Credentials:
+    """How to reach and authenticate to one API server."""
+
+    server: str
+    ssl_context: ssl.SSLContext | bool
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    token: str | None = None
+    token_file: Path | None = None
+    exec_config: Mapping[str, Any] | None = None
+    _cached_token: tuple[str, float] | None = field(default=None, repr=False)
+
+    def authorization(self) -> str | None:
+        """The bearer token, re-read or re-fetched when it may have rotated."""
+        if self.token:
+            return self.token
+        now = time.monotonic()
+        if self._cached_token and self._cached_token[1] > now:
+            return self._cached_token[0]
+        token, ttl = None, 60.0
+        if self.token_file is not None:
+            token = self.token_file.read_text().strip()
+        elif self.exec_config is not None:
+            token, ttl = _exec_token(self.exec_config)
+        if token:
+            self._cached_token = (token, now + ttl)
+        return token
+
+
+def _exec_token(config: Mapping[str, Any]) -> tuple[str, float]:
+    """Run a kubeconfig exec credential plugin (EKS, GKE, OIDC helpers...)."""
+    env = {**os.environ, **{e["name"]: e["value"] for e in config.get("env") or []}}
+    out = subprocess.run(
+        [config["command"], *(config.get("args") or [])],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    status = json.loads(out.stdout).get("status", {})
+    ttl = 300.0
+    expiry = status.get("expirationTimestamp")
+    if expiry:
+        when = datetime.datetime.fromisoformat(expiry.replace("Z", "+00:00"))
+        ttl = max(10.0, (when - datetime.datetime.now(datetime.UTC)).total_seconds() - 30)
+    return str(status["token"]), ttl
+
+
+def _materialise(data: str | None, path: str | None, base: Path) -> str | None:
+    """kubeconfig ``*-data`` fields are base64; ssl wants files: write them privately."""
+    if data:
+        handle = tempfile.NamedTemporaryFile(prefix="dpo-", delete=False)  # noqa: SIM115
+        os.chmod(handle.name, 0o600)
+        handle.write(base64.b64decode(data))
+        handle.close()
+        return handle.name
+    if path:
+        return str(base / path) if not os.path.isabs(path) else path
+    return None
+
+
+def load_credentials(kubeconfig: str | None = None) -> Credentials:
+    """From ``kubeconfig``, ``$KUBECONFIG``, ``~/.kube/config``, or the in-cluster account."""
+    path = kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0]
+    if not path and "KUBERNETES_SERVICE_HOST" in os.environ:
+        host, port = os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_SERVICE_PORT"]
+        context = ssl.create_default_context(cafile=str(SERVICE_ACCOUNT_DIR / "ca.crt"))
+        return Credentials(
+            server=f"https://{host}:{port}",
+            ssl_context=context,
+            ca_file=str(SERVICE_ACCOUNT_DIR / "ca.crt"),
+            token_file=SERVICE_ACCOUNT_DIR / "token",
+        )
+    config_path = Path(path or Path.home() / ".kube" / "config")
+    config = yaml.safe_load(config_path.read_text())
+    base = config_path.parent
+    current = config.get("current-context")
+    context_entry = next(c["context"] for c in config["contexts"] if c["name"] == current)
+    cluster = next(
+        c["cluster"] for c in config["clusters"] if c["name"] == context_entry["cluster"]
+    )
+    user: dict[str, Any] = next(
+        (u["user"] for u in config.get("users") or [] if u["name"] == context_entry.get("user")),
+        {},
+    )
+    ssl_context: ssl.SSLContext | bool
+    ca = _materialise(
+        cluster.get("certificate-authority-data"), cluster.get("certificate-authority"), base
+    )
+    if cluster.get("insecure-skip-tls-verify"):
+        ssl_context = False
+    else:
+        ssl_context = ssl.create_default_context(cafile=ca)
+    cert = _materialise(user.get("client-certificate-data"), user.get("client-certificate"), base)
+    key = _materialise(user.get("client-key-data"), user.get("client-key"), base)
+    if cert and key:
+        if ssl_context is False:
+            ssl_context = ssl.create_default_context()
+            ssl_context.check_hostname = False
+            ssl_context.verify_mode = ssl.CERT_NONE
+        assert isinstance(ssl_context, ssl.SSLContext)
+        ssl_context.load_cert_chain(cert, key)
+    token_file = user.get("tokenFile")
+    return Credentials(
+        server=str(cluster["server"]).rstrip("/"),
+        ssl_context=ssl_context,
+        ca_file=ca,
+        cert_file=cert,
+        key_file=key,
+        token=user.get("token"),
+        token_file=Path(token_file) if token_file else None,
+        exec_config=user.get("exec"),
+    )
+
+
+# -- the client -------------------------------------------------------------------------------
+
+
+class KubeApi:
+    """Async JSON client with retries; one per process, shared through kopf's ``memo``."""
+
+    def __init__(
+        self,
+        credentials: Credentials,
+        *,
+        retries: int = 6,
+        max_backoff: float = 10.0,
+        timeout: float = 30.0,
+        connections: int = 64,
+    ) -> None:
+        self.credentials = credentials
+        self.retries = retries
+        self.max_backoff = max_backoff
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._connections = connections
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> KubeApi:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(
+                ssl=self.credentials.ssl_context, limit=self._connections
+            )
+            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        params: Mapping[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        """One API call, retried on throttling, server errors and dropped connections."""
+        verb = VERBS.get(method, method.lower())
+        attempt = 0
+        while True:
+            headers = {"Accept": "application/json"}
+            token = self.credentials.authorization()
+            if token:
+                headers["Authorization"] = f"Bearer {token}"
+            data = None
+            if body is not None:
+                headers["Content-Type"] = content_type
+                data = json.dumps(body)
+            delay: float | None
+            try:
+                async with self._get_session().request(
+                    method,
+                    self.credentials.server + path,
+                    params=params,
+                    data=data,
+                    headers=headers,
+                ) as response:
+                    if response.status < 300:
+                        return await response.json(content_type=None)
+                    text = await response.text()
+                    code = response.status
+                    retry_after = response.headers.get("Retry-After")
+                metrics.API_ERRORS.labels(verb=verb, code=str(code)).inc()
+                error = _api_error(code, text)
+                if code not in RETRYABLE or attempt >= self.retries:
+                    raise error
+                delay = float(retry_after) if retry_after and retry_after.isdigit() else None
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                metrics.API_ERRORS.labels(verb=verb, code="connection").inc()
+                if attempt >= self.retries:
+                    raise ApiError(0, "ConnectionError", str(exc) or type(exc).__name__) from exc
+                delay = None
+            backoff = min(self.max_backoff, 0.1 * 2**attempt)
+            wait = max(delay or 0.0, backoff)
+            log.debug("retrying %s %s in %.1fs (attempt %d)", method, path, wait, attempt + 1)
+            await asyncio.sleep(wait)
+            attempt += 1
+
+    # -- typed helpers ---------------------------------------------------------------------
+
+    async def get(self, resource: Resource, name: str, namespace: str = "") -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("GET", resource.path(namespace, name))
+        return result
+
+    async def list_objects(
+        self, resource: Resource, *, label_selector: str = "", namespace: str = ""
+    ) -> list[dict[str, Any]]:
+        """All items, paginated (``limit``/``continue``) so huge lists don't stall the server."""
+        items, _ = await self.list_with_version(
+            resource, label_selector=label_selector, namespace=namespace
+        )
+        return items
+
+    async def list_with_version(
+        self, resource: Resource, *, label_selector: str = "", namespace: str = ""
+    ) -> tuple[list[dict[str, Any]], str]:
+        """All items and the list's resourceVersion, the point a watch continues from."""
+        items: list[dict[str, Any]] = []
+        params = {"limit": "500"}
+        if label_selector:
+            params["labelSelector"] = label_selector
+        while True:
+            page = await self.request("GET", resource.path(namespace), params=params)
+            kind = page.get("kind", "").removesuffix("List")
+            api_version = page.get("apiVersion", "")
+            for item in page.get("items", []):
+                item.setdefault("kind", kind)
+                item.setdefault("apiVersion", api_version)
+                items.append(item)
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return items, str((page.get("metadata") or {}).get("resourceVersion", ""))
+            params["continue"] = token
+
+    async def watch(
+        self,
+        resource: Resource,
+        *,
+        resource_version: str,
+        label_selector: str = "",
+        timeout_seconds: int = 60,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Raw watch events from ``resource_version`` (bookmarks on), until the server ends it.
+
+        The server closes the stream after ``timeout_seconds``; a read timeout slightly above
+        that catches a connection that silently died. Errors come back as ERROR events (410 Gone
+        after compaction) for the caller to relist.
+        """
+        params = {
+            "watch": "true",
+            "resourceVersion": resource_version,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(timeout_seconds),
+        }
+        if label_selector:
+            params["labelSelector"] = label_selector
+        headers = {"Accept": "application/json"}
+        token = self.credentials.authorization()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=timeout_seconds + 30)
+        try:
+            async with self._get_session().get(
+                self.credentials.server + resource.path(),
+                params=params,
+                headers=headers,
+                timeout=timeout,
+            ) as response:
+                if response.status >= 300:
+                    metrics.API_ERRORS.labels(verb="watch", code=str(response.status)).inc()
+                    raise _api_error(response.status, await response.text())
+                async for line in response.content:
+                    if line.strip():
+                        yield json.loads(line)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            metrics.API_ERRORS.labels(verb="watch", code="connection").inc()
+            raise ApiError(0, "ConnectionError", str(exc) or type(exc).__name__) from exc
+
+    async def create(self, resource: Resource, body: dict[str, Any]) -> dict[str, Any]:
+        namespace = body["metadata"].get("namespace", "")
+        result: dict[str, Any] = await self.request("POST", resource.path(namespace), body=body)
+        metrics.API_WRITES.labels(verb="create", resource=resource.plural).inc()
+        return result
+
+    async def replace(
+        self, resource: Resource, body: dict[str, Any], resource_version: str = ""
+    ) -> dict[str, Any]:
+        meta = body["metadata"]
+        if resource_version:
+            body = {**body, "metadata": {**meta, "resourceVersion": resource_version}}
+        result: dict[str, Any] = await self.request(
+            "PUT", resource.path(meta.get("namespace", ""), meta["name"]), body=body
+        )
+        metrics.API_WRITES.labels(verb="update", resource=resource.plural).inc()
+        return result
+
+    async def patch(
+        self,
+        resource: Resource,
+        name: str,
+        patch: Any,
+        *,
+        namespace: str = "",
+        subresource: str = "",
+        patch_type: str = "application/merge-patch+json",
+    ) -> dict[str, Any]:
+        path = resource.path(namespace, name) + (f"/{subresource}" if subresource else "")
+        result: dict[str, Any] = await self.request(
+            "PATCH", path, body=patch, content_type=patch_type
+        )
+        metrics.API_WRITES.labels(verb="patch", resource=resource.plural).inc()
+        return result
+
+    async def delete(
+        self, resource: Resource, name: str, *, namespace: str = "", uid: str = ""
+    ) -> None:
+        """Delete, with a UID precondition so we never remove an object someone re-created."""
+        body = {"kind": "DeleteOptions", "apiVersion": "v1"}
+        if uid:
+            body["preconditions"] = {"uid": uid}  # type: ignore[assignment]
+        await self.request("DELETE", resource.path(namespace, name), body=body)
+        metrics.API_WRITES.labels(verb="delete", resource=resource.plural).inc()
+
+    async def post_event(
+        self,
+        regarding: Mapping[str, Any],
+        *,
+        event_type: str,
+        reason: str,
+        message: str,
+        namespace: str = "default",
+    ) -> None:
+        """A core/v1 Event; cluster-scoped objects' events live in ``default``, like kubectl's."""
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        meta = regarding.get("metadata") or {}
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta.get('name', 'dpo')}.", "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": regarding.get("apiVersion"),
+                "kind": regarding.get("kind"),
+                "name": meta.get("name"),
+                "uid": meta.get("uid"),
+                **({"namespace": meta["namespace"]} if meta.get("namespace") else {}),
+            },
+            "type": event_type,
+            "reason": reason,
+            "message": message[:1024],
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+            "source": {"component": "default-policy-operator"},
+            "reportingComponent": "default-policy-operator",
+        }
+        try:
+            await self.request("POST", EVENTS.path(namespace), body=event)
+            metrics.API_WRITES.labels(verb="create", resource=EVENTS.plural).inc()
+        except ApiError as exc:  # an event is best-effort: never fail a reconcile over it
+            log.warning("could not post event %s: %s", reason, exc)
+
+
+def _api_error(code: int, text: str) -> ApiError:
+    try:
+        status = json.loads(text)
+        return ApiError(code, status.get("reason", ""), status.get("message", text))
+    except (ValueError, AttributeError):
+        return ApiError(code, "", text[:500])

@@ -1,0 +1,538 @@
+"""The in-memory world: governance, planning per namespace and for Calico, status counts."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from default_policy_operator.core.governance import Namespace, Standing, protected_namespaces
+from default_policy_operator.core.labels import (
+    CALICO_NAME_LABEL,
+    EXEMPT_LABEL,
+    NAMESPACE_NAME_LABEL,
+    POLICY_LABEL,
+    PROFILE_LABEL,
+)
+from default_policy_operator.core.normalize import state_of
+from default_policy_operator.core.objects import GLOBAL_NETWORK_POLICY, NETWORK_POLICY, ObjectKey
+from default_policy_operator.core.plan import Action, Verb
+from default_policy_operator.core.render import Renderer
+from default_policy_operator.core.world import ScopePlan, World
+from tests.calico_selector import evaluate
+
+BUILTINS = ("deny-all", "allow-dns", "allow-kube-system")
+CALICO = "CalicoGlobalNetworkPolicy"
+OWNER_TEMPLATE = (
+    "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n"
+    "metadata:\n  labels:\n    owner: {{ namespace.annotations.owner }}\n"
+    "spec:\n  policyTypes: [Ingress]\n"
+)
+
+_RENDERER = Renderer()  # compiled templates are cached per renderer: share one
+
+
+def profile_body(name: str, generation: int = 1, **spec: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "uid": f"uid-{name}", "generation": generation},
+        "spec": spec,
+    }
+
+
+def ns(name: str, annotations: dict[str, str] | None = None, **labels: str) -> Namespace:
+    return Namespace(
+        name, {NAMESPACE_NAME_LABEL: name, **labels}, annotations or {}
+    )  # like the API server
+
+
+def make_world(*namespaces: Namespace) -> World:
+    world = World(protected_namespaces("dpo-system"), _RENDERER)
+    for namespace in namespaces:
+        world.set_namespace(namespace)
+    return world
+
+
+def apply(world: World, actions: list[Action]) -> None:
+    """What the reconciler does once the API server accepted each action."""
+    for action in actions:
+        if action.verb is Verb.DELETE:
+            world.remove_object(action.key)
+        else:
+            assert action.body is not None
+            world.set_object(state_of(action.body))
+
+
+def converge(world: World) -> None:
+    for name in list(world.namespaces) + sorted(world.namespaces_with_objects()):
+        apply(world, world.plan_namespace(name).actions)
+    apply(world, world.plan_calico().actions)
+
+
+def no_actions_left(world: World) -> bool:
+    scopes = set(world.namespaces) | world.namespaces_with_objects()
+    return not any(world.plan_namespace(s).actions for s in scopes) and not (
+        world.plan_calico().actions
+    )
+
+
+def verbs(result: ScopePlan) -> list[tuple[Verb, str]]:
+    return [(a.verb, a.key.name) for a in result.actions]
+
+
+def np_key(namespace: str, policy: str) -> ObjectKey:
+    return ObjectKey(NETWORK_POLICY, namespace, f"dpo-{policy}")
+
+
+# -- which namespaces get what ----------------------------------------------------------------
+
+
+@pytest.fixture
+def world() -> World:
+    w = make_world(
+        ns("team-a", env="prod"),
+        ns("dev", env="dev"),
+        ns("kube-system", env="prod"),
+        ns("dpo-system", env="prod"),
+        ns("skipper", env="prod", **{EXEMPT_LABEL: "true"}),
+        ns("legacy", env="prod"),
+        ns("sandbox-1", env="prod"),
+    )
+    entry = w.update_profile(
+        profile_body(
+            "base",
+            namespaceSelector={"matchLabels": {"env": "prod"}},
+            excludeNamespaces=["legacy", "sandbox-*"],
+        )
+    )
+    assert entry.error is None
+    return w
+
+
+def test_governed_namespace_gets_the_builtins(world: World) -> None:
+    result = world.plan_namespace("team-a")
+    assert verbs(result) == [(Verb.CREATE, f"dpo-{p}") for p in BUILTINS]
+    assert result.errors == []
+    assert result.audit_findings == []
+    for action in result.actions:
+        assert action.key.namespace == "team-a"
+        assert action.profile == "base"
+        assert action.body is not None
+        assert action.body["metadata"]["labels"][PROFILE_LABEL] == "base"
+
+
+@pytest.mark.parametrize(
+    "name", ["dev", "kube-system", "dpo-system", "skipper", "legacy", "sandbox-1", "nonexistent"]
+)
+def test_nothing_in_namespaces_the_profile_does_not_govern(world: World, name: str) -> None:
+    result = world.plan_namespace(name)
+    assert result.actions == []
+    assert result.audit_findings == []
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"env": "dev"},  # stops matching the selector
+        {"env": "prod", EXEMPT_LABEL: "true"},  # becomes exempt
+    ],
+)
+def test_a_namespace_that_stops_being_governed_loses_its_policies(
+    world: World, change: dict[str, str]
+) -> None:
+    converge(world)
+    assert set(world.objects_in("team-a")) == {np_key("team-a", p) for p in BUILTINS}
+    world.set_namespace(ns("team-a", **change))
+    assert sorted(verbs(world.plan_namespace("team-a"))) == sorted(
+        (Verb.DELETE, f"dpo-{p}") for p in BUILTINS
+    )
+
+
+def test_objects_of_a_removed_namespace_are_planned_away(world: World) -> None:
+    converge(world)
+    world.remove_namespace("team-a")
+    assert {v for v, _ in verbs(world.plan_namespace("team-a"))} == {Verb.DELETE}
+
+
+def test_zero_actions_once_actual_equals_desired(world: World) -> None:
+    converge(world)
+    assert no_actions_left(world)
+    assert len(world.objects) == 3
+
+
+# -- handover ---------------------------------------------------------------------------------
+
+
+def test_priority_handover_updates_in_place(world: World) -> None:
+    converge(world)
+    before = set(world.objects_in("team-a"))
+    world.update_profile(profile_body("strict", priority=10))
+    result = world.plan_namespace("team-a")
+    assert sorted(verbs(result)) == sorted((Verb.UPDATE, f"dpo-{p}") for p in BUILTINS)
+    for action in result.actions:
+        assert action.profile == "strict"
+        assert action.body is not None
+        assert action.body["metadata"]["labels"][PROFILE_LABEL] == "strict"
+        assert action.body["metadata"]["ownerReferences"][0]["uid"] == "uid-strict"
+        assert action.resource_version == world.objects[action.key].resource_version
+    apply(world, result.actions)
+    assert set(world.objects_in("team-a")) == before
+    assert world.plan_namespace("team-a").actions == []
+    # and back again, when the stricter profile goes away
+    world.remove_profile("strict")
+    assert sorted(verbs(world.plan_namespace("team-a"))) == sorted(
+        (Verb.UPDATE, f"dpo-{p}") for p in BUILTINS
+    )
+
+
+def test_handover_to_a_profile_with_fewer_policies(world: World) -> None:
+    converge(world)
+    world.update_profile(
+        profile_body("minimal", priority=5, policies={"allowDNS": {"enabled": False}})
+    )
+    assert sorted(verbs(world.plan_namespace("team-a"))) == [
+        (Verb.DELETE, "dpo-allow-dns"),
+        (Verb.UPDATE, "dpo-allow-kube-system"),
+        (Verb.UPDATE, "dpo-deny-all"),
+    ]
+
+
+def test_handover_to_a_calico_profile_removes_the_network_policies(world: World) -> None:
+    converge(world)
+    world.update_profile(profile_body("cal", priority=5, flavor=CALICO))
+    assert {v for v, _ in verbs(world.plan_namespace("team-a"))} == {Verb.DELETE}
+    assert sorted(verbs(world.plan_calico())) == sorted(
+        (Verb.CREATE, f"default.dpo-cal-{p}") for p in BUILTINS
+    )
+
+
+# -- audit ------------------------------------------------------------------------------------
+
+
+def test_audit_profile_reports_and_writes_nothing() -> None:
+    world = make_world(ns("team-a"))
+    world.update_profile(profile_body("watch", mode="Audit"))
+    result = world.plan_namespace("team-a")
+    assert result.actions == []
+    assert sorted(verbs(ScopePlan(actions=result.audit_findings))) == sorted(
+        (Verb.CREATE, f"dpo-{p}") for p in BUILTINS
+    )
+
+
+def test_audit_profile_never_deletes() -> None:
+    world = make_world(ns("team-a"))
+    world.update_profile(profile_body("watch", mode="Audit"))
+    stray = state_of(
+        {
+            "kind": NETWORK_POLICY,
+            "metadata": {
+                "name": "dpo-old",
+                "namespace": "team-a",
+                "labels": {PROFILE_LABEL: "watch", POLICY_LABEL: "old"},
+            },
+            "spec": {},
+        }
+    )
+    world.set_object(stray)
+    result = world.plan_namespace("team-a")
+    assert result.actions == []
+    assert all(a.verb is Verb.CREATE for a in result.audit_findings)
+    world.set_namespace(ns("team-a", **{EXEMPT_LABEL: "true"}))  # no longer governed
+    assert world.plan_namespace("team-a").actions == []  # Audit profile's objects stay
+
+
+def test_audit_calico_profile() -> None:
+    world = make_world(ns("team-a"))
+    world.update_profile(profile_body("cal", mode="Audit", flavor=CALICO))
+    result = world.plan_calico()
+    assert result.actions == []
+    assert len(result.audit_findings) == 3
+
+
+# -- invalid profiles -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "error"),
+    [
+        ({"mode": "Sometimes"}, "invalid spec: spec.mode must be one of"),
+        (
+            {"customPolicies": [{"name": "x", "template": "kind: {% if %}"}]},
+            "invalid template: policy 'x': template syntax error",
+        ),
+        (
+            {"customPolicies": [{"name": "x", "template": "kind: ClusterRoleBinding\nspec: {}\n"}]},
+            "invalid template: policy 'x': renders",
+        ),
+    ],
+)
+def test_invalid_edit_keeps_the_last_valid_profile(
+    world: World, spec: dict[str, Any], error: str
+) -> None:
+    converge(world)
+    good = world.profiles["base"].profile
+    assert good is not None
+    entry = world.update_profile(
+        profile_body("base", generation=2, **{**spec, "namespaceSelector": {}})
+    )
+    assert entry.profile is good  # fail static
+    assert entry.error is not None
+    assert entry.error.startswith(error), entry.error
+    assert entry.generation == 2
+    # still governs as before (the invalid edit's wider selector is not in force)
+    assert world.plan_namespace("team-a").actions == []
+    assert world.plan_namespace("dev").actions == []
+    # a later valid edit clears the error
+    fixed = world.update_profile(profile_body("base", generation=3))
+    assert fixed.error is None
+    assert fixed.profile is not good
+    assert verbs(world.plan_namespace("dev")) == [(Verb.CREATE, f"dpo-{p}") for p in BUILTINS]
+
+
+def test_profile_that_never_validated_governs_nothing_and_deletes_nothing(world: World) -> None:
+    converge(world)
+    entry = world.update_profile(profile_body("broken", priority=99, mode="Sometimes"))
+    assert entry.profile is None
+    assert entry.error is not None
+    assert not entry.active
+    assert world.plan_namespace("team-a").actions == []
+
+
+# -- a template that fails for one namespace --------------------------------------------------
+
+
+def test_template_failing_in_one_namespace_holds_that_policy_there() -> None:
+    world = make_world(ns("a", {"owner": "alice"}), ns("b", {"owner": "bob"}))
+    entry = world.update_profile(
+        profile_body("base", customPolicies=[{"name": "owner", "template": OWNER_TEMPLATE}])
+    )
+    assert entry.error is None  # the trial forgives data-dependent failures
+    converge(world)
+    assert np_key("b", "owner") in world.objects
+    world.set_namespace(ns("b"))  # the annotation is removed
+    result = world.plan_namespace("b")
+    assert result.actions == []  # dpo-owner is held, not deleted; the rest is in sync
+    ((profile, error),) = result.errors
+    assert profile == "base"
+    assert error.policy == "owner"
+    assert "undefined variable" in error.message
+    assert world.plan_namespace("a").actions == []
+    assert world.plan_namespace("a").errors == []
+
+
+def test_new_namespace_without_the_data_still_gets_the_other_policies() -> None:
+    world = make_world(ns("a"))
+    world.update_profile(
+        profile_body("base", customPolicies=[{"name": "owner", "template": OWNER_TEMPLATE}])
+    )
+    result = world.plan_namespace("a")
+    assert verbs(result) == [(Verb.CREATE, f"dpo-{p}") for p in BUILTINS]
+    assert [e.policy for _, e in result.errors] == ["owner"]
+
+
+# -- conflicts --------------------------------------------------------------------------------
+
+
+def test_conflicting_key_is_never_written(world: World) -> None:
+    world.conflicts[np_key("team-a", "deny-all")] = "held by a NetworkPolicy we did not create"
+    assert verbs(world.plan_namespace("team-a")) == [
+        (Verb.CREATE, "dpo-allow-dns"),
+        (Verb.CREATE, "dpo-allow-kube-system"),
+    ]
+
+
+# -- Calico -----------------------------------------------------------------------------------
+
+
+def calico_world() -> World:
+    world = make_world(
+        ns("web", env="prod"),
+        ns("api", env="prod", team="x"),
+        ns("pay", env="prod", team="payments"),
+        ns("legacy", env="prod"),
+        ns("sandbox-7", env="prod"),
+        ns("skip", env="prod", **{EXEMPT_LABEL: "true"}),
+        ns("kube-system", env="prod"),
+        ns("dpo-system", env="prod"),
+        ns("dev", env="dev"),
+        ns("bare"),
+    )
+    for body in (
+        profile_body(
+            "cal",
+            flavor=CALICO,
+            namespaceSelector={
+                "matchLabels": {"env": "prod"},
+                "matchExpressions": [{"key": "team", "operator": "NotIn", "values": ["x"]}],
+            },
+            excludeNamespaces=["legacy", "sandbox-*", 'odd"name', "a\\b"],
+        ),
+        profile_body(
+            "payments", priority=10, namespaceSelector={"matchLabels": {"team": "payments"}}
+        ),
+    ):
+        entry = world.update_profile(body)
+        assert entry.error is None, entry.error
+    return world
+
+
+def calico_labels(namespace: Namespace) -> dict[str, str]:
+    return {**namespace.labels, CALICO_NAME_LABEL: namespace.name}
+
+
+def test_calico_selector_selects_exactly_the_governed_namespaces() -> None:
+    world = calico_world()
+    cal = world.profiles["cal"].profile
+    assert cal is not None
+    selector = world.calico_selector(cal)
+    governed = set()
+    for namespace in world.namespaces.values():
+        governor = world.governor(namespace)
+        selected = evaluate(selector, calico_labels(namespace))
+        assert selected is (governor is not None and governor.name == "cal"), namespace.name
+        if selected:
+            governed.add(namespace.name)
+    assert governed == {"web"}
+
+
+@pytest.mark.parametrize(
+    ("namespace", "selected"),
+    [
+        (ns("legacy", env="prod"), False),  # excluded by name before it even exists
+        (ns("new", env="prod"), True),
+        (ns("new", env="prod", **{EXEMPT_LABEL: "true"}), False),  # by label, at once
+        (ns("new", env="prod", team="x"), False),
+        (ns("kube-public", env="prod"), False),  # protected
+    ],
+)
+def test_calico_selector_for_namespaces_it_has_not_seen_yet(
+    namespace: Namespace, selected: bool
+) -> None:
+    world = calico_world()
+    cal = world.profiles["cal"].profile
+    assert cal is not None
+    assert evaluate(world.calico_selector(cal), calico_labels(namespace)) is selected
+
+
+def test_plan_calico_creates_stamped_policies_and_then_nothing() -> None:
+    world = calico_world()
+    result = world.plan_calico()
+    assert sorted(verbs(result)) == sorted((Verb.CREATE, f"default.dpo-cal-{p}") for p in BUILTINS)
+    cal = world.profiles["cal"].profile
+    assert cal is not None
+    for action in result.actions:
+        assert action.key.kind == GLOBAL_NETWORK_POLICY
+        assert action.body is not None
+        assert action.body["spec"]["namespaceSelector"] == world.calico_selector(cal)
+    apply(world, result.actions)
+    assert world.plan_calico().actions == []
+    # a new selected-but-shadowed namespace is named in every policy's selector: three updates
+    world.set_namespace(ns("pay2", env="prod", team="payments"))
+    updates = world.plan_calico().actions
+    assert sorted(v for v, _ in verbs(ScopePlan(actions=updates))) == [Verb.UPDATE] * 3
+    assert all('"pay2"' in (a.body or {})["spec"]["namespaceSelector"] for a in updates)
+    apply(world, updates)
+    assert world.plan_calico().actions == []
+    # the shadowing profile goes: 'pay' and 'pay2' are governed by 'cal' now
+    world.remove_profile("payments")
+    updates = world.plan_calico().actions
+    assert sorted(v for v, _ in verbs(ScopePlan(actions=updates))) == [Verb.UPDATE] * 3
+    selector = (updates[0].body or {})["spec"]["namespaceSelector"]
+    assert evaluate(selector, calico_labels(world.namespaces["pay2"]))
+
+
+def test_calico_objects_of_a_deleted_profile_are_removed() -> None:
+    world = calico_world()
+    apply(world, world.plan_calico().actions)
+    world.remove_profile("cal")
+    assert sorted(v for v, _ in verbs(world.plan_calico())) == [Verb.DELETE] * 3
+
+
+# -- counts and coverage ----------------------------------------------------------------------
+
+
+def test_counts() -> None:
+    world = calico_world()
+    world.update_profile(profile_body("base", priority=-1))  # everything not otherwise governed
+    converge(world)
+    world.conflicts[np_key("pay", "deny-all")] = "someone else's"
+    world.audit_findings["base"] = {np_key("x", "deny-all"): "missing"}
+    counts = world.counts()
+    assert set(counts) == {"cal", "payments", "base"}
+    # cal governs web; pay is selected too (team NotIn [x] holds) but payments governs it
+    assert (counts["cal"].governed, counts["cal"].shadowed) == (1, 1)
+    assert counts["cal"].excluded == 5  # legacy, sandbox-7, skip, kube-system, dpo-system
+    assert counts["cal"].managed == 3
+    assert (counts["payments"].governed, counts["payments"].shadowed) == (1, 0)
+    assert counts["payments"].managed == 3
+    assert counts["payments"].conflict_keys == [str(np_key("pay", "deny-all"))]
+    # base selects everything: governs what nobody above governs
+    assert counts["base"].governed == len({"api", "legacy", "sandbox-7", "dev", "bare"})
+    assert counts["base"].shadowed == 2  # web (cal), pay (payments)
+    assert counts["base"].excluded == 3  # skip, kube-system, dpo-system
+    assert counts["base"].managed == 3 * counts["base"].governed
+    assert counts["base"].drifted == 1
+    assert counts["base"].conflict_keys == []
+    assert counts["cal"].conflict_keys == []
+
+
+def test_calico_conflicts_are_counted_for_their_profile() -> None:
+    world = calico_world()
+    key = ObjectKey(GLOBAL_NETWORK_POLICY, "", "default.dpo-cal-deny-all")
+    world.conflicts[key] = "exists and was not created by the operator"
+    assert (Verb.CREATE, key.name) not in verbs(world.plan_calico())  # blocked, as it should be
+    assert world.counts()["cal"].conflict_keys == [str(key)]
+
+
+def test_standings_and_coverage() -> None:
+    world = calico_world()
+    standings = world.standings(world.namespaces["pay"])
+    assert standings == {"payments": Standing.GOVERNED, "cal": Standing.SHADOWED}
+    assert world.standings(world.namespaces["legacy"])["cal"] is Standing.EXCLUDED
+    assert world.standings(world.namespaces["dev"])["cal"] is Standing.UNSELECTED
+    assert world.coverage() == Counter(
+        {"governed": 2, "protected": 2, "exempt": 1, "excluded": 2, "uncovered": 3}
+    )
+
+
+# -- property ---------------------------------------------------------------------------------
+
+
+@st.composite
+def worlds(draw: st.DrawFn) -> World:
+    world = make_world()
+    for name in draw(st.lists(st.sampled_from(["a", "b", "c", "kube-system"]), unique=True)):
+        labels = {
+            k: draw(st.sampled_from(["1", "2"])) for k in ("env", "team") if draw(st.booleans())
+        }
+        if draw(st.integers(0, 4)) == 0:
+            labels[EXEMPT_LABEL] = "true"
+        world.set_namespace(ns(name, **labels))
+    for name in draw(st.lists(st.sampled_from(["p", "q", "r"]), unique=True, max_size=3)):
+        spec: dict[str, Any] = {"priority": draw(st.integers(0, 2))}
+        if draw(st.booleans()):
+            spec["namespaceSelector"] = {"matchLabels": {"env": draw(st.sampled_from(["1", "2"]))}}
+        if draw(st.booleans()):
+            spec["mode"] = "Audit"
+        if draw(st.booleans()):
+            spec["flavor"] = CALICO
+        if draw(st.booleans()):
+            spec["excludeNamespaces"] = [draw(st.sampled_from(["a", "b*"]))]
+        if draw(st.booleans()):
+            spec["policies"] = {"allowDNS": {"enabled": False}}
+        assert world.update_profile(profile_body(name, **spec)).error is None
+    return world
+
+
+@settings(max_examples=25, deadline=None)
+@given(world=worlds(), relabel=st.sampled_from(["a", "b", "c"]))
+def test_converged_worlds_plan_nothing(world: World, relabel: str) -> None:
+    converge(world)
+    assert no_actions_left(world)
+    # change one namespace, converge again: still nothing left to do
+    if relabel in world.namespaces:
+        world.set_namespace(ns(relabel, env="2"))
+        converge(world)
+        assert no_actions_left(world)
