@@ -22,9 +22,9 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Builds etcd, kube-apiserver and kubectl from Go modules into ~/.cache (once; seconds after).
+# Builds etcd, kube-apiserver, kubectl (and helm, for charts/) from Go modules into ~/.cache (once; seconds after).
 binaries: venv
-	$(BIN)/python -c "from dpo_dev.cluster import ensure_binaries, calico_crd_files; ensure_binaries(); calico_crd_files()"
+	$(BIN)/python -c "from dpo_dev.cluster import ensure_binaries, ensure_helm, calico_crd_files; ensure_binaries(); calico_crd_files(); ensure_helm()"
 
 lint: venv
 	$(BIN)/ruff check operator dev tests bench

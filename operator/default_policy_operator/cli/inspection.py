@@ -24,9 +24,9 @@ from default_policy_operator.kube.client import (
     NETWORK_POLICIES,
     PROFILES,
     ApiError,
+    Credentials,
     KubeApi,
     calico_resource,
-    load_credentials,
 )
 
 
@@ -82,9 +82,9 @@ def _action_row(action: Action, mode: str) -> dict[str, Any]:
     }
 
 
-async def diff(kubeconfig: str | None, output: str, calico_api_version: str) -> int:
+async def diff(credentials: Credentials, output: str, calico_api_version: str) -> int:
     """Print what the operator would change; exit 1 when it would change anything."""
-    async with KubeApi(load_credentials(kubeconfig)) as api:
+    async with KubeApi(credentials) as api:
         world = await load_world(api, calico_api_version, with_foreign=False)
     rows = []
     for actions, findings in plan_everything(world).values():
@@ -94,9 +94,9 @@ async def diff(kubeconfig: str | None, output: str, calico_api_version: str) -> 
     return 1 if rows else 0
 
 
-async def audit(kubeconfig: str | None, output: str, calico_api_version: str) -> int:
+async def audit(credentials: Credentials, output: str, calico_api_version: str) -> int:
     """Every namespace with its governing profile and what is missing, drifted or blocked."""
-    async with KubeApi(load_credentials(kubeconfig)) as api:
+    async with KubeApi(credentials) as api:
         world = await load_world(api, calico_api_version, with_foreign=True)
     plans = plan_everything(world)
     rows = []

@@ -143,8 +143,9 @@ def _materialise(data: str | None, path: str | None, base: Path) -> str | None:
     return None
 
 
-def load_credentials(kubeconfig: str | None = None) -> Credentials:
-    """From ``kubeconfig``, ``$KUBECONFIG``, ``~/.kube/config``, or the in-cluster account."""
+def load_credentials(kubeconfig: str | None = None, context_name: str | None = None) -> Credentials:
+    """From ``kubeconfig``, ``$KUBECONFIG``, ``~/.kube/config``, or the in-cluster account;
+    ``context_name`` (kubectl's ``--context``) instead of the kubeconfig's current context."""
     path = kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0]
     if not path and "KUBERNETES_SERVICE_HOST" in os.environ:
         host, port = os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_SERVICE_PORT"]
@@ -158,8 +159,12 @@ def load_credentials(kubeconfig: str | None = None) -> Credentials:
     config_path = Path(path or Path.home() / ".kube" / "config")
     config = yaml.safe_load(config_path.read_text())
     base = config_path.parent
-    current = config.get("current-context")
-    context_entry = next(c["context"] for c in config["contexts"] if c["name"] == current)
+    current = context_name or config.get("current-context")
+    context_entry = next(
+        (c["context"] for c in config.get("contexts") or [] if c["name"] == current), None
+    )
+    if context_entry is None:
+        raise ValueError(f"context {current!r} is not in {config_path}")
     cluster = next(
         c["cluster"] for c in config["clusters"] if c["name"] == context_entry["cluster"]
     )
