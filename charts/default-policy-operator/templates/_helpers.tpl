@@ -24,7 +24,7 @@ Call with (dict "ctx" $ "component" "operator"); component may be omitted.
 {{- define "dpo.metadata" -}}
 labels:
   {{- include "dpo.labels" . | nindent 2 }}
-{{- with merge (.extraAnnotations | default dict) .ctx.Values.commonAnnotations }}
+{{- with merge (dict) (.extraAnnotations | default dict) .ctx.Values.commonAnnotations }}
 annotations:
   {{- toYaml . | nindent 2 }}
 {{- end }}
