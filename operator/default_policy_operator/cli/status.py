@@ -15,7 +15,6 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import aiohttp
 import yaml
 
 from default_policy_operator.kube.client import PROFILES, ApiError, Credentials, KubeApi
@@ -82,6 +81,14 @@ def render(rows: Sequence[Mapping[str, Any]], output: str) -> str:
     return table(rows)
 
 
+def _explain(exc: ApiError, server: str) -> str:
+    """The client reports a connection failure as status 0, like client-go's "no response"."""
+    if exc.status == 0:
+        return f"cannot reach {server}: {exc.message}"
+    hint = " (is the DefaultPolicyProfile CRD installed?)" if exc.status == 404 else ""
+    return f"listing DefaultPolicyProfiles: {exc}{hint}"
+
+
 async def _list_profiles(credentials: Credentials) -> list[dict[str, Any]]:
     async with KubeApi(credentials) as api:
         return await api.list_objects(PROFILES)
@@ -92,11 +99,7 @@ def status(credentials: Credentials, output: str) -> int:
     try:
         profiles = asyncio.run(_list_profiles(credentials))
     except ApiError as exc:
-        hint = " (is the DefaultPolicyProfile CRD installed?)" if exc.status == 404 else ""
-        print(f"error: listing DefaultPolicyProfiles: {exc}{hint}", file=sys.stderr)
-        return 1
-    except (aiohttp.ClientError, OSError) as exc:
-        print(f"error: cannot reach {credentials.server}: {exc}", file=sys.stderr)
+        print(f"error: {_explain(exc, credentials.server)}", file=sys.stderr)
         return 1
     rows = [row(p) for p in sorted(profiles, key=lambda p: str(p["metadata"]["name"]))]
     print(render(rows, output))
