@@ -301,6 +301,8 @@ class Dataplane:
 
     def _wire(self, pod: PodNet, host_side: str) -> None:
         netns.create(pod.netns)
+        # Ping probes use ICMP "ping sockets", allowed only to the groups listed here.
+        netns.sysctl(pod.netns, "net.ipv4.ping_group_range", "0 2147483647")
         netns.ip("link", "add", host_side, "type", "veth", "peer", "name", "eth0", "netns",
                  pod.netns, netns=self.node_netns)  # fmt: skip
         netns.ip_batch(

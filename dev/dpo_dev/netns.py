@@ -111,10 +111,10 @@ def entered_fd(fd: int) -> Iterator[None]:
             _setns(home.fileno())
 
 
-def socket_in(netns: str, kind: int = socket.SOCK_STREAM) -> socket.socket:
+def socket_in(netns: str, kind: int = socket.SOCK_STREAM, proto: int = 0) -> socket.socket:
     """A fresh IPv4 socket living in ``netns`` (usable from the current namespace)."""
     with entered(netns):
-        return socket.socket(socket.AF_INET, kind)
+        return socket.socket(socket.AF_INET, kind, proto)
 
 
 def exec_argv(netns: str, argv: Sequence[str]) -> list[str]:

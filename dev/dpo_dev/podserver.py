@@ -5,7 +5,8 @@
 * TCP on :data:`TCP_PORTS` (except 53): sends ``NS/POD\\n`` and closes;
 * UDP on :data:`UDP_PORTS` (except 53): answers each datagram with ``NS/POD``;
 * DNS on UDP and TCP 53: a real DNS answer (one A record) to any query, so the DNS probes
-  exercise the protocol the allow-dns policy exists for.
+  exercise the protocol the allow-dns policy exists for;
+* ICMP echo: the kernel answers pings (probe protocol ``ICMP``, port ignored).
 
 :func:`probe` opens a fresh socket per call (new source port, so never an established flow that
 conntrack would let through a new deny), in the source pod's namespace, and reports whether the
@@ -148,7 +149,8 @@ def probe(
     ``expect`` is the identity the destination should send back (DNS answers carry none).
     """
     kind = socket.SOCK_STREAM if protocol == "TCP" else socket.SOCK_DGRAM
-    sock = netns.socket_in(source_netns, kind)
+    # ICMP: a "ping socket" (the kernel picks the echo id like a port and reports errors).
+    sock = netns.socket_in(source_netns, kind, socket.IPPROTO_ICMP if protocol == "ICMP" else 0)
     sock.settimeout(timeout)
     try:
         sock.connect((address, port))
@@ -164,6 +166,10 @@ def probe(
 
 
 def _exchange(sock: socket.socket, protocol: str, port: int, expect: str) -> Outcome:
+    if protocol == "ICMP":
+        sock.send(struct.pack("!BBHHH", 8, 0, 0, 0, 1) + b"dpo-probe")
+        reply = sock.recv(512)
+        return Outcome.OPEN if reply[:1] == b"\0" else Outcome.WRONG
     if port == DNS_PORT:
         query_id = secrets.randbelow(0x10000)
         query = dns_query(query_id)

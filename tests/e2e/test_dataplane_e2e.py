@@ -224,6 +224,8 @@ def switch_world(api: Api, dataplane: Dataplane, base: Base) -> SwitchWorld:
         Flow(web, base.system, "TCP", 443),  # governed -> kube-system
         Flow(web, worker, "TCP", 80),  # same namespace
         Flow(worker, web, "UDP", 8125),  # same namespace, UDP
+        Flow(web, worker, "ICMP", 0),  # ping inside the namespace
+        Flow(client, web, "ICMP", 0),  # ping from another namespace
         Flow(client, base.dns, "UDP", 53),  # ungoverned control: always open
     ]
     return SwitchWorld(governed, flows)
