@@ -32,7 +32,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -280,6 +280,17 @@ class Dataplane:
 
     def add_pod(self, namespace: str, name: str, labels: Mapping[str, str] | None = None) -> PodNet:
         """A namespace + veth + responder, and its Pod object with a Running status."""
+        return self.add_pods([(namespace, name, labels or {})])[0]
+
+    def add_pods(self, specs: Sequence[tuple[str, str, Mapping[str, str]]]) -> list[PodNet]:
+        """Several pods (namespace, name, labels); their responders start in parallel."""
+        pods = [self._start_pod(*spec) for spec in specs]
+        for pod in pods:
+            self._wait(lambda pod=pod: self._node_reaches(pod), f"the responder of {pod.identity}")
+        self._save()
+        return pods
+
+    def _start_pod(self, namespace: str, name: str, labels: Mapping[str, str]) -> PodNet:
         index = self._next_index
         self._next_index += 1
         pod = PodNet(
@@ -287,7 +298,7 @@ class Dataplane:
             name=name,
             ip=f"10.250.{1 + index // 250}.{1 + index % 250}",
             netns=f"{self.prefix}p{index}",
-            labels=dict(labels or {}),
+            labels=dict(labels),
         )
         self.pods[pod.identity] = pod
         self._wire(pod, f"p{index}")
@@ -295,8 +306,6 @@ class Dataplane:
         argv += [f"--identity={pod.identity}", f"--address={pod.ip}"]
         self._spawn(pod.netns, argv, "podservers")
         self._create_pod_object(pod)
-        self._wait(lambda: self._node_reaches(pod), f"the responder of {pod.identity}")
-        self._save()
         return pod
 
     def _wire(self, pod: PodNet, host_side: str) -> None:

@@ -3,8 +3,8 @@
 Why kube-router: it is a real Kubernetes NetworkPolicy implementation (iptables + ipset) that
 runs without a kubelet or a container runtime, and the proxy serves it (v2.1.0 only; every
 other version answers 403). It is built like kube-apiserver in :mod:`dpo_dev.cluster`: a
-wrapper module, ``go get``, ``go build``, the binary cached under a versioned name, builds
-serialised by the same lock file. Only the policy controller runs
+wrapper module, ``go get``, ``go build``, the binary cached under a versioned name (with a
+lock file of its own, so two processes never build it twice). Only the policy controller runs
 (``--run-firewall=true --run-router=false --run-service-proxy=false``): the router needs a CNI
 config file, the service proxy needs IPVS, which these machines lack.
 """
@@ -39,7 +39,8 @@ def ensure_kube_router(log: Log = _stderr_log) -> Path:
     if _is_executable(out):
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(out.parent / ".build.lock", log):
+    # Its own lock: nothing to share with the apiserver build, so no reason to wait for it.
+    with _exclusive_lock(out.parent / ".kube-router.build.lock", log):
         if not _is_executable(out):  # another process may have built it meanwhile
             _build(out, log)
     return out

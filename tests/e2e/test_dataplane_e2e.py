@@ -79,10 +79,13 @@ class Base:
 
 @pytest.fixture(scope="module")
 def base(dataplane: Dataplane, operator: OperatorProcess) -> Iterator[Base]:
-    yield Base(
-        dns=dataplane.add_pod("kube-system", "coredns", {"k8s-app": "kube-dns"}),
-        system=dataplane.add_pod("kube-system", "metrics-server", {"k8s-app": "metrics-server"}),
+    dns, system = dataplane.add_pods(
+        [
+            ("kube-system", "coredns", {"k8s-app": "kube-dns"}),
+            ("kube-system", "metrics-server", {"k8s-app": "metrics-server"}),
+        ]
     )
+    yield Base(dns=dns, system=system)
     _print_report()
 
 
@@ -211,9 +214,13 @@ class SwitchWorld:
 def switch_world(api: Api, dataplane: Dataplane, base: Base) -> SwitchWorld:
     governed = namespace(api, "sw-gov", dataplane="switches")
     other = namespace(api, "sw-other")
-    web = dataplane.add_pod(governed, "web", {"app": "web"})
-    worker = dataplane.add_pod(governed, "worker", {"app": "worker"})
-    client = dataplane.add_pod(other, "client", {"app": "client"})
+    web, worker, client = dataplane.add_pods(
+        [
+            (governed, "web", {"app": "web"}),
+            (governed, "worker", {"app": "worker"}),
+            (other, "client", {"app": "client"}),
+        ]
+    )
     flows = [
         Flow(web, client, "TCP", 80),  # governed -> other namespace
         Flow(client, web, "TCP", 80),  # other namespace -> governed
@@ -300,13 +307,17 @@ def test_reference_architecture_examples(api: Api, dataplane: Dataplane, base: B
     bob = namespace(api, "ref-bob", user="bob")
     alice = namespace(api, "ref-alice", user="alice")
     monitoring = namespace(api, "ref-monitoring", module="prometheus")
-    frontend = dataplane.add_pod(app, "frontend", {"role": "frontend"})
-    backend = dataplane.add_pod(app, "backend", {"role": "backend"})
-    batch = dataplane.add_pod(app, "batch", {"role": "batch"})
-    service = dataplane.add_pod(svc, "api", {"app": "api"})
-    bobs = dataplane.add_pod(bob, "client", {"app": "client"})
-    alices = dataplane.add_pod(alice, "client", {"app": "client"})
-    prometheus = dataplane.add_pod(monitoring, "prometheus", {"app": "prometheus"})
+    frontend, backend, batch, service, bobs, alices, prometheus = dataplane.add_pods(
+        [
+            (app, "frontend", {"role": "frontend"}),
+            (app, "backend", {"role": "backend"}),
+            (app, "batch", {"role": "batch"}),
+            (svc, "api", {"app": "api"}),
+            (bob, "client", {"app": "client"}),
+            (alice, "client", {"app": "client"}),
+            (monitoring, "prometheus", {"app": "prometheus"}),
+        ]
+    )
     expected = {
         Flow(frontend, backend, "TCP", 6379): True,
         Flow(frontend, backend, "TCP", 80): False,
@@ -422,11 +433,12 @@ def test_reference_evaluator_agrees_with_the_dataplane(
 ) -> None:
     rng = random.Random(seed)
     label = f"seed-{seed}"
-    pods = [base.dns, base.system]
+    specs = []
     for i in range(3):
         labels = {"diff": label, "team": rng.choice(["a", "b"])}
         ns = namespace(api, f"diff{seed}-n{i}", **labels)
-        pods += [dataplane.add_pod(ns, f"p{j}", {"app": rng.choice(APPS)}) for j in range(2)]
+        specs += [(ns, f"p{j}", {"app": rng.choice(APPS)}) for j in range(2)]
+    pods = [base.dns, base.system, *dataplane.add_pods(specs)]
     spec = _random_profile(rng, label)
     put_profile(api, f"diff-{seed}", spec)
     wait_reconciled(api, f"diff-{seed}")
@@ -455,8 +467,9 @@ def test_no_gap_through_restart_and_handover(
 ) -> None:
     governed = namespace(api, "gap-gov", gap="yes")
     outside = namespace(api, "gap-out")
-    app = dataplane.add_pod(governed, "app", {"app": "web"})
-    client = dataplane.add_pod(outside, "client", {"app": "client"})
+    app, client = dataplane.add_pods(
+        [(governed, "app", {"app": "web"}), (outside, "client", {"app": "client"})]
+    )
     intruder, dns = Flow(client, app, "TCP", 80), Flow(app, base.dns, "UDP", 53)
     selector = {"matchLabels": {"gap": "yes"}}
     put_profile(api, "gap-a", {"namespaceSelector": selector, "priority": 10})
