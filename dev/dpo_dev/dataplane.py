@@ -229,7 +229,10 @@ class Dataplane:
         body = {
             "apiVersion": "v1",
             "kind": "Node",
-            "metadata": {"name": self.node_name, "labels": {TOPOLOGY_LABEL: self.prefix}},
+            "metadata": {
+                "name": self.node_name,
+                "labels": {TOPOLOGY_LABEL: self.prefix.rstrip("-")},
+            },
         }
         status, answer = self.api.request("POST", "/api/v1/nodes", body)
         if status not in (201, 409):
@@ -334,7 +337,7 @@ class Dataplane:
         return probe(self.node_netns, pod.ip, "TCP", 80, 1.0, pod.identity) is Outcome.OPEN
 
     def _create_pod_object(self, pod: PodNet) -> None:
-        labels = {**pod.labels, TOPOLOGY_LABEL: self.prefix}
+        labels = {**pod.labels, TOPOLOGY_LABEL: self.prefix.rstrip("-")}
         body = {
             "apiVersion": "v1",
             "kind": "Pod",
@@ -489,11 +492,17 @@ def probe_from_state(workdir: Path, source: str, destination: str, protocol: str
 
 
 def add_parser(sub: Any) -> None:
-    """The ``dataplane`` subcommand of ``python -m dpo_dev``."""
+    """The ``dataplane up|down|probe`` subcommand of ``python -m dpo_dev``."""
     parser = sub.add_parser("dataplane", help="kube-router + pods as network namespaces")
-    parser.add_argument("action", choices=["up", "down", "probe"])
-    parser.add_argument("--dir", default=".dpo-cluster", help="the cluster's state directory")
-    parser.add_argument("flow", nargs="*", help="probe: SOURCE DESTINATION PROTOCOL PORT")
+    actions = parser.add_subparsers(dest="action", required=True)
+    for name, text in (("up", "start it"), ("down", "remove it"), ("probe", "one fresh flow")):
+        action = actions.add_parser(name, help=text)
+        action.add_argument("--dir", default=".dpo-cluster", help="the cluster's state directory")
+        if name == "probe":
+            action.add_argument("source", help="namespace/pod")
+            action.add_argument("destination", help="namespace/pod")
+            action.add_argument("protocol", choices=["TCP", "UDP", "ICMP"], type=str.upper)
+            action.add_argument("port", type=int, nargs="?", default=0)
 
 
 def main(args: Any, workdir: Path) -> int:
@@ -506,9 +515,5 @@ def main(args: Any, workdir: Path) -> int:
         stopped = down(workdir)
         print("stopped" if stopped else f"no dataplane in {workdir}", file=sys.stderr)
         return 0
-    if len(args.flow) != 4:
-        print("probe needs SOURCE DESTINATION PROTOCOL PORT", file=sys.stderr)
-        return 2
-    source, destination, protocol, port = args.flow
-    print(probe_from_state(workdir, source, destination, protocol, int(port)))
+    print(probe_from_state(workdir, args.source, args.destination, args.protocol, args.port))
     return 0
