@@ -66,7 +66,7 @@ class PodNet:
     name: str
     ip: str
     netns: str
-    labels: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
     def identity(self) -> str:

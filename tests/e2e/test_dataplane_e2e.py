@@ -28,7 +28,7 @@ from dpo_dev.cluster import ControlPlane
 from dpo_dev.dataplane import Dataplane, PodNet
 from tests.netpol import Pod, allowed
 from tests.packets import Flow, Prober, converge, observe, table, timed
-from tests.support import Api, OperatorProcess, condition, wait_for
+from tests.support import MANAGED, Api, OperatorProcess, condition, wait_for
 
 pytestmark = [
     pytest.mark.e2e,
@@ -118,6 +118,26 @@ def wait_reconciled(api: Api, name: str, governed: int | None = None) -> None:
         )
 
     wait_for(done, timeout=30, what=f"profile {name} reconciled")
+
+
+def wait_policies(api: Api, namespaces: list[str], spec: dict[str, Any]) -> None:
+    """Every namespace holds exactly the policies ``spec`` asks for.
+
+    Checked on the objects themselves: the profile's status has been seen to say Ready (with
+    ``managedObjects: 0``) before the policies of a new profile were written.
+    """
+    switches = spec.get("policies", {})
+    wanted = {f"dpo-{c['name']}" for c in spec.get("customPolicies", [])}
+    for key, name in (("denyAll", "deny-all"), ("allowDNS", "allow-dns"),
+                      ("allowKubeSystem", "allow-kube-system"),
+                      ("allowSameNamespace", "allow-same-namespace")):  # fmt: skip
+        if any(v is True for v in switches.get(key, {}).values()):
+            wanted.add(f"dpo-{name}")
+
+    def held() -> bool:
+        return all(set(api.policies(ns, MANAGED)) == wanted for ns in namespaces)
+
+    wait_for(held, timeout=30, what=f"{namespaces} to hold {sorted(wanted)}")
 
 
 def put_profile(api: Api, name: str, spec: dict[str, Any]) -> float:
@@ -434,14 +454,16 @@ def test_reference_evaluator_agrees_with_the_dataplane(
     rng = random.Random(seed)
     label = f"seed-{seed}"
     specs = []
+    namespaces = []
     for i in range(3):
         labels = {"diff": label, "team": rng.choice(["a", "b"])}
-        ns = namespace(api, f"diff{seed}-n{i}", **labels)
-        specs += [(ns, f"p{j}", {"app": rng.choice(APPS)}) for j in range(2)]
+        namespaces.append(namespace(api, f"diff{seed}-n{i}", **labels))
+        specs += [(namespaces[-1], f"p{j}", {"app": rng.choice(APPS)}) for j in range(2)]
     pods = [base.dns, base.system, *dataplane.add_pods(specs)]
     spec = _random_profile(rng, label)
     put_profile(api, f"diff-{seed}", spec)
-    wait_reconciled(api, f"diff-{seed}")
+    wait_reconciled(api, f"diff-{seed}", governed=3)
+    wait_policies(api, namespaces, spec)
     flows: list[Flow] = []
     while len(flows) < 30:
         source, destination = rng.sample(pods, 2)
