@@ -17,7 +17,7 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -128,10 +128,11 @@ def wait_policies(api: Api, namespaces: list[str], spec: dict[str, Any]) -> None
     """
     switches = spec.get("policies", {})
     wanted = {f"dpo-{c['name']}" for c in spec.get("customPolicies", [])}
-    for key, name in (("denyAll", "deny-all"), ("allowDNS", "allow-dns"),
-                      ("allowKubeSystem", "allow-kube-system"),
-                      ("allowSameNamespace", "allow-same-namespace")):  # fmt: skip
-        if any(v is True for v in switches.get(key, {}).values()):
+    for key, name, default in (("denyAll", "deny-all", True), ("allowDNS", "allow-dns", True),
+                               ("allowKubeSystem", "allow-kube-system", True),
+                               ("allowSameNamespace", "allow-same-namespace", False)):  # fmt: skip
+        section = switches.get(key)
+        if any(v is True for v in section.values()) if section else default:
             wanted.add(f"dpo-{name}")
 
     def held() -> bool:
@@ -264,10 +265,10 @@ def test_switch_combination_matches_its_promise(
 ) -> None:
     switches = COMBINATIONS[combination]
     expected = {f: switches.promise(f, switch_world.governed) for f in switch_world.flows}
-    written = put_profile(
-        api, "switches", switches.spec({"matchLabels": {"dataplane": "switches"}})
-    )
+    spec = switches.spec({"matchLabels": {"dataplane": "switches"}})
+    written = put_profile(api, "switches", spec)
     wait_reconciled(api, "switches", governed=1)
+    wait_policies(api, [switch_world.governed], spec)
     latency = converge(dataplane, expected, since=written)
     seen = observe(dataplane, switch_world.flows)
     REPORT.setdefault("switch_matrices", {})[combination] = {
@@ -362,8 +363,10 @@ def test_reference_architecture_examples(api: Api, dataplane: Dataplane, base: B
         {"name": "prometheus-9100", "template": PROMETHEUS},
     ]
     selector = {"matchLabels": {"reference": "governed"}}
-    put_profile(api, "reference", {"namespaceSelector": selector, "customPolicies": customs})
+    spec = {"namespaceSelector": selector, "customPolicies": customs}
+    put_profile(api, "reference", spec)
     wait_reconciled(api, "reference", governed=2)
+    wait_policies(api, [app, svc], spec)
     converge(dataplane, expected)
     REPORT["reference_examples"] = {str(f): "OPEN" if v else "BLOCKED" for f, v in expected.items()}
 
@@ -496,9 +499,10 @@ def test_no_gap_through_restart_and_handover(
     selector = {"matchLabels": {"gap": "yes"}}
     put_profile(api, "gap-a", {"namespaceSelector": selector, "priority": 10})
     wait_reconciled(api, "gap-a", governed=1)
+    wait_policies(api, [governed], {})
     converge(dataplane, {intruder: False, dns: True})
     with Prober(dataplane, {intruder: False, dns: True}) as prober:
-        _disrupt(api, operator, prober, selector)
+        _disrupt(api, operator, prober, governed)
     REPORT["no_gap"] = prober.summary()
     wrong = {
         phase: {flow: c["wrong"] for flow, c in flows.items() if c["wrong"]}
@@ -508,27 +512,34 @@ def test_no_gap_through_restart_and_handover(
     assert all(prober.sent(phase) > 20 for phase in prober.counts)
 
 
-def _disrupt(api: Api, operator: OperatorProcess, prober: Prober, selector: dict[str, Any]) -> None:
+def _disrupt(api: Api, operator: OperatorProcess, prober: Prober, governed: str) -> None:
+    """Kill the operator, hand a namespace over, edit, delete; each a phase of the prober."""
+    selector = {"matchLabels": {"gap": "yes"}}
+    b_spec = {"namespaceSelector": selector, "priority": 20}
+    steps: list[tuple[str, Callable[[], object], str, dict[str, Any]]] = [
+        ("operator-kill-9", lambda: _kill_and_restart(operator, prober), "gap-a", {}),
+        ("priority-handover",
+         lambda: put_profile(api, "gap-b", {**b_spec, "policies": SAME_NAMESPACE}), "gap-b",
+         {"policies": SAME_NAMESPACE}),
+        ("profile-edit",
+         lambda: put_profile(api, "gap-b", {**b_spec, "policies": SYSTEM_EGRESS}), "gap-b",
+         {"policies": SYSTEM_EGRESS}),
+        ("delete-while-other-takes-over", lambda: api.delete_profile("gap-b"), "gap-a", {}),
+    ]  # fmt: skip
     prober.wait_probes(10)
-    prober.mark("operator-kill-9")
+    for phase, act, governor, spec in steps:
+        prober.mark(phase)
+        act()
+        wait_reconciled(api, governor, governed=1)
+        wait_policies(api, [governed], spec)
+        prober.wait_probes(10)
+
+
+SAME_NAMESPACE = {"allowSameNamespace": {"enabled": True}}
+SYSTEM_EGRESS = {"allowKubeSystem": {"egress": True}}
+
+
+def _kill_and_restart(operator: OperatorProcess, prober: Prober) -> None:
     operator.stop(signal.SIGKILL)
     prober.wait_probes(25)  # ~0.5 s with no operator at all
     operator.start()
-    wait_reconciled(api, "gap-a", governed=1)
-    prober.wait_probes(10)
-    prober.mark("priority-handover")
-    put_profile(api, "gap-b", {"namespaceSelector": selector, "priority": 20,
-                               "policies": {"allowSameNamespace": {"enabled": True}}})  # fmt: skip
-    wait_reconciled(api, "gap-b", governed=1)
-    wait_reconciled(api, "gap-a", governed=0)
-    prober.wait_probes(10)
-    prober.mark("profile-edit")
-    put_profile(api, "gap-b", {"namespaceSelector": selector, "priority": 20,
-                               "policies": {"allowKubeSystem": {"egress": True}}})  # fmt: skip
-    wait_reconciled(api, "gap-b", governed=1)
-    prober.wait_probes(10)
-    prober.mark("delete-while-other-takes-over")
-    api.delete_profile("gap-b")
-    wait_for(lambda: api.get_profile("gap-b") is None, timeout=30, what="gap-b gone")
-    wait_reconciled(api, "gap-a", governed=1)
-    prober.wait_probes(10)
