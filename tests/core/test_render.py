@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from default_policy_operator.core.calico_selector import ALL, parse
 from default_policy_operator.core.labels import (
     MANAGED_BY,
     MANAGED_BY_VALUE,
@@ -203,10 +204,10 @@ def test_rendering_does_not_share_mutable_state(renderer: Renderer) -> None:
 
 def test_builtin_calico_policies(renderer: Renderer) -> None:
     profile = make("cal", flavor=CALICO)
-    objects = by_policy(renderer.render_calico(profile, 'team == "a"'))
+    objects = by_policy(renderer.render_calico(profile, parse('team == "a"')))
     assert list(objects) == ["deny-all", "allow-dns", "allow-kube-system"]
     for policy, obj in objects.items():
-        name = f"default.dpo-cal-{policy}"
+        name = f"default.dpo-3-cal-{policy}"
         assert obj.key == ObjectKey(GLOBAL_NETWORK_POLICY, "", name)
         assert obj.body["apiVersion"] == "crd.projectcalico.org/v1"
         assert obj.body["kind"] == "GlobalNetworkPolicy"
@@ -252,7 +253,7 @@ def test_calico_order_and_api_version(renderer: Renderer) -> None:
         calico={"order": 150, "apiVersion": "projectcalico.org/v3"},
         policies={"allowKubeSystem": {"egress": True}},
     )
-    objects = by_policy(renderer.render_calico(profile, "all()"))
+    objects = by_policy(renderer.render_calico(profile, ALL))
     for obj in objects.values():
         assert obj.body["spec"]["order"] == 150
         assert obj.body["apiVersion"] == "projectcalico.org/v3"
@@ -270,10 +271,10 @@ def test_calico_custom_selector_is_anded_with_the_namespace_selector(renderer: R
     template = (
         GNP_HEAD + 'spec:\n  types: [Ingress]\n  namespaceSelector: {{ "tier == \\"web\\"" }}\n'
     )
-    (obj,) = renderer.render_calico(custom(template, flavor=CALICO), 'env == "prod"')
-    assert obj.body["spec"]["namespaceSelector"] == '(env == "prod") && (tier == "web")'
+    (obj,) = renderer.render_calico(custom(template, flavor=CALICO), parse('env == "prod"'))
+    assert obj.body["spec"]["namespaceSelector"] == 'env == "prod" && tier == "web"'
     assert obj.body["spec"]["order"] == 2000
-    assert obj.key.name == "default.dpo-base-custom"
+    assert obj.key.name == "default.dpo-4-base-custom"
 
 
 # -- custom templates: what works -------------------------------------------------------------
@@ -419,7 +420,7 @@ def test_custom_template_errors(renderer: Renderer, template: str, message: str)
 )
 def test_custom_calico_template_errors(renderer: Renderer, body: str, message: str) -> None:
     with pytest.raises(RenderError) as info:
-        renderer.render_calico(custom(GNP_HEAD + body, flavor=CALICO), "all()")
+        renderer.render_calico(custom(GNP_HEAD + body, flavor=CALICO), ALL)
     assert message in info.value.message
 
 
@@ -427,7 +428,7 @@ def test_calico_profile_may_not_render_a_network_policy(renderer: Renderer) -> N
     with pytest.raises(
         RenderError, match=r"may only create crd\.projectcalico\.org/v1/GlobalNetwork"
     ):
-        renderer.render_calico(custom(NP_HEAD + "spec: {}\n", flavor=CALICO), "all()")
+        renderer.render_calico(custom(NP_HEAD + "spec: {}\n", flavor=CALICO), ALL)
     v3 = custom(
         GNP_HEAD + "spec: {types: [Ingress]}\n",
         flavor=CALICO,
@@ -436,7 +437,7 @@ def test_calico_profile_may_not_render_a_network_policy(renderer: Renderer) -> N
     with pytest.raises(
         RenderError, match=r"may only create projectcalico\.org/v3/GlobalNetworkPolicy"
     ):
-        renderer.render_calico(v3, "all()")
+        renderer.render_calico(v3, ALL)
 
 
 def test_first_failing_policy_is_named(renderer: Renderer) -> None:
@@ -1044,7 +1045,7 @@ def test_trial_rejects_calico_templates_that_read_namespace(renderer: Renderer) 
     )
     profile = custom(template, flavor=CALICO)
     with pytest.raises(RenderError, match="undefined variable"):
-        renderer.render_calico(profile, "all()")
+        renderer.render_calico(profile, ALL)
     with pytest.raises(RenderError, match="undefined variable"):
         renderer.trial(profile)
 

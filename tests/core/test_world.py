@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from default_policy_operator.core.calico_selector import to_text
 from default_policy_operator.core.governance import Namespace, Standing, protected_namespaces
 from default_policy_operator.core.labels import (
     CALICO_NAME_LABEL,
@@ -204,7 +205,7 @@ def test_handover_to_a_calico_profile_removes_the_network_policies(world: World)
     world.update_profile(profile_body("cal", priority=5, flavor=CALICO))
     assert {v for v, _ in verbs(world.plan_namespace("team-a"))} == {Verb.DELETE}
     assert sorted(verbs(world.plan_calico())) == sorted(
-        (Verb.CREATE, f"default.dpo-cal-{p}") for p in BUILTINS
+        (Verb.CREATE, f"default.dpo-3-cal-{p}") for p in BUILTINS
     )
 
 
@@ -386,7 +387,7 @@ def test_calico_selector_selects_exactly_the_governed_namespaces() -> None:
     world = calico_world()
     cal = world.profiles["cal"].profile
     assert cal is not None
-    selector = world.calico_selector(cal)
+    selector = to_text(world.calico_selector(cal))
     governed = set()
     for namespace in world.namespaces.values():
         governor = world.governor(namespace)
@@ -413,19 +414,21 @@ def test_calico_selector_for_namespaces_it_has_not_seen_yet(
     world = calico_world()
     cal = world.profiles["cal"].profile
     assert cal is not None
-    assert evaluate(world.calico_selector(cal), calico_labels(namespace)) is selected
+    assert evaluate(to_text(world.calico_selector(cal)), calico_labels(namespace)) is selected
 
 
 def test_plan_calico_creates_stamped_policies_and_then_nothing() -> None:
     world = calico_world()
     result = world.plan_calico()
-    assert sorted(verbs(result)) == sorted((Verb.CREATE, f"default.dpo-cal-{p}") for p in BUILTINS)
+    assert sorted(verbs(result)) == sorted(
+        (Verb.CREATE, f"default.dpo-3-cal-{p}") for p in BUILTINS
+    )
     cal = world.profiles["cal"].profile
     assert cal is not None
     for action in result.actions:
         assert action.key.kind == GLOBAL_NETWORK_POLICY
         assert action.body is not None
-        assert action.body["spec"]["namespaceSelector"] == world.calico_selector(cal)
+        assert action.body["spec"]["namespaceSelector"] == to_text(world.calico_selector(cal))
     apply(world, result.actions)
     assert world.plan_calico().actions == []
     # a new selected-but-shadowed namespace is named in every policy's selector: three updates
@@ -480,7 +483,7 @@ def test_counts() -> None:
 
 def test_calico_conflicts_are_counted_for_their_profile() -> None:
     world = calico_world()
-    key = ObjectKey(GLOBAL_NETWORK_POLICY, "", "default.dpo-cal-deny-all")
+    key = ObjectKey(GLOBAL_NETWORK_POLICY, "", "default.dpo-3-cal-deny-all")
     world.conflicts[key] = "exists and was not created by the operator"
     assert (Verb.CREATE, key.name) not in verbs(world.plan_calico())  # blocked, as it should be
     assert world.counts()["cal"].conflict_keys == [str(key)]

@@ -7,7 +7,7 @@ and "applying a plan then planning again yields nothing" are properties we test 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -61,6 +61,28 @@ class Action:
     body: dict[str, Any] | None = None  # create / update
     resource_version: str = ""  # update / delete precondition
     profile: str = ""  # on whose behalf (for metrics and events)
+
+
+def merge_desired(
+    wanted: Iterable[Desired],
+) -> tuple[dict[ObjectKey, Desired], dict[ObjectKey, tuple[str, ...]]]:
+    """Desired objects by key, and every key more than one profile wants (with those profiles).
+
+    Two profiles wanting one object is a conflict, not a race to the last writer: the key is
+    left out of the result for both, so neither profile writes it (or deletes it), and both
+    can report it. Names are designed never to clash (``calico_policy_name``); this is the
+    guard that makes a future clash visible instead of silent.
+    """
+    by_key: dict[ObjectKey, list[Desired]] = {}
+    for desired in wanted:
+        by_key.setdefault(desired.key, []).append(desired)
+    merged = {key: found[0] for key, found in by_key.items() if len(found) == 1}
+    clashes = {
+        key: tuple(sorted({d.profile for d in found}))
+        for key, found in by_key.items()
+        if len(found) > 1
+    }
+    return merged, clashes
 
 
 def in_sync(desired: Desired, actual: ObjectState) -> bool:

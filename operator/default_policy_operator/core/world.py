@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from default_policy_operator.core.calico_selector import Compare, Has, InSet, Node, conjoin
 from default_policy_operator.core.governance import (
     Namespace,
     Standing,
@@ -36,9 +37,9 @@ from default_policy_operator.core.objects import (
     ObjectKey,
     calico_policy_name,
 )
-from default_policy_operator.core.plan import Action, Desired, plan
+from default_policy_operator.core.plan import Action, Desired, merge_desired, plan
 from default_policy_operator.core.render import Renderer, RenderError
-from default_policy_operator.core.selector import calico_name_not_in, to_calico
+from default_policy_operator.core.selector import to_calico_tree
 
 
 @dataclass
@@ -92,6 +93,8 @@ class World:
         self.conflicts: dict[ObjectKey, str] = {}
         #: per profile, namespaces whose last plan found audit findings or render errors
         self.audit_findings: dict[str, dict[ObjectKey, str]] = {}
+        #: Calico keys that several profiles wanted at the last plan, with those profiles
+        self.calico_clashes: dict[ObjectKey, tuple[str, ...]] = {}
         self._sorted: list[Profile] | None = None
 
     # -- index maintenance ---------------------------------------------------------------
@@ -243,10 +246,12 @@ class World:
         result.errors.extend((profile.name, error) for error in errors)
         return {o.key: Desired.of(o) for o in rendered}, {e.policy for e in errors}
 
-    def calico_selector(self, profile: Profile) -> str:
+    def calico_selector(self, profile: Profile) -> Node:
         """A Calico namespaceSelector matching exactly the namespaces ``profile`` governs.
 
-        The profile's label selector, minus exempt namespaces (by label, effective at once), minus
+        Built as a tree: namespaces only (``has(projectcalico.org/name)``: host endpoints have
+        no namespace labels, and ``!=``/``not in`` terms would otherwise select them), the
+        profile's label selector, minus exempt namespaces (by label, effective at once), minus
         every selected namespace it does not govern (protected, excluded, shadowed) by name.
         """
         left_out = set(self.protected)
@@ -259,40 +264,51 @@ class World:
             governor = self.governor(namespace)
             if governor is None or governor.name != profile.name:
                 left_out.add(namespace.name)
-        terms = [
-            f"({to_calico(profile.namespace_selector)})",
-            f'{EXEMPT_LABEL} != "true"',
-            calico_name_not_in(CALICO_NAME_LABEL, sorted(left_out)),
-        ]
-        return " && ".join(t for t in terms if t)
+        return conjoin(
+            Has(CALICO_NAME_LABEL),
+            to_calico_tree(profile.namespace_selector),
+            Compare(EXEMPT_LABEL, "!=", "true"),
+            InSet(CALICO_NAME_LABEL, tuple(left_out), negated=True),
+        )
 
     def plan_calico(self) -> ScopePlan:
-        """Plan the cluster-scoped GlobalNetworkPolicy objects of every Calico profile."""
+        """Plan the cluster-scoped GlobalNetworkPolicy objects of every Calico profile.
+
+        A key two profiles want is held for both (neither writes nor deletes it) and recorded
+        in ``calico_clashes``, which the status reports as a conflict of each.
+        """
         result = ScopePlan()
-        desired: dict[ObjectKey, Desired] = {}
-        audit_desired: dict[ObjectKey, Desired] = {}
+        wanted: list[Desired] = []
         held_profiles: set[str] = set()
+        audit_profiles: set[str] = set()
         for profile in self.active_profiles():
             if profile.flavor is not Flavor.CALICO:
                 continue
+            if not profile.enforcing:
+                audit_profiles.add(profile.name)
             try:
                 rendered = self.renderer.render_calico(profile, self.calico_selector(profile))
             except RenderError as exc:
                 result.errors.append((profile.name, exc))
                 held_profiles.add(profile.name)
                 continue
-            target = desired if profile.enforcing else audit_desired
-            target.update((o.key, Desired.of(o)) for o in rendered)
+            wanted.extend(Desired.of(o) for o in rendered)
+        merged, self.calico_clashes = merge_desired(wanted)
+        held_keys = set(self.calico_clashes)
         actual = self.calico_objects()
-        audit_profiles = {d.profile for d in audit_desired.values()}
+
+        def may_delete(state: ObjectState) -> bool:
+            held = state.profile in held_profiles or state.key in held_keys
+            return not held and self.may_delete(state)
+
         result.actions = plan(
-            desired,
+            {k: d for k, d in merged.items() if d.profile not in audit_profiles},
             {k: v for k, v in actual.items() if v.profile not in audit_profiles},
-            may_delete=lambda s: s.profile not in held_profiles and self.may_delete(s),
+            may_delete=may_delete,
             blocked=self.conflicts,
         )
         result.audit_findings = plan(
-            audit_desired,
+            {k: d for k, d in merged.items() if d.profile in audit_profiles},
             {k: v for k, v in actual.items() if v.profile in audit_profiles},
             may_delete=lambda s: False,
             blocked=self.conflicts,
@@ -347,6 +363,12 @@ class World:
                 owner = governor.name if governor is not None else None
             if owner in counts:
                 counts[owner].conflict_keys.append(str(key))
+        for key, owners in self.calico_clashes.items():
+            for owner in owners:
+                if owner in counts:
+                    counts[owner].conflict_keys.append(
+                        f"{key} (wanted by profiles {', '.join(owners)})"
+                    )
         return counts
 
     def coverage(self) -> Counter[str]:
