@@ -8,6 +8,7 @@ every test here also runs against the code before the fixes it guards (and faile
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -228,7 +229,7 @@ others = st.lists(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     present=st.lists(namespaces, max_size=7, unique_by=lambda n: n.name),
     unseen=st.lists(namespaces, max_size=4),
@@ -319,3 +320,34 @@ def test_a_key_two_profiles_want_is_a_conflict_of_both_and_written_by_neither(
     for name in ("one", "two"):
         assert len(counts[name].conflict_keys) == 3, counts[name].conflict_keys
         assert all("one, two" in key for key in counts[name].conflict_keys)
+
+
+#: Calico's ``globalNetworkPolicyNameRegex`` (libcalico-go validator, the same in v3.29-v3.32).
+CALICO_GNP_NAME = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+dns_labels = st.from_regex(r"[a-z0-9]([-a-z0-9]{0,8}[a-z0-9])?", fullmatch=True)
+profile_names = (
+    st.lists(dns_labels, min_size=1, max_size=4).map(".".join).filter(lambda n: len(n) <= 40)
+)
+
+
+def decode(name: str) -> tuple[str, str]:
+    """(profile, policy) back from a Calico object name: proof that the naming is injective."""
+    rest = name.removeprefix("default.dpo-")
+    head, _, rest = rest.partition("-")
+    length, *dots = head.split("d")
+    profile = list(rest[: int(length)])
+    for position in dots:
+        assert profile[int(position)] == "-"
+        profile[int(position)] = "."
+    assert rest[int(length)] == "-"
+    return "".join(profile), rest[int(length) + 1 :]
+
+
+@settings(max_examples=300, deadline=None)
+@given(profile=profile_names, policy=dns_labels)
+def test_calico_names_are_valid_for_calico_and_decode_back(profile: str, policy: str) -> None:
+    name = objects.calico_policy_name(profile, policy)
+    assert CALICO_GNP_NAME.fullmatch(name), name
+    assert name.startswith(objects.CALICO_TIER_PREFIX)
+    assert len(name) <= 253
+    assert decode(name) == (profile, policy)

@@ -246,6 +246,29 @@ def test_builtin_calico_policies(renderer: Renderer) -> None:
     assert "egress" not in kube
 
 
+def test_calico_allow_dns_keeps_port_ranges(renderer: Renderer) -> None:
+    """A NetworkPolicy ``endPort`` is Calico's ``"start:end"`` port string, not dropped."""
+    profile = make(
+        "cal",
+        flavor=CALICO,
+        policies={
+            "allowDNS": {
+                "ports": [
+                    {"protocol": "UDP", "port": 5353, "endPort": 5360},
+                    {"protocol": "TCP", "port": 53},
+                    {"protocol": "TCP", "port": "dns-tcp"},
+                ]
+            }
+        },
+    )
+    dns = by_policy(renderer.render_calico(profile, ALL))["allow-dns"].body["spec"]
+    assert [(r["protocol"], r["destination"]["ports"]) for r in dns["egress"]] == [
+        ("UDP", ["5353:5360"]),
+        ("TCP", [53]),
+        ("TCP", ["dns-tcp"]),
+    ]
+
+
 def test_calico_order_and_api_version(renderer: Renderer) -> None:
     profile = make(
         "cal",
@@ -422,6 +445,35 @@ def test_custom_calico_template_errors(renderer: Renderer, body: str, message: s
     with pytest.raises(RenderError) as info:
         renderer.render_calico(custom(GNP_HEAD + body, flavor=CALICO), ALL)
     assert message in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ("{types: [Ingress], namespaceSelector: 'all()) || (all()'}", "spec.namespaceSelector"),
+        ("{types: [Ingress], selector: 'app = web'}", "spec.selector"),
+        ("{types: [Ingress], selector: 'global()'}", "spec.selector"),
+        ("{types: [Ingress], serviceAccountSelector: 'has(x'}", "spec.serviceAccountSelector"),
+        (
+            "{types: [Ingress], ingress: [{action: Allow, source: {selector: 'a b'}}]}",
+            "spec.ingress[0].source.selector",
+        ),
+        (
+            "{types: [Egress], egress: [{action: Allow}, {action: Allow, destination: "
+            "{namespaceSelector: 'global() || all()'}}]}",
+            "spec.egress[1].destination.namespaceSelector",
+        ),
+    ],
+)
+def test_calico_selectors_that_calico_would_refuse_fail_the_trial(
+    renderer: Renderer, spec: str, field: str
+) -> None:
+    """Refused before anything is written, naming the template (policy) and the field."""
+    profile = custom(GNP_HEAD + f"spec: {spec}\n", flavor=CALICO)
+    with pytest.raises(RenderError) as info:
+        renderer.trial(profile)
+    assert info.value.policy == "custom"
+    assert info.value.message.startswith(field), info.value.message
 
 
 def test_calico_profile_may_not_render_a_network_policy(renderer: Renderer) -> None:
