@@ -173,6 +173,33 @@ def test_host_endpoints_are_never_selected() -> None:
         assert not evaluate(selector, {"env": "prod"}), selector  # a host endpoint's own labels
 
 
+def namespace_selectors(value: Any) -> list[str]:
+    """Every ``namespaceSelector`` anywhere in a spec (policy level and rules)."""
+    if isinstance(value, dict):
+        own = [value["namespaceSelector"]] if "namespaceSelector" in value else []
+        return own + [s for v in value.values() for s in namespace_selectors(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in namespace_selectors(v)]
+    return []
+
+
+def test_no_namespace_selector_the_built_ins_write_matches_a_host_endpoint() -> None:
+    world = make_world(ns("web"), ns("kube-system"))
+    world.update_profile(
+        profile_body(
+            "cal", flavor=CALICO, policies={"allowKubeSystem": {"ingress": True, "egress": True}}
+        )
+    )
+    found = [
+        selector
+        for action in world.plan_calico().actions
+        for selector in namespace_selectors((action.body or {}).get("spec"))
+    ]
+    assert len(found) == 3 + 2 + 2  # one per policy, two DNS rules, two kube-system rules
+    for selector in found:
+        assert not evaluate(selector, {}), selector
+
+
 # -- property: any namespaces, profiles and template text ---------------------------------------
 
 names = st.sampled_from(

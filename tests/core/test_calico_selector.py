@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import string
+import time
 from typing import Any
 
 import pytest
@@ -139,6 +140,19 @@ def test_trees_refuse_what_cannot_be_printed() -> None:
         Compare("a", "=", "b")
     with pytest.raises(CalicoSelectorError):
         And((Has("a"),))
+
+
+def test_deep_nesting_and_long_selectors_are_cheap_errors_or_fine() -> None:
+    """A template may emit up to 256 KiB: never a RecursionError, never quadratic time."""
+    with pytest.raises(CalicoSelectorError, match="nested"):
+        parse("(" * 5000 + "all()" + ")" * 5000)
+    assert parse("(" * 100 + "all()" + ")" * 100) == ALL
+    long = " && ".join(f'k{i} == "v"' for i in range(20_000))  # about 250 KB
+    started = time.monotonic()
+    tree = parse(long)
+    assert isinstance(tree, And)
+    assert len(tree.operands) == 20_000
+    assert time.monotonic() - started < 5
 
 
 def test_conjoin() -> None:

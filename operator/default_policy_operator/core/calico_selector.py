@@ -20,6 +20,8 @@ accept exactly what Felix and the Calico API server accept:
 * a key is 1-512 of ``[A-Za-z0-9_./-]``; a string runs from ``"`` or ``'`` to the next identical
   quote, with no escapes (so a value cannot hold both quote characters).
 
+One deliberate difference: at most ``MAX_NESTING`` levels of parentheses.
+
 :func:`check_policy_selectors` applies the same parser to every selector field of a rendered
 GlobalNetworkPolicy, plus Calico's rule that ``global()`` may only stand alone in a rule's
 ``namespaceSelector``.
@@ -50,6 +52,9 @@ __all__ = [
 ]
 
 MAX_LABEL_LENGTH = 512
+#: Calico has no limit; ours keeps a hostile template's ``((((...`` from exhausting Python's
+#: recursion limit (far beyond anything a person writes).
+MAX_NESTING = 100
 _IDENT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_./-")
 _BLANKS = " \t"
 #: Comparison operators taking one string, as Calico prints them.
@@ -242,83 +247,89 @@ _SYMBOLS = (
 )
 
 
-def _cut_ident(text: str) -> tuple[str, str]:
-    end = 0
+def _skip_blanks(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in _BLANKS:
+        pos += 1
+    return pos
+
+
+def _cut_ident(text: str, pos: int) -> tuple[str, int]:
+    end = pos
     while end < len(text) and text[end] in _IDENT_CHARS:
         end += 1
-    if end == 0:
-        raise CalicoSelectorError(f"expected a label at {text[:20]!r}")
-    if end > MAX_LABEL_LENGTH:
+    if end == pos:
+        raise CalicoSelectorError(f"expected a label at {text[pos : pos + 20]!r}")
+    if end - pos > MAX_LABEL_LENGTH:
         raise CalicoSelectorError(f"label longer than {MAX_LABEL_LENGTH} characters")
-    return text[:end], text[end:]
+    return text[pos:end], end
 
 
-def _cut_words(text: str, words: tuple[str, ...]) -> str | None:
-    """``text`` after the operator ``words``, or None (Calico's ``cut*PrefixCheckBreak``).
+def _cut_words(text: str, pos: int, words: tuple[str, ...]) -> int | None:
+    """The position after the operator ``words``, or None (Calico's ``cut*PrefixCheckBreak``).
 
     A one-word operator needs a word boundary right after it. Between and after the words of a
     two-word operator blanks are skipped first ("notin" reads like "not in").
     """
-    rest = text
     for word in words:
-        if not rest.startswith(word):
+        if not text.startswith(word, pos):
             return None
-        rest = rest[len(word) :]
+        pos += len(word)
         if len(words) > 1:
-            rest = rest.lstrip(_BLANKS)
-    return rest if not rest or rest[0] not in _IDENT_CHARS else None
+            pos = _skip_blanks(text, pos)
+    return pos if pos == len(text) or text[pos] not in _IDENT_CHARS else None
 
 
-def _cut_call(text: str, name: str) -> tuple[str, str] | None:
-    """``name(`` [argument] ``)`` at the start of ``text``: (argument, rest), or None."""
-    if not text.startswith(name + "("):
+def _cut_call(text: str, pos: int, name: str) -> tuple[str, int] | None:
+    """``name(`` [argument] ``)`` at ``pos``: (argument, position after it), or None."""
+    if not text.startswith(name + "(", pos):
         return None
-    rest = text[len(name) + 1 :].lstrip(_BLANKS)
+    pos = _skip_blanks(text, pos + len(name) + 1)
     argument = ""
     if name == "has":
-        argument, rest = _cut_ident(rest)
-        rest = rest.lstrip(_BLANKS)
-    if not rest.startswith(")"):
+        argument, pos = _cut_ident(text, pos)
+        pos = _skip_blanks(text, pos)
+    if not text.startswith(")", pos):
         raise CalicoSelectorError(f"no closing ')' after {name}(")
-    return argument, rest[1:]
+    return argument, pos + 1
 
 
-def _next_token(text: str, previous: str) -> tuple[_Token, str]:
-    """One token from the start of ``text`` (no leading blanks); ``previous`` is the last kind."""
-    first = text[0]
+def _next_token(text: str, pos: int, previous: str) -> tuple[_Token, int]:
+    """The token at ``pos`` (not a blank) and the position after it; ``previous`` is the last
+    token's kind. Positions, never slices: a long selector tokenizes in linear time."""
+    first = text[pos]
     if first in "\"'":
-        end = text.find(first, 1)
+        end = text.find(first, pos + 1)
         if end < 0:
             raise CalicoSelectorError("unterminated string")
-        return _Token("string", text[1:end]), text[end + 1 :]
+        return _Token("string", text[pos + 1 : end]), end + 1
     for symbol, kind in _SYMBOLS:
-        if text.startswith(symbol):
-            return _Token(kind, symbol if kind == "op" else ""), text[len(symbol) :]
+        if text.startswith(symbol, pos):
+            return _Token(kind, symbol if kind == "op" else ""), pos + len(symbol)
     if first in "=&|":
         raise CalicoSelectorError(f"expected {'==' if first == '=' else first * 2}")
     if previous == "label":  # after a label only a word operator may follow
         for words, op in _WORD_OPERATORS:
-            rest = _cut_words(text, words)
-            if rest is not None:
-                return _Token("op", op), rest
+            after = _cut_words(text, pos, words)
+            if after is not None:
+                return _Token("op", op), after
         raise CalicoSelectorError("expected an operator after a label")
     for name in ("has", "all", "global"):
-        call = _cut_call(text, name)
+        call = _cut_call(text, pos, name)
         if call is not None:
             return _Token(name, call[0]), call[1]
-    ident, rest = _cut_ident(text)
-    return _Token("label", ident), rest
+    ident, pos = _cut_ident(text, pos)
+    return _Token("label", ident), pos
 
 
 def _tokenize(selector: str) -> list[_Token]:
     tokens: list[_Token] = []
-    text = selector
+    pos = 0
     while True:
-        text = text.lstrip(_BLANKS)
-        if not text:
+        pos = _skip_blanks(selector, pos)
+        if pos == len(selector):
             tokens.append(_Token("eof"))
             return tokens
-        token, text = _next_token(text, tokens[-1].kind if tokens else "")
+        token, pos = _next_token(selector, pos, tokens[-1].kind if tokens else "")
         tokens.append(token)
 
 
@@ -329,6 +340,7 @@ class _Parser:
     def __init__(self, tokens: list[_Token]) -> None:
         self.tokens = tokens
         self.pos = 0
+        self.depth = 0
 
     def peek(self) -> _Token:
         return self.tokens[self.pos]
@@ -369,8 +381,12 @@ class _Parser:
         elif token.kind == "has":
             node = Has(token.value)
         elif token.kind == "(":
+            self.depth += 1
+            if self.depth > MAX_NESTING:
+                raise CalicoSelectorError(f"more than {MAX_NESTING} nested parentheses")
             node = self.or_expression()
             self.take(")", "')'")
+            self.depth -= 1
         elif token.kind == "label":
             node = self.comparison(token.value)
         else:
