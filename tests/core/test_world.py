@@ -13,6 +13,7 @@ from default_policy_operator.core.governance import Namespace, Standing, protect
 from default_policy_operator.core.labels import (
     CALICO_NAME_LABEL,
     EXEMPT_LABEL,
+    LAST_VALID_SPEC_ANNOTATION,
     NAMESPACE_NAME_LABEL,
     POLICY_LABEL,
     PROFILE_LABEL,
@@ -337,6 +338,38 @@ def test_invalid_edit_keeps_the_last_valid_profile(
     assert fixed.error is None
     assert fixed.profile is not good
     assert verbs(world.plan_namespace("dev")) == [(Verb.CREATE, f"dpo-{p}") for p in BUILTINS]
+
+
+def test_the_last_valid_spec_survives_a_restart_as_a_recorded_annotation() -> None:
+    """Fail static across restarts: a new process meets the profile already invalid."""
+    good_spec = {"policies": {"allowDNS": {"enabled": False}}}
+    first = make_world(ns("team-a"))
+    entry = first.update_profile(profile_body("base", **good_spec))
+    assert entry.record_due
+    recorded = entry.valid_spec
+    bad = profile_body("base", generation=2, customPolicies=[{"name": "x", "template": "{% if %}"}])
+    bad["metadata"]["annotations"] = {LAST_VALID_SPEC_ANNOTATION: recorded}
+    bad["spec"]["priority"] = 0
+    restarted = make_world(ns("team-a"))
+    restarted.update_profile(profile_body("fallback", priority=-5))
+    entry = restarted.update_profile(bad)
+    assert entry.error is not None
+    assert entry.profile is not None
+    assert list(entry.profile.policy_names()) == ["deny-all", "allow-kube-system"]
+    assert not entry.record_due  # nothing to write: the record is the version in force
+    namespace = restarted.namespaces["team-a"]
+    governor = restarted.governor(namespace)
+    assert governor is not None
+    assert governor.name == "base"
+
+
+def test_a_recorded_spec_that_does_not_validate_is_ignored() -> None:
+    world = make_world(ns("team-a"))
+    bad = profile_body("base", customPolicies=[{"name": "x", "template": "{% if %}"}])
+    bad["metadata"]["annotations"] = {LAST_VALID_SPEC_ANNOTATION: '{"priority": "high"}'}
+    entry = world.update_profile(bad)
+    assert entry.profile is None
+    assert entry.error is not None
 
 
 def test_profile_that_never_validated_governs_nothing_and_deletes_nothing(world: World) -> None:

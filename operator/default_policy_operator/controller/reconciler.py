@@ -30,6 +30,7 @@ from default_policy_operator.core.governance import Namespace
 from default_policy_operator.core.labels import (
     GROUP,
     KIND,
+    LAST_VALID_SPEC_ANNOTATION,
     MANAGED_SELECTOR,
     PROFILE_LABEL,
     VERSION,
@@ -45,6 +46,7 @@ from default_policy_operator.core.plan import Action, Verb
 from default_policy_operator.core.world import ScopePlan, World
 from default_policy_operator.kube.client import (
     NETWORK_POLICIES,
+    PROFILES,
     ApiError,
     KubeApi,
     Resource,
@@ -85,7 +87,7 @@ class Reconciler:
         self._idle = asyncio.Event()  # set while nothing is dirty or in flight
         self._status_dirty = asyncio.Event()
         self.synced = asyncio.Event()  # readiness: the first full pass completed
-        self.started = asyncio.Event()  # kopf finished its initial listings
+        self.listed = asyncio.Event()  # every informer delivered its first list
         self.last_loop = time.monotonic()  # liveness heartbeat
         self.last_resync = 0.0
         self._own_versions: dict[ObjectKey, str] = {}  # resourceVersions of our own writes
@@ -162,11 +164,26 @@ class Reconciler:
         # changes what the profile wants, so only those re-plan the cluster.
         before = self.world.profiles.get(name)
         entry = self.world.update_profile(body)
+        if entry.record_due:
+            entry.recorded_spec = entry.valid_spec  # one patch in flight is enough
+            self._spawn(self._record_valid_spec(entry.name, entry.valid_spec))
         if entry is before:
             return
-        if entry.error:
+        if entry.error and (before is None or before.error != entry.error):
             log.warning("profile %s: %s", entry.name, entry.error)
+            self._spawn(self._profile_event(entry.name, "Warning", "InvalidSpec", entry.error))
         self.profile_changed()
+
+    async def _record_valid_spec(self, name: str, spec: str) -> None:
+        """Record the spec in force on the profile, for the next process (fail static)."""
+        patch = {"metadata": {"annotations": {LAST_VALID_SPEC_ANNOTATION: spec}}}
+        try:
+            await self.api.patch(PROFILES, name, patch)
+        except ApiError as exc:
+            log.warning("could not record the last valid spec of %s: %s", name, exc)
+            entry = self.world.profiles.get(name)
+            if entry is not None and exc.status != 404:
+                entry.recorded_spec = ""  # try again with the next event
 
     def namespace_event(self, event_type: str | None, body: dict[str, Any]) -> None:
         meta = body.get("metadata") or {}
@@ -207,11 +224,11 @@ class Reconciler:
         if event_type == "DELETED":
             self.world.remove_object(key)
             self._own_versions.pop(key, None)
-            if self.started.is_set() and known is not None and known.uid == state.uid:
+            if self.listed.is_set() and known is not None and known.uid == state.uid:
                 self.repairs.observed(key, "deleted", time.monotonic())
         else:
             self.world.set_object(state)
-            if self.started.is_set() and not own:
+            if self.listed.is_set() and not own:
                 self.repairs.observed(key, "modified", time.monotonic())
         self.mark([scope_of(key)])
 
@@ -265,7 +282,7 @@ class Reconciler:
         ]
         try:
             await asyncio.gather(*(informer.listed.wait() for informer in self.informers))
-            self.started.set()
+            self.listed.set()
             self.mark_all()
             self._tasks += [
                 asyncio.create_task(self._reconcile_loop(), name="dpo-reconcile"),
@@ -317,7 +334,8 @@ class Reconciler:
                 metrics.RECONCILE_ERRORS.labels(reason="unexpected").inc()
                 self._bulk |= batch
                 await asyncio.sleep(1.0)
-            metrics.RECONCILE_DURATION.labels(trigger="events").observe(time.monotonic() - started)
+            trigger = "events" if urgent else "bulk"
+            metrics.RECONCILE_DURATION.labels(trigger=trigger).observe(time.monotonic() - started)
 
     async def reconcile(self, scopes: set[str], *, urgent: bool = True) -> None:
         """Plan ``scopes`` and queue the resulting actions for the writers."""

@@ -9,6 +9,7 @@ the same code serves ``dpo render``, ``dpo diff`` and ``dpo audit``.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,7 +22,12 @@ from default_policy_operator.core.governance import (
     governing_profile,
     precedence,
 )
-from default_policy_operator.core.labels import CALICO_NAME_LABEL, EXEMPT_LABEL, POLICY_LABEL
+from default_policy_operator.core.labels import (
+    CALICO_NAME_LABEL,
+    EXEMPT_LABEL,
+    LAST_VALID_SPEC_ANNOTATION,
+    POLICY_LABEL,
+)
 from default_policy_operator.core.model import (
     DNS1123_LABEL,
     DeletionPolicy,
@@ -42,6 +48,11 @@ from default_policy_operator.core.render import RenderedObject, Renderer, Render
 from default_policy_operator.core.selector import calico_name_not_in, to_calico
 
 
+def canonical_spec(spec: Mapping[str, Any]) -> str:
+    """One text per spec, so that recording it again is never a write."""
+    return json.dumps(spec, sort_keys=True, separators=(",", ":"))
+
+
 @dataclass
 class ProfileEntry:
     """A profile as the operator knows it: the last version that validated, and any error."""
@@ -55,6 +66,16 @@ class ProfileEntry:
     #: the status last read from the API, so a restart does not rewrite an identical status
     status: dict[str, Any] = field(default_factory=dict)
     resource_version: str = ""
+    #: canonical JSON of the spec in force when it validated, and what the profile records
+    valid_spec: str = ""
+    recorded_spec: str = ""
+
+    @property
+    def record_due(self) -> bool:
+        """The spec in force validated but is not yet recorded on the profile (one patch)."""
+        return (
+            self.error is None and bool(self.valid_spec) and self.valid_spec != self.recorded_spec
+        )
 
     @property
     def active(self) -> bool:
@@ -133,9 +154,11 @@ class World:
         generation = int(meta.get("generation") or 0)
         deleting = bool(meta.get("deletionTimestamp"))
         version = str(meta.get("resourceVersion", ""))
+        recorded = str((meta.get("annotations") or {}).get(LAST_VALID_SPEC_ANNOTATION, ""))
         if previous and (previous.generation, previous.deleting) == (generation, deleting):
             previous.status = dict(body.get("status") or {})  # a status-only change
             previous.resource_version = version
+            previous.recorded_spec = recorded
             return previous
         spec = body.get("spec") or {}
         entry = ProfileEntry(
@@ -151,17 +174,35 @@ class World:
             status=dict(body.get("status") or {}),
             resource_version=version,
         )
+        entry.recorded_spec = recorded
+        entry.valid_spec = previous.valid_spec if previous else ""
         try:
-            profile = parse_profile(body)
-            self.renderer.trial(profile)
+            entry.profile = self._admit(body)
+            entry.valid_spec = canonical_spec(spec)
         except ProfileError as exc:
             entry.error = f"invalid spec: {exc}"
         except RenderError as exc:
             entry.error = f"invalid template: {exc}"
-        else:
-            entry.profile = profile
+        if entry.profile is None and recorded:
+            entry.profile, entry.valid_spec = self._recorded_version(meta, recorded)
         self.set_profile(entry)
         return entry
+
+    def _admit(self, body: Mapping[str, Any]) -> Profile:
+        profile = parse_profile(body)
+        self.renderer.trial(profile)
+        return profile
+
+    def _recorded_version(
+        self, meta: Mapping[str, Any], recorded: str
+    ) -> tuple[Profile | None, str]:
+        """The last valid spec recorded on the profile, if it still validates (a restart or a
+        new leader with an invalid profile keeps exactly what was in force)."""
+        try:
+            spec = json.loads(recorded)
+            return self._admit({"metadata": meta, "spec": spec}), recorded
+        except (ValueError, ProfileError, RenderError):
+            return None, ""
 
     def remove_profile(self, name: str) -> None:
         self.profiles.pop(name, None)
