@@ -96,6 +96,7 @@ class Reconciler:
         #: per scope, (profile, what) -> message: render errors and refused writes
         self._errors: dict[str, dict[tuple[str, str], str]] = {}
         self._pending: dict[str, int] = {}  # profile -> actions in flight
+        self._written = asyncio.Condition()  # notified whenever a write finishes
         self.status = StatusPublisher(world, api, self.progress)
         self._tasks: list[asyncio.Task[None]] = []
         self.informers: list[Informer] = []  # set by the runtime; relisted by resync()
@@ -243,13 +244,20 @@ class Reconciler:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), limit)
 
+    async def drain(self, profile: str) -> None:
+        """Wait until no write on behalf of ``profile`` is queued or in flight."""
+        async with self._written:
+            await self._written.wait_for(lambda: not self._pending.get(profile))
+
     async def orphan(self, profile: str) -> None:
         """Release a profile's remaining objects: drop our labels and owner, keep the policy.
 
         Called by the finalizer of a profile with ``deletionPolicy: Orphan``, after namespaces
-        that another profile governs have been handed over in place. The objects come from a
-        fresh list, not the cache: a write whose response is still on its way must not be missed.
+        that another profile governs have been handed over in place. Writes still in flight for
+        the profile land first (one landing after the list would stay labelled and then be
+        deleted as an orphan of a profile that is gone); the objects come from a fresh list.
         """
+        await self.drain(profile)
         release = {
             "metadata": {"labels": dict.fromkeys(managed_labels("", "")), "ownerReferences": None}
         }
@@ -380,6 +388,8 @@ class Reconciler:
                 self._inflight.discard(action.key)
                 self._pending[action.profile] -= 1
                 self._landed(scope_of(action.key))
+                async with self._written:
+                    self._written.notify_all()
                 self._wake.set()  # the planner may be waiting for room, or for idleness
 
     def _forget_scope(self, scope: str) -> None:
