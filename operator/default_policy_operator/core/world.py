@@ -18,9 +18,9 @@ from typing import Any
 from default_policy_operator.core.governance import (
     Namespace,
     Standing,
-    candidate_standing,
     governing_profile,
     precedence,
+    standing,
 )
 from default_policy_operator.core.labels import (
     CALICO_NAME_LABEL,
@@ -436,17 +436,10 @@ class World:
     def standings(self, namespace: Namespace) -> dict[str, Standing]:
         """The namespace's standing for every active profile."""
         governor = self.governor(namespace)
-        out = {}
-        for profile in self.active_profiles():
-            reason = candidate_standing(profile, namespace, self.protected)
-            if reason is None:
-                reason = (
-                    Standing.GOVERNED
-                    if governor is not None and governor.name == profile.name
-                    else Standing.SHADOWED
-                )
-            out[profile.name] = reason
-        return out
+        return {
+            profile.name: standing(profile, namespace, governor, self.protected)
+            for profile in self.active_profiles()
+        }
 
     def counts(self) -> dict[str, ProfileCounts]:
         """Per-profile counts for status and metrics, in one pass over the namespaces."""
