@@ -1,8 +1,8 @@
 """Level-based reconciliation: events mark scopes dirty; one loop plans and applies them.
 
 Every event (namespace, profile, managed object) only updates the :class:`World` and marks the
-affected scopes -- namespaces, or "calico" for the cluster-scoped objects -- as dirty. A single
-loop drains the dirty set, asks the world for a plan and executes it with bounded concurrency.
+affected scopes -- namespaces, or ``CALICO_SCOPE`` for the cluster-scoped objects -- as dirty. A
+single loop drains the dirty set, asks the world for a plan and queues it for the writers.
 Because plans come from state, not from the event that triggered them, a burst of events for
 one namespace costs one plan, and a periodic full resync that finds nothing to do writes nothing.
 """
@@ -83,7 +83,9 @@ class Reconciler:
         }
         self._work = asyncio.Event()  # writers: something was queued
         self._inflight: set[ObjectKey] = set()  # queued or being written
-        self._replan: set[str] = set()  # scopes skipped because a write was in flight
+        self._replan: set[str] = (
+            set()
+        )  # plan again once a write of theirs lands (in flight, withheld deletes)
         self._idle = asyncio.Event()  # set while nothing is dirty or in flight
         self._status_dirty = asyncio.Event()
         self.synced = asyncio.Event()  # readiness: the first full pass completed
