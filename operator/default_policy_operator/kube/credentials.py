@@ -131,12 +131,16 @@ class Credentials:
     async def current(self) -> Auth:
         """The cached credential, or a fresh one if it expired or was invalidated."""
         auth = self._auth
-        if auth is not None and self._clock() < auth.reload_at:
+        if self._fresh(auth):
+            assert auth is not None
             return auth
         async with self._lock:
-            if self._auth is auth:  # nobody refreshed it while we waited
+            if self._auth is auth or self._auth is None:  # nobody loaded it while we waited
                 await self._reload()
             return self._require()
+
+    def _fresh(self, auth: Auth | None) -> bool:
+        return auth is not None and self._clock() < auth.reload_at
 
     async def refresh(self) -> Auth:
         """Load again now (kopf's re-login after a 401, start-up)."""
