@@ -68,7 +68,7 @@ class CredentialsError(Exception):
 
 @dataclass(frozen=True)
 class Auth:
-    """One loaded credential: what goes on the wire until :attr:`expires` or a 401."""
+    """One loaded credential: what goes on the wire until :attr:`reload_at` or a 401."""
 
     server: str
     #: The ``Authorization`` header's value (``Bearer ...``, ``Basic ...``), if any.
@@ -119,10 +119,6 @@ class Credentials:
     def server(self) -> str:
         return self._require().server
 
-    @property
-    def proxy(self) -> str | None:
-        return self._require().proxy
-
     def _require(self) -> Auth:
         if self._auth is None:
             raise CredentialsError("credentials used before they were loaded")
@@ -131,16 +127,12 @@ class Credentials:
     async def current(self) -> Auth:
         """The cached credential, or a fresh one if it expired or was invalidated."""
         auth = self._auth
-        if self._fresh(auth):
-            assert auth is not None
+        if auth is not None and self._clock() < auth.reload_at:
             return auth
         async with self._lock:
             if self._auth is auth or self._auth is None:  # nobody loaded it while we waited
                 await self._reload()
             return self._require()
-
-    def _fresh(self, auth: Auth | None) -> bool:
-        return auth is not None and self._clock() < auth.reload_at
 
     async def refresh(self) -> Auth:
         """Load again now (kopf's re-login after a 401, start-up)."""
