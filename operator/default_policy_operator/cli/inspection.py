@@ -26,8 +26,8 @@ from default_policy_operator.kube.client import (
     ApiError,
     KubeApi,
     calico_resource,
-    load_credentials,
 )
+from default_policy_operator.kube.credentials import load_credentials
 
 
 async def load_world(api: KubeApi, calico_api_version: str, *, with_foreign: bool) -> World:
@@ -84,7 +84,7 @@ def _action_row(action: Action, mode: str) -> dict[str, Any]:
 
 async def diff(kubeconfig: str | None, output: str, calico_api_version: str) -> int:
     """Print what the operator would change; exit 1 when it would change anything."""
-    async with KubeApi(load_credentials(kubeconfig)) as api:
+    async with KubeApi(await load_credentials(kubeconfig)) as api:
         world = await load_world(api, calico_api_version, with_foreign=False)
     rows = []
     for actions, findings in plan_everything(world).values():
@@ -96,7 +96,7 @@ async def diff(kubeconfig: str | None, output: str, calico_api_version: str) -> 
 
 async def audit(kubeconfig: str | None, output: str, calico_api_version: str) -> int:
     """Every namespace with its governing profile and what is missing, drifted or blocked."""
-    async with KubeApi(load_credentials(kubeconfig)) as api:
+    async with KubeApi(await load_credentials(kubeconfig)) as api:
         world = await load_world(api, calico_api_version, with_foreign=True)
     plans = plan_everything(world)
     rows = []
