@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from default_policy_operator.core.objects import calico_policy_name
 from tests.calico_selector import evaluate
 from tests.netpol import Pod, allowed
 from tests.support import MANAGED, Api, ApiStatus, OperatorProcess, condition, wait_for
@@ -192,16 +193,16 @@ def test_calico_flavor_selects_exactly_the_governed_namespaces(api: Api, tag: st
             "excludeNamespaces": [f"{tag}-excluded"],
         },
     )
-    expected = {f"default.dpo-{tag}-{p}" for p in ("deny-all", "allow-dns", "allow-kube-system")}
+    expected = {calico_policy_name(tag, p) for p in ("deny-all", "allow-dns", "allow-kube-system")}
     gnps = wait_for(lambda: api.gnps(tag) if set(api.gnps(tag)) == expected else None,
                     what="GlobalNetworkPolicies")  # fmt: skip
-    deny = gnps[f"default.dpo-{tag}-deny-all"]["spec"]
+    deny = gnps[calico_policy_name(tag, "deny-all")]["spec"]
     assert deny["order"] == 2000
     assert deny["types"] == ["Ingress", "Egress"]
-    assert gnps[f"default.dpo-{tag}-allow-dns"]["spec"]["types"] == ["Egress"]
+    assert gnps[calico_policy_name(tag, "allow-dns")]["spec"]["types"] == ["Egress"]
 
     def governed_by_selector() -> set[str]:
-        spec = api.gnps(tag)[f"default.dpo-{tag}-deny-all"]["spec"]
+        spec = api.gnps(tag)[calico_policy_name(tag, "deny-all")]["spec"]
         namespaces = api.request("GET", "/api/v1/namespaces")["items"]
         return {
             ns["metadata"]["name"]

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
+from default_policy_operator.core.objects import calico_policy_name
 from dpo_dev.cluster import ControlPlane
 from tests.support import GNPS, MANAGED, Api, ApiStatus, OperatorProcess, condition, wait_for
 
@@ -241,7 +242,7 @@ def scenario(admin: Api, operator: OperatorProcess) -> str:
     # delete with Delete.
     calico, ns_calico = f"{tag}-calico", f"{tag}-calico-ns"
     admin.namespace(ns_calico, {"dpo-test": calico})
-    foreign = f"default.dpo-{calico}-allow-dns"
+    foreign = calico_policy_name(calico, "allow-dns")
     admin.create(
         GNPS,
         {
@@ -293,7 +294,9 @@ def scenario(admin: Api, operator: OperatorProcess) -> str:
             assert set(kept) == BUILTINS, sorted(kept)
         else:
             kept = {
-                f"default.{p}": admin.get(f"{GNPS}/default.dpo-{name}-{p.removeprefix('dpo-')}")
+                f"default.{p}": admin.get(
+                    f"{GNPS}/{calico_policy_name(name, p.removeprefix('dpo-'))}"
+                )
                 for p in BUILTINS
             }
             assert all(kept.values()), kept

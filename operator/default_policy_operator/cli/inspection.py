@@ -24,10 +24,10 @@ from default_policy_operator.kube.client import (
     NETWORK_POLICIES,
     PROFILES,
     ApiError,
-    Credentials,
     KubeApi,
     calico_resource,
 )
+from default_policy_operator.kube.credentials import load_credentials
 
 
 async def load_world(api: KubeApi, calico_api_version: str, *, with_foreign: bool) -> World:
@@ -82,9 +82,11 @@ def _action_row(action: Action, mode: str) -> dict[str, Any]:
     }
 
 
-async def diff(credentials: Credentials, output: str, calico_api_version: str) -> int:
+async def diff(
+    kubeconfig: str | None, output: str, calico_api_version: str, context: str | None = None
+) -> int:
     """Print what the operator would change; exit 1 when it would change anything."""
-    async with KubeApi(credentials) as api:
+    async with KubeApi(await load_credentials(kubeconfig, context=context)) as api:
         world = await load_world(api, calico_api_version, with_foreign=False)
     rows = []
     for actions, findings in plan_everything(world).values():
@@ -94,9 +96,11 @@ async def diff(credentials: Credentials, output: str, calico_api_version: str) -
     return 1 if rows else 0
 
 
-async def audit(credentials: Credentials, output: str, calico_api_version: str) -> int:
+async def audit(
+    kubeconfig: str | None, output: str, calico_api_version: str, context: str | None = None
+) -> int:
     """Every namespace with its governing profile and what is missing, drifted or blocked."""
-    async with KubeApi(credentials) as api:
+    async with KubeApi(await load_credentials(kubeconfig, context=context)) as api:
         world = await load_world(api, calico_api_version, with_foreign=True)
     plans = plan_everything(world)
     rows = []

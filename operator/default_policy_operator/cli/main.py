@@ -8,14 +8,11 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
 from default_policy_operator import __version__
-
-if TYPE_CHECKING:
-    from default_policy_operator.kube.client import Credentials
 
 #: `kubectl dpo` when kubectl runs us as its plugin (the kubectl-dpo entry point), else `dpo`.
 PROG = "kubectl dpo" if Path(sys.argv[0]).name == "kubectl-dpo" else "dpo"
@@ -129,28 +126,19 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
-def _credentials(args: argparse.Namespace) -> Credentials:
-    """kubectl's resolution: --kubeconfig, else $KUBECONFIG, ~/.kube/config, in-cluster;
-    --context, else the kubeconfig's current context."""
-    from default_policy_operator.kube.client import load_credentials
-
-    try:
-        return load_credentials(args.kubeconfig, context_name=args.context)
-    except (OSError, ValueError, KeyError) as exc:
-        raise SystemExit(f"{PROG}: error: cannot load credentials: {exc}") from None
-
-
 def cmd_inspect(args: argparse.Namespace) -> int:
     from default_policy_operator.cli.inspection import audit, diff
 
     command = diff if args.command == "diff" else audit
-    return asyncio.run(command(_credentials(args), args.output, args.calico_api_version))
+    return asyncio.run(
+        command(args.kubeconfig, args.output, args.calico_api_version, context=args.context)
+    )
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from default_policy_operator.cli.status import status
 
-    return status(_credentials(args), args.output)
+    return asyncio.run(status(args.kubeconfig, args.context, args.output))
 
 
 # -- parser -------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ old verdict.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from collections.abc import Mapping, Sequence
@@ -17,7 +16,8 @@ from typing import Any
 
 import yaml
 
-from default_policy_operator.kube.client import PROFILES, ApiError, Credentials, KubeApi
+from default_policy_operator.kube.client import PROFILES, ApiError, KubeApi
+from default_policy_operator.kube.credentials import CredentialsError, load_credentials
 
 COLUMNS = (
     "name", "flavor", "mode", "governed", "shadowed", "drifted", "conflicts", "ready", "reason",
@@ -81,25 +81,25 @@ def render(rows: Sequence[Mapping[str, Any]], output: str) -> str:
     return table(rows)
 
 
-def _explain(exc: ApiError, server: str) -> str:
-    """The client reports a connection failure as status 0, like client-go's "no response"."""
+def _explain(exc: ApiError) -> str:
+    """The client reports no response (connection, credentials) as status 0, like client-go."""
     if exc.status == 0:
-        return f"cannot reach {server}: {exc.message}"
+        return f"cannot reach the cluster: {exc.reason}: {exc.message}"
     hint = " (is the DefaultPolicyProfile CRD installed?)" if exc.status == 404 else ""
     return f"listing DefaultPolicyProfiles: {exc}{hint}"
 
 
-async def _list_profiles(credentials: Credentials) -> list[dict[str, Any]]:
-    async with KubeApi(credentials) as api:
-        return await api.list_objects(PROFILES)
-
-
-def status(credentials: Credentials, output: str) -> int:
+async def status(kubeconfig: str | None, context: str | None, output: str) -> int:
     """Print the table (or JSON/YAML); exit 1 when the cluster cannot be asked."""
     try:
-        profiles = asyncio.run(_list_profiles(credentials))
+        credentials = await load_credentials(kubeconfig, context=context)
+        async with KubeApi(credentials) as api:
+            profiles = await api.list_objects(PROFILES)
+    except (CredentialsError, OSError) as exc:
+        print(f"error: cannot load credentials: {exc}", file=sys.stderr)
+        return 1
     except ApiError as exc:
-        print(f"error: {_explain(exc, credentials.server)}", file=sys.stderr)
+        print(f"error: {_explain(exc)}", file=sys.stderr)
         return 1
     rows = [row(p) for p in sorted(profiles, key=lambda p: str(p["metadata"]["name"]))]
     print(render(rows, output))
