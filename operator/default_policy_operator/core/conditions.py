@@ -58,6 +58,8 @@ class Observations:
     pending: int  # actions planned but not yet applied (Enforce)
     audit_findings: Sequence[str]  # Audit: what Enforce would change
     audit: bool
+    #: the profile changed and not every scope has been planned since (Ready would be early)
+    rolling_out: bool = False
 
 
 def checks(obs: Observations) -> list[Check]:
@@ -115,6 +117,8 @@ def checks(obs: Observations) -> list[Check]:
         )
     elif obs.pending:
         ready = Check("Ready", False, "Reconciling", f"{obs.pending} change(s) being applied")
+    elif obs.rolling_out:
+        ready = Check("Ready", False, "Reconciling", "being planned for every selected namespace")
     else:
         ready = Check("Ready", True, "Reconciled", "every governed namespace holds its policies")
     return [ready, degraded]
