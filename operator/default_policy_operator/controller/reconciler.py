@@ -601,6 +601,7 @@ class Reconciler:
             pending=self._pending.get(name, 0),
             audit_findings=[f"{verb} {key}" for key, verb in findings.items()],
             audit=entry.profile is not None and not entry.profile.enforcing,
+            selects_all=entry.profile is not None and entry.profile.namespace_selector.empty,
         )
         now = now_rfc3339()
         previous_conditions = previous.get("conditions") or []
