@@ -2,9 +2,10 @@
 
 For each combination of the built-in policies' switches (denyAll ingress/egress, allowDNS,
 allowKubeSystem ingress/egress, allowSameNamespace ingress/egress) and two DNS namespaces, the
-profile is planned by the real core (parse, govern, render) over a small cluster, and the
-objects it would create are evaluated by the reference evaluator in ``tests/netpol.py`` for
-every ordered pair of pods and a few ports. The outcome must equal :func:`promised`, which says
+profile is planned by the real core (parse, govern, render) over a small cluster, in both
+flavors, and the objects it would create are evaluated by the reference evaluators in
+``tests/netpol.py`` (NetworkPolicy, and Calico GlobalNetworkPolicy) for every ordered pair of
+pods and a few ports. The outcome must equal :func:`promised`, which says
 what the switches' names promise and is written from their names alone, not from the templates:
 
 * a direction whose deny is off is open;
@@ -28,12 +29,13 @@ from default_policy_operator.core.labels import EXEMPT_LABEL, NAMESPACE_NAME_LAB
 from default_policy_operator.core.plan import Verb
 from default_policy_operator.core.render import Renderer
 from default_policy_operator.core.world import World
-from tests.netpol import Pod, allowed
+from tests.netpol import Pod, allowed, calico_allowed
 
 GOVERNED = "team-a"
 OTHER = "team-b"  # exempt: a namespace no profile governs
 DNS_LABELS = {"k8s-app": "kube-dns"}
 PORTS = (("UDP", 53), ("TCP", 53), ("TCP", 8080), ("UDP", 5353))
+CALICO = "CalicoGlobalNetworkPolicy"
 
 _RENDERER = Renderer()
 
@@ -48,9 +50,11 @@ class Switches:
     same_ingress: bool
     same_egress: bool
     dns_namespace: str
+    flavor: str = "NetworkPolicy"
 
     def spec(self) -> dict[str, Any]:
         return {
+            "flavor": self.flavor,
             "policies": {
                 "denyAll": {"ingress": self.deny_ingress, "egress": self.deny_egress},
                 "allowDNS": {"enabled": self.dns, "namespace": self.dns_namespace},
@@ -59,13 +63,17 @@ class Switches:
                     "egress": self.kube_system_egress,
                 },
                 "allowSameNamespace": {"ingress": self.same_ingress, "egress": self.same_egress},
-            }
+            },
         }
 
 
 COMBINATIONS = [
     Switches(*flags, dns_namespace)
     for flags in itertools.product((False, True), repeat=7)
+    for dns_namespace in ("kube-system", "coredns")
+] + [  # a GlobalNetworkPolicy cannot say "the pod's own namespace": no allowSameNamespace
+    Switches(*flags, False, False, dns_namespace, CALICO)
+    for flags in itertools.product((False, True), repeat=5)
     for dns_namespace in ("kube-system", "coredns")
 ]
 
@@ -120,36 +128,39 @@ def rendered(switches: Switches) -> list[dict[str, Any]]:
         {"metadata": {"name": "matrix", "uid": "u", "generation": 1}, "spec": switches.spec()}
     )
     assert entry.error is None, entry.error
-    bodies = []
-    for name in names:
-        result = world.plan_namespace(name)
-        assert not result.errors
-        assert {a.verb for a in result.actions} <= {Verb.CREATE}
-        bodies += [a.body for a in result.actions if a.body is not None]
-    return bodies
+    results = [world.plan_namespace(name) for name in names] + [world.plan_calico()]
+    assert not any(result.errors for result in results)
+    actions = [action for result in results for action in result.actions]
+    assert {a.verb for a in actions} <= {Verb.CREATE}
+    return [a.body for a in actions if a.body is not None]
 
 
 def label(switches: Switches) -> str:
     on = [f.name for f in dataclasses.fields(switches) if getattr(switches, f.name) is True]
-    return "+".join([*on, switches.dns_namespace])
+    return "+".join([switches.flavor, *on, switches.dns_namespace])
 
 
 @pytest.mark.parametrize("switches", COMBINATIONS, ids=label)
 def test_every_combination_gives_the_connectivity_its_names_promise(switches: Switches) -> None:
     policies = rendered(switches)
-    assert all(p["metadata"]["namespace"] == GOVERNED for p in policies)
+    if switches.flavor == CALICO:
+        assert all(p["kind"] == "GlobalNetworkPolicy" for p in policies)
+        evaluate = calico_allowed
+    else:
+        assert all(p["metadata"]["namespace"] == GOVERNED for p in policies)
+        evaluate = allowed
     everyone = pods(switches)
     labels: Mapping[str, Mapping[str, str]] = namespaces(switches)
     wrong = [
         f"{a} -> {b} {protocol}/{port}: got {got}"
         for (a, source), (b, destination) in itertools.permutations(everyone.items(), 2)
         for protocol, port in PORTS
-        if (got := allowed(policies, source, destination, protocol, port, labels))
+        if (got := evaluate(policies, source, destination, protocol, port, labels))
         is not promised(switches, source, destination, protocol, port)
     ]
     assert not wrong, wrong
 
 
 def test_the_matrix_covers_every_combination() -> None:
-    assert len(COMBINATIONS) == 2**7 * 2
+    assert len(COMBINATIONS) == 2**7 * 2 + 2**5 * 2
     assert len(set(COMBINATIONS)) == len(COMBINATIONS)
