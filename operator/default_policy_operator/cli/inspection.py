@@ -27,8 +27,8 @@ from default_policy_operator.kube.client import (
     ApiError,
     KubeApi,
     calico_resource,
-    load_credentials,
 )
+from default_policy_operator.kube.credentials import load_credentials
 
 
 @dataclass
@@ -47,7 +47,7 @@ async def inspect_cluster(
     kubeconfig: str | None, calico_api_version: str, operator_namespace: str
 ) -> Inspection:
     """List namespaces, profiles and every policy (ours and others'), then plan."""
-    async with KubeApi(load_credentials(kubeconfig)) as api:
+    async with KubeApi(await load_credentials(kubeconfig)) as api:
         world, foreign = await _load_world(api, calico_api_version, operator_namespace)
     plans: dict[str, tuple[list[Action], list[Action]]] = {}
     conflicts: list[Action] = []

@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 from default_policy_operator.core.labels import PROFILE_LABEL
-from default_policy_operator.core.normalize import ObjectState, spec_hash, state_of
+from default_policy_operator.core.normalize import ObjectState, spec_hash
 from default_policy_operator.core.objects import ObjectKey
 from default_policy_operator.core.render import RenderedObject
 
@@ -105,15 +105,14 @@ def plan(
     return actions
 
 
-def apply_to_state(
-    actions: list[Action], actual: Mapping[ObjectKey, ObjectState]
-) -> dict[ObjectKey, ObjectState]:
-    """What ``actual`` becomes once ``actions`` succeed (used by tests and by ``dpo diff``)."""
-    result = dict(actual)
-    for action in actions:
-        if action.verb is Verb.DELETE:
-            result.pop(action.key, None)
-        else:
-            assert action.body is not None
-            result[action.key] = state_of(action.body)
-    return result
+def writes_first(actions: list[Action]) -> tuple[list[Action], bool]:
+    """Within one scope, the new cover goes in before the old one comes out.
+
+    When a plan both writes and deletes (a handover to a profile with other policies, say),
+    only the writes are returned; the deletes come from the next plan, made once the writes have
+    landed. The flag says deletes were withheld, so that the caller plans the scope again.
+    """
+    writes = [a for a in actions if a.verb is not Verb.DELETE]
+    if writes and len(writes) < len(actions):
+        return writes, True
+    return actions, False

@@ -9,6 +9,7 @@ the same code serves ``dpo render``, ``dpo diff`` and ``dpo audit``.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,12 +18,17 @@ from typing import Any
 from default_policy_operator.core.governance import (
     Namespace,
     Standing,
-    candidate_standing,
     dns_namespaces,
     governing_profile,
     precedence,
+    standing,
 )
-from default_policy_operator.core.labels import CALICO_NAME_LABEL, EXEMPT_LABEL, POLICY_LABEL
+from default_policy_operator.core.labels import (
+    CALICO_NAME_LABEL,
+    EXEMPT_LABEL,
+    LAST_VALID_SPEC_ANNOTATION,
+    POLICY_LABEL,
+)
 from default_policy_operator.core.model import (
     DNS1123_LABEL,
     DeletionPolicy,
@@ -36,10 +42,16 @@ from default_policy_operator.core.objects import (
     GLOBAL_NETWORK_POLICY,
     ObjectKey,
     calico_policy_name,
+    object_key,
 )
-from default_policy_operator.core.plan import Action, Desired, plan
-from default_policy_operator.core.render import Renderer, RenderError
+from default_policy_operator.core.plan import Action, Desired, plan, writes_first
+from default_policy_operator.core.render import RenderedObject, Renderer, RenderError
 from default_policy_operator.core.selector import calico_name_not_in, to_calico
+
+
+def canonical_spec(spec: Mapping[str, Any]) -> str:
+    """One text per spec, so that recording it again is never a write."""
+    return json.dumps(spec, sort_keys=True, separators=(",", ":"))
 
 
 @dataclass
@@ -55,6 +67,16 @@ class ProfileEntry:
     #: the status last read from the API, so a restart does not rewrite an identical status
     status: dict[str, Any] = field(default_factory=dict)
     resource_version: str = ""
+    #: canonical JSON of the spec in force when it validated, and what the profile records
+    valid_spec: str = ""
+    recorded_spec: str = ""
+
+    @property
+    def record_due(self) -> bool:
+        """The spec in force validated but is not yet recorded on the profile (one patch)."""
+        return (
+            self.error is None and bool(self.valid_spec) and self.valid_spec != self.recorded_spec
+        )
 
     @property
     def active(self) -> bool:
@@ -69,6 +91,10 @@ class ScopePlan:
     #: actions an Audit-mode governor would take (reported, never executed)
     audit_findings: list[Action] = field(default_factory=list)
     errors: list[tuple[str, RenderError]] = field(default_factory=list)  # (profile, error)
+    #: every key the scope wants to exist, written or blocked (ends conflicts on other names)
+    desired_keys: set[ObjectKey] = field(default_factory=set)
+    #: deletes held back until this scope's (or another scope's) new cover has landed
+    withheld: bool = False
 
 
 @dataclass
@@ -90,12 +116,22 @@ class World:
         self.profiles: dict[str, ProfileEntry] = {}
         self.objects: dict[ObjectKey, ObjectState] = {}
         self._by_namespace: dict[str, set[ObjectKey]] = {}
-        #: keys held by an object we did not create, with a human explanation
+        #: keys held by an object we did not create, with a human explanation (reported)
         self.conflicts: dict[ObjectKey, str] = {}
+        #: the conflicting keys whose next create attempt is not due yet (never written)
+        self.blocked: set[ObjectKey] = set()
         #: per profile, namespaces whose last plan found audit findings or render errors
         self.audit_findings: dict[str, dict[ObjectKey, str]] = {}
         self._sorted: list[Profile] | None = None
         self._protected: frozenset[str] | None = None
+        #: per Calico profile, the namespaces its last planned selector covered (handovers)
+        self.calico_covered: dict[str, frozenset[str]] = {}
+        #: the desired spec hash and profile of each GlobalNetworkPolicy at the last Calico plan
+        self._calico_hashes: dict[ObjectKey, str] = {}
+        self._calico_owner: dict[ObjectKey, str] = {}
+        #: namespaces whose NetworkPolicy deletes wait for Calico, and the reverse
+        self.waiting_for_calico: set[str] = set()
+        self.calico_waiting_for: set[str] = set()
 
     # -- index maintenance ---------------------------------------------------------------
 
@@ -121,9 +157,11 @@ class World:
         generation = int(meta.get("generation") or 0)
         deleting = bool(meta.get("deletionTimestamp"))
         version = str(meta.get("resourceVersion", ""))
+        recorded = str((meta.get("annotations") or {}).get(LAST_VALID_SPEC_ANNOTATION, ""))
         if previous and (previous.generation, previous.deleting) == (generation, deleting):
             previous.status = dict(body.get("status") or {})  # a status-only change
             previous.resource_version = version
+            previous.recorded_spec = recorded
             return previous
         spec = body.get("spec") or {}
         entry = ProfileEntry(
@@ -139,17 +177,35 @@ class World:
             status=dict(body.get("status") or {}),
             resource_version=version,
         )
+        entry.recorded_spec = recorded
+        entry.valid_spec = previous.valid_spec if previous else ""
         try:
-            profile = parse_profile(body)
-            self.renderer.trial(profile)
+            entry.profile = self._admit(body)
+            entry.valid_spec = canonical_spec(spec)
         except ProfileError as exc:
             entry.error = f"invalid spec: {exc}"
         except RenderError as exc:
             entry.error = f"invalid template: {exc}"
-        else:
-            entry.profile = profile
+        if entry.profile is None and recorded:
+            entry.profile, entry.valid_spec = self._recorded_version(meta, recorded)
         self.set_profile(entry)
         return entry
+
+    def _admit(self, body: Mapping[str, Any]) -> Profile:
+        profile = parse_profile(body)
+        self.renderer.trial(profile)
+        return profile
+
+    def _recorded_version(
+        self, meta: Mapping[str, Any], recorded: str
+    ) -> tuple[Profile | None, str]:
+        """The last valid spec recorded on the profile, if it still validates (a restart or a
+        new leader with an invalid profile keeps exactly what was in force)."""
+        try:
+            spec = json.loads(recorded)
+            return self._admit({"metadata": meta, "spec": spec}), recorded
+        except (ValueError, ProfileError, RenderError):
+            return None, ""
 
     def remove_profile(self, name: str) -> None:
         self.profiles.pop(name, None)
@@ -228,7 +284,7 @@ class World:
         if governor is not None and not governor.enforcing:
             # Audit: compute what Enforce would do, execute nothing in this namespace.
             result.audit_findings = plan(
-                desired, actual, may_delete=lambda s: False, blocked=self.conflicts
+                desired, actual, may_delete=lambda s: False, blocked=self.blocked
             )
             return result
 
@@ -238,8 +294,33 @@ class World:
                 self.may_delete(state)
             )
 
-        result.actions = plan(desired, actual, may_delete=may_delete, blocked=self.conflicts)
+        result.desired_keys = set(desired)
+        actions = plan(desired, actual, may_delete=may_delete, blocked=self.blocked)
+        result.actions, result.withheld = writes_first(actions)
+        calico = governor if governor is not None and governor.flavor is Flavor.CALICO else None
+        if calico is not None and result.actions and not self.calico_covers(calico, name):
+            result.actions, result.withheld = [], True
+            self.waiting_for_calico.add(name)
         return result
+
+    def calico_covers(self, profile: Profile, namespace: str) -> bool:
+        """Whether ``profile``'s live GlobalNetworkPolicies already select ``namespace``.
+
+        True once the last Calico plan put the namespace in the profile's selector and every one
+        of the profile's objects is live with the spec that plan wanted: only then may the
+        namespace's NetworkPolicies go (a flavor handover never leaves it without a deny-all).
+        """
+        if namespace not in self.calico_covered.get(profile.name, frozenset()):
+            return False
+        keys = [k for k, owner in self._calico_owner.items() if owner == profile.name]
+        return bool(keys) and all(
+            k in self.objects and self.objects[k].spec_hash == self._calico_hashes[k] for k in keys
+        )
+
+    def network_policies_cover(self, profile: Profile, namespace: str) -> bool:
+        """Whether every NetworkPolicy ``profile`` wants in ``namespace`` is live and its own."""
+        wanted = [object_key(profile, policy, namespace) for policy in profile.policy_names()]
+        return all(k in self.objects and self.objects[k].profile == profile.name for k in wanted)
 
     def _render_namespace(
         self, profile: Profile, namespace: Namespace, result: ScopePlan
@@ -268,14 +349,27 @@ class World:
             if not profile.namespace_selector.matches(namespace.labels):
                 continue
             governor = self.governor(namespace)
-            if governor is None or governor.name != profile.name:
-                left_out.add(namespace.name)
+            if governor is not None and governor.name == profile.name:
+                continue
+            if governor is not None and self._still_covering(profile, governor, namespace.name):
+                self.calico_waiting_for.add(namespace.name)
+                continue
+            left_out.add(namespace.name)
         terms = [
             f"({to_calico(profile.namespace_selector)})",
             f'{EXEMPT_LABEL} != "true"',
             calico_name_not_in(CALICO_NAME_LABEL, sorted(left_out)),
         ]
         return " && ".join(t for t in terms if t)
+
+    def _still_covering(self, profile: Profile, governor: Profile, namespace: str) -> bool:
+        """A namespace handed from Calico ``profile`` to a NetworkPolicy-flavor ``governor``
+        stays selected until the governor's policies are in place there (no gap)."""
+        return (
+            governor.flavor is Flavor.NETWORK_POLICY
+            and namespace in self.calico_covered.get(profile.name, frozenset())
+            and not self.network_policies_cover(governor, namespace)
+        )
 
     def plan_calico(self) -> ScopePlan:
         """Plan the cluster-scoped GlobalNetworkPolicy objects of every Calico profile."""
@@ -294,38 +388,69 @@ class World:
                 continue
             target = desired if profile.enforcing else audit_desired
             target.update((o.key, Desired.of(o)) for o in rendered)
+            if profile.enforcing:
+                self._remember_calico_cover(profile, rendered)
         actual = self.calico_objects()
         audit_profiles = {d.profile for d in audit_desired.values()}
-        result.actions = plan(
+        result.desired_keys = set(desired) | set(audit_desired)
+        actions = plan(
             desired,
             {k: v for k, v in actual.items() if v.profile not in audit_profiles},
-            may_delete=lambda s: s.profile not in held_profiles and self.may_delete(s),
-            blocked=self.conflicts,
+            may_delete=lambda s: (
+                s.profile not in held_profiles
+                and self.may_delete(s)
+                and self._calico_cover_released(s.profile)
+            ),
+            blocked=self.blocked,
         )
+        result.actions, result.withheld = writes_first(actions)
         result.audit_findings = plan(
             audit_desired,
             {k: v for k, v in actual.items() if v.profile in audit_profiles},
             may_delete=lambda s: False,
-            blocked=self.conflicts,
+            blocked=self.blocked,
         )
         return result
+
+    def _remember_calico_cover(self, profile: Profile, rendered: list[RenderedObject]) -> None:
+        """What this plan's selector covers: the governed namespaces plus those still held for
+        a handover (see ``_still_covering``)."""
+        previous = self.calico_covered.get(profile.name, frozenset())
+        self.calico_covered[profile.name] = frozenset(
+            n.name
+            for n in self.namespaces.values()
+            if (governor := self.governor(n)) is not None
+            and (
+                governor.name == profile.name
+                or (self._still_covering(profile, governor, n.name) and n.name in previous)
+            )
+        )
+        for obj in rendered:
+            self._calico_hashes[obj.key] = Desired.of(obj).spec_hash
+            self._calico_owner[obj.key] = profile.name
+
+    def _calico_cover_released(self, profile: str) -> bool:
+        """A leaving Calico profile's objects go only once the namespaces they covered that now
+        belong to a NetworkPolicy-flavor profile hold that profile's policies."""
+        for name in self.calico_covered.get(profile, frozenset()):
+            namespace = self.namespaces.get(name)
+            governor = self.governor(namespace) if namespace is not None else None
+            if governor is None or governor.flavor is not Flavor.NETWORK_POLICY:
+                continue
+            if not self.network_policies_cover(governor, name):
+                self.calico_waiting_for.add(name)
+                return False
+        return True
 
     # -- reporting -----------------------------------------------------------------------
 
     def standings(self, namespace: Namespace) -> dict[str, Standing]:
         """The namespace's standing for every active profile."""
         governor = self.governor(namespace)
-        out = {}
-        for profile in self.active_profiles():
-            reason = candidate_standing(profile, namespace, self.protected)
-            if reason is None:
-                reason = (
-                    Standing.GOVERNED
-                    if governor is not None and governor.name == profile.name
-                    else Standing.SHADOWED
-                )
-            out[profile.name] = reason
-        return out
+        return {
+            profile.name: standing(profile, namespace, governor, self.protected)
+            for profile in self.active_profiles()
+        }
 
     def counts(self) -> dict[str, ProfileCounts]:
         """Per-profile counts for status and metrics, in one pass over the namespaces."""
