@@ -150,8 +150,9 @@ def test_editing_a_profile_updates_every_governed_namespace(api: Api, tag: str) 
         tag,
         {
             "policies": {
-                "denyAll": {"egress": False},
+                "denyAll": {"ingress": False},
                 "allowDNS": {"ports": [{"protocol": "UDP", "port": 5353}]},
+                "allowKubeSystem": {"ingress": True, "egress": True},
             },
             "customPolicies": [{"name": "allow-monitoring", "template": CUSTOM_MONITORING}],
         },
@@ -163,7 +164,11 @@ def test_editing_a_profile_updates_every_governed_namespace(api: Api, tag: str) 
             policies = api.policies(namespace)
             deny = policies["dpo-deny-all"]["spec"]["policyTypes"]
             dns = policies["dpo-allow-dns"]["spec"]["egress"][0]["ports"]
-            return deny == ["Ingress"] and dns == [{"protocol": "UDP", "port": 5353}]
+            kube_system = policies["dpo-allow-kube-system"]["spec"]["policyTypes"]
+            # Ingress is no longer denied, so allow-kube-system keeps its egress half only.
+            return (deny, kube_system) == (["Egress"], ["Egress"]) and dns == [
+                {"protocol": "UDP", "port": 5353}
+            ]
 
         wait_for(edited, what=f"{name} to carry the edited policies")
     api.patch(

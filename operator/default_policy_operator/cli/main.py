@@ -127,7 +127,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from default_policy_operator.cli.inspection import audit, diff
 
     command = diff if args.command == "diff" else audit
-    return asyncio.run(command(args.kubeconfig, args.output, args.calico_api_version))
+    return asyncio.run(
+        command(args.kubeconfig, args.output, args.calico_api_version, args.namespace)
+    )
 
 
 # -- parser -------------------------------------------------------------------------------
@@ -218,6 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
         inspect.add_argument("--kubeconfig")
         inspect.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
         inspect.add_argument("--calico-api-version", default="crd.projectcalico.org/v1")
+        inspect.add_argument(
+            "--namespace",
+            default="dpo-system",
+            help="the operator's own namespace, protected as by `dpo run` (default: dpo-system)",
+        )
         inspect.set_defaults(func=cmd_inspect)
 
     return parser

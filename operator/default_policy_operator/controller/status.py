@@ -61,6 +61,7 @@ class StatusPublisher:
             rolling_out=progress.rolling_out,
             audit_findings=[f"{verb} {key}" for key, verb in findings.items()],
             audit=entry.profile is not None and not entry.profile.enforcing,
+            selects_all=entry.profile is not None and entry.profile.namespace_selector.empty,
         )
         now = now_rfc3339()
         previous_conditions = previous.get("conditions") or []
