@@ -150,7 +150,7 @@ def test_builtin_network_policies(renderer: Renderer) -> None:
 def test_builtin_parameters_reach_the_templates(renderer: Renderer) -> None:
     profile = make(
         policies={
-            "denyAll": {"egress": False},
+            "denyAll": {"ingress": False},
             "allowDNS": {
                 "namespace": "dns",
                 "podSelector": {"matchExpressions": [{"key": "app", "operator": "Exists"}]},
@@ -160,7 +160,7 @@ def test_builtin_parameters_reach_the_templates(renderer: Renderer) -> None:
         }
     )
     objects = by_policy(renderer.render_namespace(profile, {"name": "x"}))
-    assert objects["deny-all"].body["spec"]["policyTypes"] == ["Ingress"]
+    assert objects["deny-all"].body["spec"]["policyTypes"] == ["Egress"]
     (rule,) = objects["allow-dns"].body["spec"]["egress"]
     assert rule["to"] == [
         {

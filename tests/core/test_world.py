@@ -624,3 +624,60 @@ def test_converged_worlds_plan_nothing(world: World, relabel: str) -> None:
         world.set_namespace(ns(relabel, env="2"))
         converge(world)
         assert no_actions_left(world)
+
+
+# -- the DNS namespace is protected like kube-system (issue 10.5) ----------------------------
+
+
+def test_a_profiles_dns_namespace_is_never_governed() -> None:
+    """With ``allowDNS.namespace: coredns`` and the default (empty) selector, the DNS pods'
+    namespace must not get a deny-all: every pod in the cluster would lose name resolution."""
+    world = make_world(ns("coredns"), ns("team-a"))
+    world.update_profile(profile_body("base", policies={"allowDNS": {"namespace": "coredns"}}))
+    assert world.governor(world.namespaces["coredns"]) is None
+    assert world.namespace_state(world.namespaces["coredns"]) == "protected"
+    assert world.plan_namespace("coredns").actions == []
+    assert world.standings(world.namespaces["coredns"]) == {"base": Standing.PROTECTED}
+    assert world.plan_namespace("team-a").actions  # everything else is governed as before
+
+
+def test_another_profiles_dns_namespace_is_protected_too() -> None:
+    """A DNS namespace serves every namespace: no profile may lock it out, not only its own."""
+    world = make_world(ns("coredns", env="prod"), ns("team-a", env="prod"))
+    world.update_profile(
+        profile_body(
+            "dns-elsewhere",
+            namespaceSelector={"matchLabels": {"team": "none"}},
+            policies={"allowDNS": {"namespace": "coredns"}},
+        )
+    )
+    world.update_profile(profile_body("wide", priority=10))
+    assert world.governor(world.namespaces["coredns"]) is None
+    governor = world.governor(world.namespaces["team-a"])
+    assert governor is not None
+    assert governor.name == "wide"
+
+
+def test_a_namespace_that_becomes_the_dns_namespace_loses_its_policies() -> None:
+    world = make_world(ns("coredns"))
+    world.update_profile(profile_body("base"))
+    converge(world)
+    assert world.objects_in("coredns")
+    world.update_profile(
+        profile_body("base", generation=2, policies={"allowDNS": {"namespace": "coredns"}})
+    )
+    assert {a.verb for a in world.plan_namespace("coredns").actions} == {Verb.DELETE}
+    converge(world)
+    assert not world.objects_in("coredns")
+
+
+def test_calico_selector_leaves_out_the_dns_namespace() -> None:
+    world = make_world(ns("coredns"), ns("web"))
+    world.update_profile(
+        profile_body("cal", flavor=CALICO, policies={"allowDNS": {"namespace": "coredns"}})
+    )
+    cal = world.profiles["cal"].profile
+    assert cal is not None
+    selector = world.calico_selector(cal)
+    assert not evaluate(selector, calico_labels(world.namespaces["coredns"]))
+    assert evaluate(selector, calico_labels(world.namespaces["web"]))

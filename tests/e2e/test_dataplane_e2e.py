@@ -180,9 +180,9 @@ class Switches:
     def promise(self, flow: Flow, governed: str) -> bool:
         """What the switches promise, from the README, written independently of the operator.
 
-        NetworkPolicy flavor: every built-in selects all pods of a governed namespace, and any
-        policy listing a direction isolates the pods for it (so allow-dns alone already limits
-        egress to DNS). A flow needs the source's egress and the destination's ingress.
+        NetworkPolicy flavor: deny-all isolates the directions it names; the allows only open
+        holes in a denied direction (a direction whose deny is off stays open, whatever allows
+        are switched on). A flow needs the source's egress and the destination's ingress.
         """
         return self._egress(flow, governed) and self._ingress(flow, governed)
 
@@ -190,7 +190,7 @@ class Switches:
         if flow.source.namespace != governed:
             return True
         to = flow.destination
-        isolated = self.deny_egress or self.dns or self.system_egress or self.same_egress
+        isolated = self.deny_egress
         is_dns = to.labels.get("k8s-app") == "kube-dns" and to.namespace == "kube-system"
         return (
             not isolated
@@ -202,7 +202,7 @@ class Switches:
     def _ingress(self, flow: Flow, governed: str) -> bool:
         if flow.destination.namespace != governed:
             return True
-        isolated = self.deny_ingress or self.system_ingress or self.same_ingress
+        isolated = self.deny_ingress
         return (
             not isolated
             or (self.system_ingress and flow.source.namespace == "kube-system")

@@ -150,8 +150,9 @@ def test_editing_a_profile_updates_every_governed_namespace(api: Api, tag: str) 
         tag,
         {
             "policies": {
-                "denyAll": {"egress": False},
+                "denyAll": {"ingress": False},
                 "allowDNS": {"ports": [{"protocol": "UDP", "port": 5353}]},
+                "allowKubeSystem": {"ingress": True, "egress": True},
             },
             "customPolicies": [{"name": "allow-monitoring", "template": CUSTOM_MONITORING}],
         },
@@ -163,7 +164,11 @@ def test_editing_a_profile_updates_every_governed_namespace(api: Api, tag: str) 
             policies = api.policies(namespace)
             deny = policies["dpo-deny-all"]["spec"]["policyTypes"]
             dns = policies["dpo-allow-dns"]["spec"]["egress"][0]["ports"]
-            return deny == ["Ingress"] and dns == [{"protocol": "UDP", "port": 5353}]
+            kube_system = policies["dpo-allow-kube-system"]["spec"]["policyTypes"]
+            # Ingress is no longer denied, so allow-kube-system keeps its egress half only.
+            return (deny, kube_system) == (["Egress"], ["Egress"]) and dns == [
+                {"protocol": "UDP", "port": 5353}
+            ]
 
         wait_for(edited, what=f"{name} to carry the edited policies")
     api.patch(
@@ -422,3 +427,31 @@ def test_api_rejects_invalid_profiles_statically(api: Api, tag: str) -> None:
         with pytest.raises(ApiStatus) as caught:
             api.profile(f"{tag}-bad", spec)
         assert caught.value.code == 422, spec
+
+
+def test_ready_is_never_reported_before_the_policies_exist(api: Api, tag: str) -> None:
+    """Found by the packet tests: a new profile said Ready with ``managedObjects: 0`` while its
+    namespaces still waited to be planned. Every status seen on the way must be honest."""
+    names = [f"{tag}-r{i}" for i in range(30)]
+    for name in names:
+        api.namespace(name, {"dpo-test": tag})
+    api.profile(tag, {"namespaceSelector": selector(tag)})
+    seen: list[dict[str, Any]] = []
+
+    def converged() -> bool:
+        status = (api.get_profile(tag) or {}).get("status") or {}
+        seen.append(status)
+        return status.get("managedObjects") == 3 * len(names)
+
+    wait_for(converged, timeout=60, interval=0.02, what="every namespace covered")
+    early = [
+        s
+        for s in seen
+        if condition({"status": s}, "Ready").get("status") == "True"
+        and s.get("managedObjects", 0) < 3 * s.get("governedNamespaces", 0)
+    ]
+    assert early == [], early[0]
+    wait_for(
+        lambda: condition(api.get_profile(tag), "Ready").get("status") == "True",
+        what="Ready once covered",
+    )

@@ -208,9 +208,9 @@ def scenario(admin: Api, operator: OperatorProcess) -> str:
     )
 
     # An edit updates the objects in place.
-    admin.patch_profile(tag, {"policies": {"denyAll": {"egress": False}}})
+    admin.patch_profile(tag, {"policies": {"denyAll": {"ingress": False}}})
     wait_for(
-        lambda: admin.policies(ns_in)["dpo-deny-all"]["spec"]["policyTypes"] == ["Ingress"],
+        lambda: admin.policies(ns_in)["dpo-deny-all"]["spec"]["policyTypes"] == ["Egress"],
         timeout=30,
         what="the edited deny-all",
     )
@@ -227,7 +227,8 @@ def scenario(admin: Api, operator: OperatorProcess) -> str:
         },
     )
     admin.label_namespace(ns_conflict, {"env": "prod"})
-    _wait_names(admin, ns_conflict, {"dpo-deny-all", "dpo-allow-kube-system"})
+    # (allow-kube-system is ingress-only, and ingress is no longer denied: not wanted)
+    _wait_names(admin, ns_conflict, {"dpo-deny-all"})
     _wait_ready(admin, tag, conflicts=1)
 
     # Audit mode writes nothing and reports.

@@ -131,7 +131,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     command = diff if args.command == "diff" else audit
     return asyncio.run(
-        command(args.kubeconfig, args.output, args.calico_api_version, context=args.context)
+        command(
+            args.kubeconfig,
+            args.output,
+            args.calico_api_version,
+            args.namespace,
+            context=args.context,
+        )
     )
 
 
@@ -232,6 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         inspect = sub.add_parser(name, help=text, parents=[cluster])
         inspect.add_argument("--calico-api-version", default="crd.projectcalico.org/v1")
+        inspect.add_argument(
+            "--namespace",
+            default="dpo-system",
+            help="the operator's own namespace, protected as by `dpo run` (default: dpo-system)",
+        )
         inspect.set_defaults(func=cmd_inspect)
     status = sub.add_parser(
         "status", help="one line per profile: governed, shadowed, drifted, ready", parents=[cluster]

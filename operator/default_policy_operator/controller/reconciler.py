@@ -99,6 +99,8 @@ class Reconciler:
         self._errors: dict[str, dict[tuple[str, str], str]] = {}
         self._pending: dict[str, int] = {}  # profile -> actions in flight
         self._written = asyncio.Condition()  # notified whenever a write finishes
+        #: profiles whose new version is still being planned across the cluster (not Ready)
+        self._rolling: set[str] = set()
         self.status = StatusPublisher(world, api, self.progress)
         self._tasks: list[asyncio.Task[None]] = []
         self.informers: list[Informer] = []  # set by the runtime; relisted by resync()
@@ -172,6 +174,7 @@ class Reconciler:
             self._spawn(self._record_valid_spec(entry.name, entry.valid_spec))
         if entry is before:
             return
+        self._rolling.add(entry.name)
         if entry.error and (before is None or before.error != entry.error):
             log.warning("profile %s: %s", entry.name, entry.error)
             self._spawn(self._profile_event(entry.name, "Warning", "InvalidSpec", entry.error))
@@ -332,6 +335,7 @@ class Reconciler:
                 if not self._bulk and not self._inflight:
                     self.synced.set()
                     self._idle.set()
+                    self._rolling.clear()
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=5.0)
@@ -476,6 +480,7 @@ class Reconciler:
             },
             contested=self.repairs.contested(time.monotonic(), self._profile_of, profile),
             pending=self._pending.get(profile, 0),
+            rolling_out=profile in self._rolling or not self.synced.is_set(),
         )
 
     def _profile_of(self, key: ObjectKey) -> str:

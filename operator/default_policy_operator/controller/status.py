@@ -33,7 +33,8 @@ class Progress:
 
     errors: Mapping[str, str]  # what failed (a policy, an object) -> message
     contested: list[str]
-    pending: int
+    pending: int  # writes queued or in flight
+    rolling_out: bool = False  # scopes not yet planned since the profile last changed
 
 
 class StatusPublisher:
@@ -57,8 +58,10 @@ class StatusPublisher:
             conflicts=counts.conflict_keys,
             contested=progress.contested,
             pending=progress.pending,
+            rolling_out=progress.rolling_out,
             audit_findings=[f"{verb} {key}" for key, verb in findings.items()],
             audit=entry.profile is not None and not entry.profile.enforcing,
+            selects_all=entry.profile is not None and entry.profile.namespace_selector.empty,
         )
         now = now_rfc3339()
         previous_conditions = previous.get("conditions") or []

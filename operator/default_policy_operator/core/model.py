@@ -75,6 +75,12 @@ class Directions:
     def enabled(self) -> bool:
         return self.ingress or self.egress
 
+    def within(self, denied: Directions) -> Directions:
+        """The directions among these that ``denied`` denies: where an allow means something."""
+        return Directions(
+            ingress=self.ingress and denied.ingress, egress=self.egress and denied.egress
+        )
+
 
 @dataclass(frozen=True)
 class AllowDNS:
@@ -120,17 +126,25 @@ class Profile:
     def enforcing(self) -> bool:
         return self.mode is Mode.ENFORCE
 
+    def allows(self, policy: str) -> Directions:
+        """The directions a built-in allow policy takes effect in: only those deny-all denies.
+
+        Any policy that selects a pod for a direction isolates the pod in that direction
+        (NetworkPolicy and Calico alike): an allow-DNS egress policy alone would turn open
+        egress into "DNS only". An allow for a direction that is not denied is therefore left
+        out, and the direction stays open, as ``denyAll`` says.
+        """
+        if policy == "allow-dns":
+            return Directions(ingress=False, egress=self.allow_dns.enabled).within(self.deny_all)
+        if policy == "allow-kube-system":
+            return self.allow_kube_system.within(self.deny_all)
+        assert policy == "allow-same-namespace", policy
+        return self.allow_same_namespace.within(self.deny_all)
+
     def policy_names(self) -> tuple[str, ...]:
         """Names of the policies this profile wants, built-ins first, in a stable order."""
-        names = []
-        if self.deny_all.enabled:
-            names.append("deny-all")
-        if self.allow_dns.enabled:
-            names.append("allow-dns")
-        if self.allow_kube_system.enabled:
-            names.append("allow-kube-system")
-        if self.allow_same_namespace.enabled:
-            names.append("allow-same-namespace")
+        names = ["deny-all"] if self.deny_all.enabled else []
+        names.extend(p for p in BUILTIN_POLICIES[1:] if self.allows(p).enabled)
         names.extend(c.name for c in self.custom_policies)
         return tuple(names)
 

@@ -95,5 +95,17 @@ def owner_reference(profile: Profile) -> dict[str, Any]:
 
 
 def is_managed(body: dict[str, Any]) -> bool:
-    labels = (body.get("metadata") or {}).get("labels") or {}
-    return bool(labels.get(MANAGED_BY) == MANAGED_BY_VALUE)
+    """Ours: it carries our managed-by label, or an ownerReference to a profile.
+
+    The label is what the watch selects on, but a namespace editor can remove it; the
+    ownerReference the operator stamps alongside keeps the object recognisable (the create that
+    follows its disappearance from the watch meets it, and it is repaired, labels restored).
+    """
+    meta = body.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    if labels.get(MANAGED_BY) == MANAGED_BY_VALUE:
+        return True
+    return any(
+        str(ref.get("apiVersion", "")).partition("/")[0] == GROUP and ref.get("kind") == KIND
+        for ref in meta.get("ownerReferences") or []
+    )

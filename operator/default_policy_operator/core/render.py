@@ -1137,9 +1137,7 @@ def _params(profile: Profile, policy: str) -> dict[str, Any]:
             "ports": [p.as_k8s() for p in dns.ports],
             **calico,
         }
-    directions = (
-        profile.allow_kube_system if policy == "allow-kube-system" else profile.allow_same_namespace
-    )
+    directions = profile.allows(policy)  # only the directions deny-all denies
     types = _types(directions.ingress, directions.egress)
     return {
         "ingress": directions.ingress,

@@ -19,6 +19,7 @@ from default_policy_operator.core.calico_selector import Compare, Has, InSet, No
 from default_policy_operator.core.governance import (
     Namespace,
     Standing,
+    dns_namespaces,
     governing_profile,
     precedence,
     standing,
@@ -109,7 +110,8 @@ class ProfileCounts:
 
 class World:
     def __init__(self, protected: frozenset[str], renderer: Renderer | None = None) -> None:
-        self.protected = protected
+        #: the fixed protected set (system and operator namespaces); see :attr:`protected`
+        self.base_protected = protected
         self.renderer = renderer or Renderer()
         self.namespaces: dict[str, Namespace] = {}
         self.profiles: dict[str, ProfileEntry] = {}
@@ -124,6 +126,7 @@ class World:
         #: Calico keys that several profiles wanted at the last plan, with those profiles
         self.calico_clashes: dict[ObjectKey, tuple[str, ...]] = {}
         self._sorted: list[Profile] | None = None
+        self._protected: frozenset[str] | None = None
         #: per Calico profile, the namespaces its last planned selector covered (handovers)
         self.calico_covered: dict[str, frozenset[str]] = {}
         #: the desired spec hash and profile of each GlobalNetworkPolicy at the last Calico plan
@@ -143,7 +146,7 @@ class World:
 
     def set_profile(self, entry: ProfileEntry) -> None:
         self.profiles[entry.name] = entry
-        self._sorted = None
+        self._sorted = self._protected = None
 
     def update_profile(self, body: Mapping[str, Any]) -> ProfileEntry:
         """Admit a profile object: parse, validate, trial-render; keep the last good version.
@@ -210,7 +213,7 @@ class World:
     def remove_profile(self, name: str) -> None:
         self.profiles.pop(name, None)
         self.audit_findings.pop(name, None)
-        self._sorted = None
+        self._sorted = self._protected = None
 
     def set_object(self, state: ObjectState) -> None:
         self.objects[state.key] = state
@@ -243,6 +246,14 @@ class World:
                 key=precedence,
             )
         return self._sorted
+
+    @property
+    def protected(self) -> frozenset[str]:
+        """The fixed set plus every active profile's DNS namespace: a profile change that names
+        a new DNS namespace re-plans every scope, which removes what was governed there."""
+        if self._protected is None:
+            self._protected = self.base_protected | dns_namespaces(self.active_profiles())
+        return self._protected
 
     def governor(self, namespace: Namespace) -> Profile | None:
         return governing_profile(self.active_profiles(), namespace, self.protected)
