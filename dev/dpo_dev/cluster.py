@@ -295,11 +295,6 @@ def _kubernetes_wrapper_directives(upstream_gomod: str, version: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def kubernetes_wrapper_dir(root: Path | None = None) -> Path:
-    """The wrapper module the Kubernetes commands are built in, kept in the cache per version."""
-    return (root or cache_dir()) / "build" / f"kubernetes-{KUBERNETES_VERSION}"
-
-
 def _kubernetes_wrapper(log: Log) -> Path:
     """Prepare (once per version) the module that depends on k8s.io/kubernetes, and return it.
 
@@ -310,7 +305,7 @@ def _kubernetes_wrapper(log: Log) -> Path:
     The module is prepared beside its final place and renamed, so a half-prepared one is never
     used; callers hold the build lock.
     """
-    target = kubernetes_wrapper_dir()
+    target = cache_dir() / "build" / f"kubernetes-{KUBERNETES_VERSION}"
     if (target / ".complete").is_file():
         return target
     log(f"preparing the Kubernetes {KUBERNETES_VERSION} build module in {target} ...")
