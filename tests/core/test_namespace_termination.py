@@ -99,6 +99,16 @@ def test_a_terminating_namespace_is_counted_as_terminating_only() -> None:
     assert world.namespace_state(world.namespaces["stray"]) == "terminating"
 
 
+def test_a_conflict_in_a_terminating_namespace_is_not_reported() -> None:
+    """The foreign object goes with the namespace: no Degraded/Conflict for a namespace that
+    its owner is deleting."""
+    world = governed_world()
+    world.conflicts[np_key("team-a", "deny-all")] = "exists and was not created by the operator"
+    assert world.counts()["base"].conflict_keys  # the control
+    world.set_namespace(terminating(world.namespaces["team-a"]))
+    assert world.counts()["base"].conflict_keys == []
+
+
 @pytest.mark.parametrize("name", ["kube-system", "dpo-system"])
 def test_a_protected_namespace_stays_protected(name: str) -> None:
     world = make_world(terminating(ns(name)))

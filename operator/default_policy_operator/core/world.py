@@ -353,7 +353,9 @@ class World:
                 owner = calico_names.get(key.name)
             else:
                 holder = self.namespaces.get(key.namespace)
-                governor = self.governor(holder) if holder is not None else None
+                governor = None
+                if holder is not None and not holder.terminating:  # else it goes with them
+                    governor = self.governor(holder)
                 owner = governor.name if governor is not None else None
             if owner in counts:
                 counts[owner].conflict_keys.append(str(key))
