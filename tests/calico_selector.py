@@ -3,15 +3,18 @@
 It follows the grammar of Calico's own tokenizer and parser (``libcalico-go/lib/selector``):
 
 * ``||`` binds loosest, then ``&&``, then any number of leading ``!``; parentheses group;
-* operations: ``all()``, ``has(key)``, ``key == "v"``, ``key != "v"``, ``key in {"a", "b"}``,
-  ``key not in {..}`` (also spelled ``notin``), ``contains``, ``starts with``, ``ends with``;
+* operations: ``all()``, ``global()``, ``has(key)``, ``key == "v"``, ``key != "v"``,
+  ``key in {"a", "b"}``, ``key not in {..}`` (also spelled ``notin``), ``contains``,
+  ``starts with``, ``ends with``;
 * string literals run from a quote (``"`` or ``'``) to the next identical quote. Calico has no
   escape sequences, so JSON-quoting a value is faithful exactly when the value holds no ``"``,
   ``\\`` or non-ASCII character -- always true of a valid Kubernetes label value;
 * the empty selector selects everything.
 
 Label semantics are Calico's: ``k != "v"`` and ``k not in {..}`` are true when ``k`` is absent,
-``k == "v"`` and ``k in {..}`` are false.
+``k == "v"`` and ``k in {..}`` are false. ``global()`` evaluates like ``all()``, as Calico's own
+evaluator does (only a rule's namespaceSelector gives it the meaning "no namespace", by rewriting
+it before evaluation).
 
 Deliberately written without looking at the operator's code, so that end-to-end tests can use
 it to check what a Calico selector the operator wrote really selects.
@@ -132,11 +135,12 @@ def tokenize(selector: str) -> list[_Token]:
                 raise CalicoSelectorError("no closing ')' after has(")
             tokens.append(_Token("has", ident))
             text = rest[1:]
-        elif text.startswith("all("):
-            rest = text[4:].lstrip(" \t")
+        elif text.startswith(("all(", "global(")):
+            word = text[: text.index("(")]
+            rest = text[len(word) + 1 :].lstrip(" \t")
             if not rest.startswith(")"):
-                raise CalicoSelectorError("no closing ')' after all(")
-            tokens.append(_Token("all"))
+                raise CalicoSelectorError(f"no closing ')' after {word}(")
+            tokens.append(_Token("all"))  # global() evaluates as all()
             text = rest[1:]
         else:
             ident, text = _cut_ident(text)

@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tests.calico_selector import evaluate
+
 
 @dataclass(frozen=True)
 class Pod:
@@ -115,5 +117,102 @@ def allowed(
     return _direction_allows(
         policies, source, destination, "egress", protocol, port, namespace_labels
     ) and _direction_allows(
+        policies, destination, source, "ingress", protocol, port, namespace_labels
+    )
+
+
+# -- Calico GlobalNetworkPolicy (one tier) ----------------------------------------------------
+#
+# From Calico's policy documentation: a GlobalNetworkPolicy applies to an endpoint in a
+# direction when it lists that direction in ``types`` and both its ``selector`` (pod labels) and
+# ``namespaceSelector`` (namespace labels, plus ``projectcalico.org/name``) match. Applying
+# policies are evaluated in ``order`` (then name); the first rule whose protocol, peer and
+# ports match decides (Allow or Deny); if policies apply and no rule matched, the tier's end
+# denies. An endpoint no policy applies to is not isolated.
+
+CALICO_NAME = "projectcalico.org/name"
+
+
+def _calico_namespace_labels(
+    namespace: str, namespace_labels: Mapping[str, Mapping[str, str]]
+) -> dict[str, str]:
+    return {**namespace_labels.get(namespace, {}), CALICO_NAME: namespace}
+
+
+def _calico_selects(
+    spec: Mapping[str, Any], pod: Pod, namespace_labels: Mapping[str, Mapping[str, str]]
+) -> bool:
+    ns_labels = _calico_namespace_labels(pod.namespace, namespace_labels)
+    return evaluate(spec.get("selector") or "all()", pod.labels) and evaluate(
+        spec.get("namespaceSelector") or "all()", ns_labels
+    )
+
+
+def _calico_rule_matches(
+    rule: Mapping[str, Any],
+    peer_key: str,
+    other: Pod,
+    protocol: str,
+    port: int,
+    namespace_labels: Mapping[str, Mapping[str, str]],
+) -> bool:
+    if rule.get("protocol") not in (None, protocol):
+        return False
+    peer = rule.get(peer_key) or {}
+    ns_labels = _calico_namespace_labels(other.namespace, namespace_labels)
+    if not evaluate(peer.get("namespaceSelector") or "all()", ns_labels):
+        return False
+    if not evaluate(peer.get("selector") or "all()", other.labels):
+        return False
+    ports = (rule.get("destination") or {}).get("ports")
+    return not ports or any(_calico_port_matches(p, port) for p in ports)
+
+
+def _calico_port_matches(entry: int | str, port: int) -> bool:
+    if isinstance(entry, int):
+        return entry == port
+    low, _, high = entry.partition(":")
+    return low.isdigit() and int(low) <= port <= int(high or low)
+
+
+def _calico_direction_allows(
+    policies: Iterable[Mapping[str, Any]],
+    pod: Pod,
+    other: Pod,
+    direction: str,
+    protocol: str,
+    port: int,
+    namespace_labels: Mapping[str, Mapping[str, str]],
+) -> bool:
+    kind = "Ingress" if direction == "ingress" else "Egress"
+    peer_key = "source" if direction == "ingress" else "destination"
+    applying = sorted(
+        (
+            p
+            for p in policies
+            if kind in p["spec"]["types"] and _calico_selects(p["spec"], pod, namespace_labels)
+        ),
+        key=lambda p: (p["spec"].get("order", float("inf")), p["metadata"]["name"]),
+    )
+    for policy in applying:
+        for rule in policy["spec"].get(direction) or []:
+            if _calico_rule_matches(rule, peer_key, other, protocol, port, namespace_labels):
+                return bool(rule["action"] == "Allow")
+    return not applying
+
+
+def calico_allowed(
+    policies: list[Mapping[str, Any]],
+    source: Pod,
+    destination: Pod,
+    protocol: str,
+    port: int,
+    namespace_labels: Mapping[str, Mapping[str, str]],
+) -> bool:
+    """Whether GlobalNetworkPolicies let ``source`` open ``protocol``/``port`` to
+    ``destination``."""
+    return _calico_direction_allows(
+        policies, source, destination, "egress", protocol, port, namespace_labels
+    ) and _calico_direction_allows(
         policies, destination, source, "ingress", protocol, port, namespace_labels
     )

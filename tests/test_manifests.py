@@ -1,9 +1,10 @@
 """``manifests/``: the kustomize tree people install the operator with.
 
-The static checks read the YAML (no cluster needed); the end-to-end one runs the real
-``kubectl apply -k manifests/`` against the local control plane. The Prometheus Operator's
-CRDs (for ``monitoring/``) are taken from its Go module at a pinned version, so the
-ServiceMonitor and PrometheusRule are checked by their real schemas.
+The static checks read the YAML (no cluster needed); the end-to-end ones run the real
+``kubectl apply -k`` against the local control plane: the default on a plain cluster (no
+Prometheus Operator), the monitoring overlay on one with the Prometheus Operator's CRDs, taken
+from its Go module at a pinned version, so the ServiceMonitor and PrometheusRule are checked by
+their real schemas.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import subprocess
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,14 +60,17 @@ def kustomization(*parts: str) -> dict[str, Any]:
 
 
 def test_top_level_kustomization_composes_the_install() -> None:
+    """The default installs on a plain cluster: nothing that needs another project's CRDs."""
     resources = kustomization()["resources"]
-    for required in ("crd", "rbac", "deploy", "admission"):
-        assert required in resources
-    assert "samples" not in resources, "example profiles are applied on purpose, not installed"
-    if (MANIFESTS / "monitoring" / "kustomization.yaml").is_file():
-        assert "monitoring" in resources
+    assert resources == ["crd", "rbac", "deploy", "admission"]
     for entry in resources:
         assert (MANIFESTS / entry / "kustomization.yaml").is_file(), entry
+
+
+def test_monitoring_is_an_opt_in_overlay() -> None:
+    """The overlay is the default's parts plus monitoring/ (it cannot name ``../..``)."""
+    default = [f"../../{entry}" for entry in kustomization()["resources"]]
+    assert kustomization("overlays", "monitoring")["resources"] == [*default, "../../monitoring"]
 
 
 def test_every_kustomization_lists_exactly_its_files() -> None:
@@ -274,27 +279,69 @@ def _install_monitoring_crds(plane: ControlPlane, kinds: set[str]) -> None:
         )  # fmt: skip
 
 
-@pytest.mark.e2e
-def test_kubectl_apply_k_manifests(control_plane: ControlPlane) -> None:
-    built = control_plane.kubectl("kustomize", str(MANIFESTS)).stdout
-    objects = [d for d in yaml.safe_load_all(built) if d]
-    monitoring = {
-        d["kind"] for d in objects if d["apiVersion"].startswith("monitoring.coreos.com/")
-    }
-    if monitoring:
-        _install_monitoring_crds(control_plane, monitoring)
+MONITORING_KINDS = {"ServiceMonitor", "PrometheusRule"}
+OVERLAY = MANIFESTS / "overlays" / "monitoring"
 
-    applied = control_plane.kubectl("apply", "-k", str(MANIFESTS))
+
+def _built(plane: ControlPlane, path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(plane.kubectl("kustomize", str(path)).stdout) if d]
+
+
+def _has_monitoring_api(plane: ControlPlane) -> bool:
+    groups = json.loads(plane.kubectl("get", "--raw", "/apis").stdout)["groups"]
+    return any(group["name"] == "monitoring.coreos.com" for group in groups)
+
+
+def _apply_and_check(plane: ControlPlane, path: Path, objects: list[dict[str, Any]]) -> None:
+    """``kubectl apply -k``; then every object is live, a second apply and a diff are no-ops."""
+    applied = plane.kubectl("apply", "-k", str(path))
     assert "PodSecurity" not in applied.stderr, applied.stderr  # warn=restricted is quiet
-    live = control_plane.kubectl("get", "-k", str(MANIFESTS), "-o", "json").stdout
+    live = plane.kubectl("get", "-k", str(path), "-o", "json").stdout
     items = json.loads(live)["items"]
     assert sorted((i["kind"], i["metadata"]["name"]) for i in items) == sorted(
         (d["kind"], d["metadata"]["name"]) for d in objects
     )
-
-    # Applying again changes nothing, and the live objects match the manifests exactly.
-    again = control_plane.kubectl("apply", "-k", str(MANIFESTS))
+    again = plane.kubectl("apply", "-k", str(path))
     changed = [line for line in again.stdout.splitlines() if not line.endswith(" unchanged")]
     assert changed == [], again.stdout
-    diff = control_plane.kubectl("diff", "-k", str(MANIFESTS), check=False)
+    diff = plane.kubectl("diff", "-k", str(path), check=False)
     assert diff.returncode == 0, diff.stdout + diff.stderr
+
+
+@pytest.mark.e2e
+def test_default_installs_on_a_cluster_without_the_prometheus_operator(
+    control_plane: ControlPlane,
+) -> None:
+    assert not _has_monitoring_api(control_plane), "precondition: no monitoring.coreos.com CRDs"
+    objects = _built(control_plane, MANIFESTS)
+    kinds = {d["kind"] for d in objects}
+    assert {"CustomResourceDefinition", "ClusterRole", "Deployment", "Service"} <= kinds
+    assert "ValidatingAdmissionPolicy" in kinds
+    assert not any(d["apiVersion"].startswith("monitoring.coreos.com/") for d in objects)
+    _apply_and_check(control_plane, MANIFESTS, objects)
+
+
+@pytest.fixture
+def monitoring_crds(control_plane: ControlPlane) -> Iterator[None]:
+    """The Prometheus Operator's CRDs for one test; removed after it, so that the session's
+    other tests still see a plain cluster (the apiserver itself finalizes CRD deletion)."""
+    _install_monitoring_crds(control_plane, MONITORING_KINDS)
+    yield
+    names = [f"crd/{kind.lower()}s.monitoring.coreos.com" for kind in sorted(MONITORING_KINDS)]
+    control_plane.kubectl("delete", "--wait=true", "--timeout=120s", *names)
+
+
+@pytest.mark.e2e
+@pytest.mark.usefixtures("monitoring_crds")
+def test_monitoring_overlay_installs_with_the_prometheus_operator_crds(
+    control_plane: ControlPlane,
+) -> None:
+    objects = _built(control_plane, OVERLAY)
+    default = {(d["kind"], d["metadata"]["name"]) for d in _built(control_plane, MANIFESTS)}
+    added = {(d["kind"], d["metadata"]["name"]) for d in objects} - default
+    assert added == {
+        ("ServiceMonitor", ACCOUNT),
+        ("PrometheusRule", ACCOUNT),
+        ("ConfigMap", f"{ACCOUNT}-dashboard"),
+    }
+    _apply_and_check(control_plane, OVERLAY, objects)

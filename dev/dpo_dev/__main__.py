@@ -1,4 +1,4 @@
-"""``python -m dpo_dev cluster up|down [--dir DIR]``: the local control plane for development."""
+"""``python -m dpo_dev cluster|dataplane ... [--dir DIR]``: local control plane and dataplane."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from dpo_dev import cluster
+from dpo_dev import cluster, dataplane
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,8 +15,11 @@ def main(argv: list[str] | None = None) -> int:
     plane = sub.add_parser("cluster", help="a local control plane on loopback")
     plane.add_argument("action", choices=["up", "down"])
     plane.add_argument("--dir", default=".dpo-cluster", help="state directory")
+    dataplane.add_parser(sub)
     args = parser.parse_args(argv)
     workdir = Path(args.dir).resolve()
+    if args.command == "dataplane":
+        return dataplane.main(args, workdir)
     if args.action == "up":
         started = cluster.up(workdir)
         print(f"export KUBECONFIG={started.kubeconfig}")

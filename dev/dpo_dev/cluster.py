@@ -53,6 +53,9 @@ import yaml
 KUBERNETES_VERSION = "v1.36.3"
 ETCD_VERSION = "v3.6.16"
 ETCD_MODULE = "go.etcd.io/etcd/server/v3"
+#: Helm for the chart tests (charts/), built from its Go module like the control plane.
+HELM_VERSION = "v4.3.2"
+HELM_MODULE = "helm.sh/helm/v4"
 CALICO_MODULE = "github.com/projectcalico/calico"
 #: Calico's own tags are not valid Go module versions (no /v3 suffix), so the proxy only serves
 #: pseudo-versions. This one is on the release-v3.28 line: it has no ``tiers`` CRD, which is
@@ -358,6 +361,35 @@ def _build_etcd(out: Path, log: Log) -> None:
         _run_go(["get", f"{ETCD_MODULE}@{ETCD_VERSION}"], work)
         # The module root of go.etcd.io/etcd/server/v3 is the etcd main package.
         _build_binary("etcd", ETCD_MODULE, ETCD_VERSION, "-s -w", out, work, ["--version"], log)
+
+
+def helm_path() -> Path:
+    """Where :func:`ensure_helm` puts helm; the version in the name is the cache key."""
+    return cache_dir() / "bin" / f"helm-{HELM_VERSION}"
+
+
+def ensure_helm(log: Log = _stderr_log) -> Path:
+    """Return the cached helm, building it from its Go module first (a few minutes, once).
+
+    Same rules as :func:`ensure_binaries`: the build lock, an atomic rename, a version check.
+    Helm reports its version from an ldflag (upstream's Makefile sets the same one).
+    """
+    out = helm_path()
+    if _is_executable(out):
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with (
+        _exclusive_lock(out.parent / ".build.lock", log),
+        tempfile.TemporaryDirectory(prefix="dpo-helm-build-") as tmp,
+    ):
+        if not _is_executable(out):  # another process may have built it meanwhile
+            work = Path(tmp)
+            _run_go(["mod", "init", "dpo-helm-build"], work)
+            _run_go(["get", f"{HELM_MODULE}/cmd/helm@{HELM_VERSION}"], work)
+            ldflags = f"-s -w -X {HELM_MODULE}/internal/version.version={HELM_VERSION}"
+            package = f"{HELM_MODULE}/cmd/helm"
+            _build_binary("helm", package, HELM_VERSION, ldflags, out, work, ["version"], log)
+    return out
 
 
 def _build_binary(

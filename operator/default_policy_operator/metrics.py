@@ -78,7 +78,7 @@ REPAIR_LATENCY = Histogram(
 )
 RECONCILE_DURATION = Histogram(
     "dpo_reconcile_duration_seconds",
-    "Time to plan and apply one batch of dirty scopes.",
+    "Time to plan one batch of scopes (trigger: events, bulk) or to re-list all (resync).",
     ["trigger"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
     registry=REGISTRY,

@@ -9,7 +9,7 @@ changed size during iteration" in ``World.counts()``, seen in the apiserver-rest
 an ``Event.set()`` from another thread does not wake the loop (up to the loop's 5 s poll later).
 
 Found by the fault-injection tests (issue #7); the login handler is exempt: it only reads the
-credentials (and may run an exec plugin, which belongs in a thread).
+credentials (and is a coroutine now anyway: an exec plugin runs as an asyncio subprocess).
 """
 
 from __future__ import annotations
@@ -20,13 +20,18 @@ from typing import Any
 from default_policy_operator.controller.handlers import HandlerConfig, build_registry
 from default_policy_operator.controller.reconciler import Reconciler, Settings
 from default_policy_operator.core.world import World
-from default_policy_operator.kube.client import Credentials, KubeApi
+from default_policy_operator.kube.client import KubeApi
+from default_policy_operator.kube.credentials import Auth, Credentials
 
 THREAD_SAFE = {"login"}  # reads credentials only
 
 
+async def _never_loaded() -> Auth:
+    raise AssertionError("registering handlers must not load credentials")
+
+
 def all_handlers() -> list[Any]:
-    credentials = Credentials(server="https://127.0.0.1:1", ssl_context=False)
+    credentials = Credentials(_never_loaded)
     reconciler = Reconciler(World(frozenset()), KubeApi(credentials), Settings())
     registry = build_registry(HandlerConfig(credentials=credentials), reconciler)
     handlers: list[Any] = []

@@ -44,5 +44,5 @@ def test_a_profile_removed_during_a_status_write_is_skipped() -> None:
         world.update_profile(profile(name))
     api = VanishingApi(world, "b")
     reconciler = Reconciler(world, api, Settings())  # type: ignore[arg-type]
-    asyncio.run(reconciler.publish_status())
+    asyncio.run(reconciler.status.publish())
     assert api.patched == ["a", "c"]

@@ -9,6 +9,7 @@ import pytest
 from default_policy_operator.core.conditions import (
     MAX_EXAMPLES,
     MAX_MESSAGE,
+    SELECTS_ALL,
     Check,
     Observations,
     checks,
@@ -36,7 +37,7 @@ def observe(**overrides: Any) -> Observations:
 
 def by_type(obs: Observations) -> dict[str, Check]:
     found = checks(obs)
-    assert [c.type for c in found] == ["Ready", "Degraded"]
+    assert [c.type for c in found] == ["Ready", "Degraded", SELECTS_ALL]
     return {c.type: c for c in found}
 
 
@@ -52,6 +53,26 @@ def test_all_good() -> None:
     c = by_type(observe())
     assert summary(observe()) == (True, "Reconciled", False, "AsExpected")
     assert c["Degraded"].message == "no problems"
+
+
+def test_an_empty_selector_is_said_in_an_informational_condition() -> None:
+    """Governing every namespace is legitimate but must be visible: True with its reason while
+    the selector is empty, whatever else holds, and no effect on Ready or Degraded."""
+    for overrides in ({}, {"spec_error": "bad"}, {"audit": True}, {"pending": 2}):
+        wide = by_type(observe(selects_all=True, **overrides))
+        narrow = by_type(observe(selects_all=False, **overrides))
+        assert (wide[SELECTS_ALL].status, wide[SELECTS_ALL].reason) == (
+            True,
+            "EmptyNamespaceSelector",
+        )
+        assert "every namespace" in wide[SELECTS_ALL].message
+        assert (narrow[SELECTS_ALL].status, narrow[SELECTS_ALL].reason) == (
+            False,
+            "NamespaceSelector",
+        )
+        assert summary(observe(selects_all=True, **overrides)) == summary(
+            observe(selects_all=False, **overrides)
+        )
 
 
 def test_pending_changes() -> None:

@@ -274,3 +274,13 @@ def test_at_most_one_governor_and_it_is_the_best_candidate(
     assert len(governed) == (0 if governor is None else 1)
     shadowed = [p for p in profiles if standing(p, ns, governor, PROTECTED) is Standing.SHADOWED]
     assert len(governed) + len(shadowed) == len(candidates)
+
+
+def test_protected_namespaces_include_every_profiles_dns_namespace() -> None:
+    profiles = [
+        prof("a", policies={"allowDNS": {"namespace": "coredns"}}),
+        prof("b", policies={"allowDNS": {"enabled": False, "namespace": "dns-b"}}),
+        prof("c"),
+    ]
+    assert protected_namespaces("dpo-system", profiles) == PROTECTED | {"coredns", "dns-b"}
+    assert protected_namespaces(None, []) == DEFAULT_PROTECTED_NAMESPACES

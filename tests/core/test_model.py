@@ -113,13 +113,12 @@ def test_full_spec_is_read() -> None:
     assert p.allow_dns.ports == (Port("TCP", 5353), Port("UDP", "dns"))
     assert p.allow_kube_system == Directions(ingress=False, egress=True)
     assert p.allow_same_namespace == Directions(ingress=True, egress=True)
-    assert p.policy_names() == (
-        "deny-all",
-        "allow-dns",
-        "allow-kube-system",
-        "allow-same-namespace",
-        "allow-monitoring",
-    )
+    # Egress is not denied, so the egress-only allows (DNS, kube-system) would only isolate it:
+    # they are left out, and allow-same-namespace keeps its ingress half alone.
+    assert p.policy_names() == ("deny-all", "allow-same-namespace", "allow-monitoring")
+    assert p.allows("allow-same-namespace") == Directions(ingress=True, egress=False)
+    assert p.allows("allow-kube-system") == Directions(ingress=False, egress=False)
+    assert not p.allows("allow-dns").enabled
 
 
 def test_port_range() -> None:
@@ -154,7 +153,29 @@ def test_enabled_false_switches_a_policy_off(key: str, policy: str) -> None:
     spec["policies"][key] = {"enabled": False}
     off = profile(spec)
     assert policy not in off.policy_names()
-    assert len(off.policy_names()) == len(on.policy_names()) - 1
+    if key == "denyAll":  # nothing denied: no allow has anything to open, all stays open
+        assert off.policy_names() == ()
+    else:
+        assert len(off.policy_names()) == len(on.policy_names()) - 1
+
+
+@pytest.mark.parametrize("direction", ["ingress", "egress"])
+def test_an_allow_applies_only_where_deny_all_denies(direction: str) -> None:
+    """An allow in a direction deny-all leaves open would isolate that direction."""
+    other = "egress" if direction == "ingress" else "ingress"
+    both = {"ingress": True, "egress": True}
+    p = profile(
+        {
+            "policies": {
+                "denyAll": {direction: True, other: False},
+                "allowKubeSystem": both,
+                "allowSameNamespace": both,
+            }
+        }
+    )
+    for policy in ("allow-kube-system", "allow-same-namespace"):
+        assert p.allows(policy) == Directions(**{direction: True, other: False})
+    assert p.allows("allow-dns").enabled is (direction == "egress")
 
 
 def test_enabled_false_wins_over_directions() -> None:

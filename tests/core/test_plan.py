@@ -15,7 +15,7 @@ from default_policy_operator.core.labels import (
 )
 from default_policy_operator.core.normalize import ObjectState, spec_hash, state_of
 from default_policy_operator.core.objects import NETWORK_POLICY, ObjectKey
-from default_policy_operator.core.plan import Action, Desired, Verb, apply_to_state, in_sync, plan
+from default_policy_operator.core.plan import Action, Desired, Verb, in_sync, plan, writes_first
 from default_policy_operator.core.render import RenderedObject
 
 
@@ -192,19 +192,38 @@ def test_in_sync() -> None:
     assert not in_sync(desired("a"), stored("a", profile="q"))
 
 
-def test_apply_to_state() -> None:
-    actual = index(stored("drift", spec={}), stored("old"), stored("kept"))
-    actions = [
-        Action(Verb.CREATE, key("new"), body("new")),
-        Action(Verb.UPDATE, key("drift"), body("drift"), "7"),
-        Action(Verb.DELETE, key("old"), resource_version="7"),
-        Action(Verb.DELETE, key("never-existed")),
+def apply_to_state(
+    actions: list[Action], actual: dict[ObjectKey, ObjectState]
+) -> dict[ObjectKey, ObjectState]:
+    """What ``actual`` becomes once ``actions`` succeed (as the reconciler's index does)."""
+    result = dict(actual)
+    for action in actions:
+        if action.verb is Verb.DELETE:
+            result.pop(action.key, None)
+        else:
+            assert action.body is not None
+            result[action.key] = state_of(action.body)
+    return result
+
+
+def test_writes_first_withholds_deletes_while_a_scope_still_writes() -> None:
+    """The handover rule: a scope's new cover lands before its old objects go."""
+    mixed = plan(
+        index(desired("new"), desired("drift")),
+        index(stored("drift", spec={"podSelector": {"matchLabels": {"x": "y"}}}), stored("old")),
+        may_delete=always,
+    )
+    actions, withheld = writes_first(mixed)
+    assert withheld
+    assert [(a.verb, a.key.name) for a in actions] == [
+        (Verb.CREATE, "dpo-new"),
+        (Verb.UPDATE, "dpo-drift"),
     ]
-    result = apply_to_state(actions, actual)
-    assert set(result) == {key("new"), key("drift"), key("kept")}
-    assert result[key("kept")] is actual[key("kept")]
-    assert result[key("drift")].spec_hash == desired("drift").spec_hash
-    assert set(actual) == {key("drift"), key("old"), key("kept")}  # input untouched
+    deletes_only = plan(
+        index(desired("new")), index(stored("new"), stored("old")), may_delete=always
+    )
+    assert writes_first(deletes_only) == (deletes_only, False)
+    assert writes_first([]) == ([], False)
 
 
 # -- properties -------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from default_policy_operator.core.calico_selector import ALL, parse
 from default_policy_operator.core.labels import (
     MANAGED_BY,
     MANAGED_BY_VALUE,
@@ -149,7 +150,7 @@ def test_builtin_network_policies(renderer: Renderer) -> None:
 def test_builtin_parameters_reach_the_templates(renderer: Renderer) -> None:
     profile = make(
         policies={
-            "denyAll": {"egress": False},
+            "denyAll": {"ingress": False},
             "allowDNS": {
                 "namespace": "dns",
                 "podSelector": {"matchExpressions": [{"key": "app", "operator": "Exists"}]},
@@ -159,7 +160,7 @@ def test_builtin_parameters_reach_the_templates(renderer: Renderer) -> None:
         }
     )
     objects = by_policy(renderer.render_namespace(profile, {"name": "x"}))
-    assert objects["deny-all"].body["spec"]["policyTypes"] == ["Ingress"]
+    assert objects["deny-all"].body["spec"]["policyTypes"] == ["Egress"]
     (rule,) = objects["allow-dns"].body["spec"]["egress"]
     assert rule["to"] == [
         {
@@ -203,10 +204,10 @@ def test_rendering_does_not_share_mutable_state(renderer: Renderer) -> None:
 
 def test_builtin_calico_policies(renderer: Renderer) -> None:
     profile = make("cal", flavor=CALICO)
-    objects = by_policy(renderer.render_calico(profile, 'team == "a"'))
+    objects = by_policy(renderer.render_calico(profile, parse('team == "a"')))
     assert list(objects) == ["deny-all", "allow-dns", "allow-kube-system"]
     for policy, obj in objects.items():
-        name = f"default.dpo-cal-{policy}"
+        name = f"default.dpo-3-cal-{policy}"
         assert obj.key == ObjectKey(GLOBAL_NETWORK_POLICY, "", name)
         assert obj.body["apiVersion"] == "crd.projectcalico.org/v1"
         assert obj.body["kind"] == "GlobalNetworkPolicy"
@@ -245,6 +246,29 @@ def test_builtin_calico_policies(renderer: Renderer) -> None:
     assert "egress" not in kube
 
 
+def test_calico_allow_dns_keeps_port_ranges(renderer: Renderer) -> None:
+    """A NetworkPolicy ``endPort`` is Calico's ``"start:end"`` port string, not dropped."""
+    profile = make(
+        "cal",
+        flavor=CALICO,
+        policies={
+            "allowDNS": {
+                "ports": [
+                    {"protocol": "UDP", "port": 5353, "endPort": 5360},
+                    {"protocol": "TCP", "port": 53},
+                    {"protocol": "TCP", "port": "dns-tcp"},
+                ]
+            }
+        },
+    )
+    dns = by_policy(renderer.render_calico(profile, ALL))["allow-dns"].body["spec"]
+    assert [(r["protocol"], r["destination"]["ports"]) for r in dns["egress"]] == [
+        ("UDP", ["5353:5360"]),
+        ("TCP", [53]),
+        ("TCP", ["dns-tcp"]),
+    ]
+
+
 def test_calico_order_and_api_version(renderer: Renderer) -> None:
     profile = make(
         "cal",
@@ -252,7 +276,7 @@ def test_calico_order_and_api_version(renderer: Renderer) -> None:
         calico={"order": 150, "apiVersion": "projectcalico.org/v3"},
         policies={"allowKubeSystem": {"egress": True}},
     )
-    objects = by_policy(renderer.render_calico(profile, "all()"))
+    objects = by_policy(renderer.render_calico(profile, ALL))
     for obj in objects.values():
         assert obj.body["spec"]["order"] == 150
         assert obj.body["apiVersion"] == "projectcalico.org/v3"
@@ -270,10 +294,10 @@ def test_calico_custom_selector_is_anded_with_the_namespace_selector(renderer: R
     template = (
         GNP_HEAD + 'spec:\n  types: [Ingress]\n  namespaceSelector: {{ "tier == \\"web\\"" }}\n'
     )
-    (obj,) = renderer.render_calico(custom(template, flavor=CALICO), 'env == "prod"')
-    assert obj.body["spec"]["namespaceSelector"] == '(env == "prod") && (tier == "web")'
+    (obj,) = renderer.render_calico(custom(template, flavor=CALICO), parse('env == "prod"'))
+    assert obj.body["spec"]["namespaceSelector"] == 'env == "prod" && tier == "web"'
     assert obj.body["spec"]["order"] == 2000
-    assert obj.key.name == "default.dpo-base-custom"
+    assert obj.key.name == "default.dpo-4-base-custom"
 
 
 # -- custom templates: what works -------------------------------------------------------------
@@ -419,15 +443,44 @@ def test_custom_template_errors(renderer: Renderer, template: str, message: str)
 )
 def test_custom_calico_template_errors(renderer: Renderer, body: str, message: str) -> None:
     with pytest.raises(RenderError) as info:
-        renderer.render_calico(custom(GNP_HEAD + body, flavor=CALICO), "all()")
+        renderer.render_calico(custom(GNP_HEAD + body, flavor=CALICO), ALL)
     assert message in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ("{types: [Ingress], namespaceSelector: 'all()) || (all()'}", "spec.namespaceSelector"),
+        ("{types: [Ingress], selector: 'app = web'}", "spec.selector"),
+        ("{types: [Ingress], selector: 'global()'}", "spec.selector"),
+        ("{types: [Ingress], serviceAccountSelector: 'has(x'}", "spec.serviceAccountSelector"),
+        (
+            "{types: [Ingress], ingress: [{action: Allow, source: {selector: 'a b'}}]}",
+            "spec.ingress[0].source.selector",
+        ),
+        (
+            "{types: [Egress], egress: [{action: Allow}, {action: Allow, destination: "
+            "{namespaceSelector: 'global() || all()'}}]}",
+            "spec.egress[1].destination.namespaceSelector",
+        ),
+    ],
+)
+def test_calico_selectors_that_calico_would_refuse_fail_the_trial(
+    renderer: Renderer, spec: str, field: str
+) -> None:
+    """Refused before anything is written, naming the template (policy) and the field."""
+    profile = custom(GNP_HEAD + f"spec: {spec}\n", flavor=CALICO)
+    with pytest.raises(RenderError) as info:
+        renderer.trial(profile)
+    assert info.value.policy == "custom"
+    assert info.value.message.startswith(field), info.value.message
 
 
 def test_calico_profile_may_not_render_a_network_policy(renderer: Renderer) -> None:
     with pytest.raises(
         RenderError, match=r"may only create crd\.projectcalico\.org/v1/GlobalNetwork"
     ):
-        renderer.render_calico(custom(NP_HEAD + "spec: {}\n", flavor=CALICO), "all()")
+        renderer.render_calico(custom(NP_HEAD + "spec: {}\n", flavor=CALICO), ALL)
     v3 = custom(
         GNP_HEAD + "spec: {types: [Ingress]}\n",
         flavor=CALICO,
@@ -436,7 +489,7 @@ def test_calico_profile_may_not_render_a_network_policy(renderer: Renderer) -> N
     with pytest.raises(
         RenderError, match=r"may only create projectcalico\.org/v3/GlobalNetworkPolicy"
     ):
-        renderer.render_calico(v3, "all()")
+        renderer.render_calico(v3, ALL)
 
 
 def test_first_failing_policy_is_named(renderer: Renderer) -> None:
@@ -1044,7 +1097,7 @@ def test_trial_rejects_calico_templates_that_read_namespace(renderer: Renderer) 
     )
     profile = custom(template, flavor=CALICO)
     with pytest.raises(RenderError, match="undefined variable"):
-        renderer.render_calico(profile, "all()")
+        renderer.render_calico(profile, ALL)
     with pytest.raises(RenderError, match="undefined variable"):
         renderer.trial(profile)
 

@@ -13,7 +13,6 @@ from default_policy_operator.core.selector import (
     LabelSelector,
     Requirement,
     SelectorError,
-    calico_name_not_in,
     parse_selector,
     to_calico,
 )
@@ -203,15 +202,6 @@ def test_to_calico_spelling() -> None:
     assert to_calico(s) == (
         'env == "prod" && tier in {"api", "web"} && zone not in {"b"} && has(team) && !has(legacy)'
     )
-
-
-def test_calico_name_not_in() -> None:
-    assert calico_name_not_in("projectcalico.org/name", []) == ""
-    term = calico_name_not_in("projectcalico.org/name", ["b", "a"])
-    assert term == 'projectcalico.org/name not in {"a", "b"}'
-    assert evaluate(term, {})
-    assert evaluate(term, {"projectcalico.org/name": "c"})
-    assert not evaluate(term, {"projectcalico.org/name": "a"})
 
 
 def test_calico_evaluator_semantics() -> None:

@@ -9,10 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from default_policy_operator.core.calico_selector import to_text
 from default_policy_operator.core.governance import Namespace, Standing, protected_namespaces
 from default_policy_operator.core.labels import (
     CALICO_NAME_LABEL,
     EXEMPT_LABEL,
+    LAST_VALID_SPEC_ANNOTATION,
     NAMESPACE_NAME_LABEL,
     POLICY_LABEL,
     PROFILE_LABEL,
@@ -188,24 +190,74 @@ def test_priority_handover_updates_in_place(world: World) -> None:
 
 
 def test_handover_to_a_profile_with_fewer_policies(world: World) -> None:
+    """The new governor's objects land first; the old one's extra policy goes afterwards."""
     converge(world)
     world.update_profile(
         profile_body("minimal", priority=5, policies={"allowDNS": {"enabled": False}})
     )
-    assert sorted(verbs(world.plan_namespace("team-a"))) == [
-        (Verb.DELETE, "dpo-allow-dns"),
+    first = world.plan_namespace("team-a")
+    assert first.withheld
+    assert sorted(verbs(first)) == [
         (Verb.UPDATE, "dpo-allow-kube-system"),
         (Verb.UPDATE, "dpo-deny-all"),
     ]
+    apply(world, first.actions)
+    second = world.plan_namespace("team-a")
+    assert verbs(second) == [(Verb.DELETE, "dpo-allow-dns")]
+    assert not second.withheld
 
 
-def test_handover_to_a_calico_profile_removes_the_network_policies(world: World) -> None:
+def test_handover_to_a_calico_profile_keeps_network_policies_until_calico_covers(
+    world: World,
+) -> None:
+    """NetworkPolicy -> Calico: the namespace's objects go only once the GNPs select it."""
     converge(world)
     world.update_profile(profile_body("cal", priority=5, flavor=CALICO))
-    assert {v for v, _ in verbs(world.plan_namespace("team-a"))} == {Verb.DELETE}
-    assert sorted(verbs(world.plan_calico())) == sorted(
-        (Verb.CREATE, f"default.dpo-cal-{p}") for p in BUILTINS
+    early = world.plan_namespace("team-a")
+    assert early.actions == []
+    assert early.withheld
+    calico = world.plan_calico()
+    assert sorted(verbs(calico)) == sorted(
+        (Verb.CREATE, f"default.dpo-3-cal-{p}") for p in BUILTINS
     )
+    assert world.plan_namespace("team-a").actions == []  # planned, not yet written
+    apply(world, calico.actions)
+    assert {v for v, _ in verbs(world.plan_namespace("team-a"))} == {Verb.DELETE}
+
+
+def test_handover_from_calico_keeps_the_namespace_selected_until_its_policies_land(
+    world: World,
+) -> None:
+    """Calico -> NetworkPolicy: the GNP selector lets a namespace go only once it is covered."""
+    world.update_profile(profile_body("cal", priority=5, flavor=CALICO))
+    converge(world)
+    assert "team-a" in world.calico_covered["cal"]
+    world.update_profile(profile_body("np", priority=10))
+    selector = to_text(world.calico_selector(world.profiles["cal"].profile))  # type: ignore[arg-type]
+    assert evaluate(
+        selector, {NAMESPACE_NAME_LABEL: "team-a", CALICO_NAME_LABEL: "team-a", "env": "prod"}
+    )
+    apply(world, world.plan_calico().actions)
+    apply(world, world.plan_namespace("team-a").actions)
+    assert world.network_policies_cover(world.profiles["np"].profile, "team-a")  # type: ignore[arg-type]
+    selector = to_text(world.calico_selector(world.profiles["cal"].profile))  # type: ignore[arg-type]
+    assert not evaluate(
+        selector, {NAMESPACE_NAME_LABEL: "team-a", CALICO_NAME_LABEL: "team-a", "env": "prod"}
+    )
+
+
+def test_a_deleted_calico_profile_keeps_its_objects_until_the_successor_covers(
+    world: World,
+) -> None:
+    world.update_profile(profile_body("cal", priority=5, flavor=CALICO))
+    converge(world)
+    world.remove_profile("cal")
+    calico = world.plan_calico()
+    assert calico.actions == []  # team-a is not yet covered by "base"
+    apply(world, world.plan_namespace("team-a").actions)
+    for name in list(world.namespaces):
+        apply(world, world.plan_namespace(name).actions)
+    assert {v for v, _ in verbs(world.plan_calico())} == {Verb.DELETE}
 
 
 # -- audit ------------------------------------------------------------------------------------
@@ -291,6 +343,38 @@ def test_invalid_edit_keeps_the_last_valid_profile(
     assert verbs(world.plan_namespace("dev")) == [(Verb.CREATE, f"dpo-{p}") for p in BUILTINS]
 
 
+def test_the_last_valid_spec_survives_a_restart_as_a_recorded_annotation() -> None:
+    """Fail static across restarts: a new process meets the profile already invalid."""
+    good_spec = {"policies": {"allowDNS": {"enabled": False}}}
+    first = make_world(ns("team-a"))
+    entry = first.update_profile(profile_body("base", **good_spec))
+    assert entry.record_due
+    recorded = entry.valid_spec
+    bad = profile_body("base", generation=2, customPolicies=[{"name": "x", "template": "{% if %}"}])
+    bad["metadata"]["annotations"] = {LAST_VALID_SPEC_ANNOTATION: recorded}
+    bad["spec"]["priority"] = 0
+    restarted = make_world(ns("team-a"))
+    restarted.update_profile(profile_body("fallback", priority=-5))
+    entry = restarted.update_profile(bad)
+    assert entry.error is not None
+    assert entry.profile is not None
+    assert list(entry.profile.policy_names()) == ["deny-all", "allow-kube-system"]
+    assert not entry.record_due  # nothing to write: the record is the version in force
+    namespace = restarted.namespaces["team-a"]
+    governor = restarted.governor(namespace)
+    assert governor is not None
+    assert governor.name == "base"
+
+
+def test_a_recorded_spec_that_does_not_validate_is_ignored() -> None:
+    world = make_world(ns("team-a"))
+    bad = profile_body("base", customPolicies=[{"name": "x", "template": "{% if %}"}])
+    bad["metadata"]["annotations"] = {LAST_VALID_SPEC_ANNOTATION: '{"priority": "high"}'}
+    entry = world.update_profile(bad)
+    assert entry.profile is None
+    assert entry.error is not None
+
+
 def test_profile_that_never_validated_governs_nothing_and_deletes_nothing(world: World) -> None:
     converge(world)
     entry = world.update_profile(profile_body("broken", priority=99, mode="Sometimes"))
@@ -337,6 +421,7 @@ def test_new_namespace_without_the_data_still_gets_the_other_policies() -> None:
 
 def test_conflicting_key_is_never_written(world: World) -> None:
     world.conflicts[np_key("team-a", "deny-all")] = "held by a NetworkPolicy we did not create"
+    world.blocked = {np_key("team-a", "deny-all")}
     assert verbs(world.plan_namespace("team-a")) == [
         (Verb.CREATE, "dpo-allow-dns"),
         (Verb.CREATE, "dpo-allow-kube-system"),
@@ -386,7 +471,7 @@ def test_calico_selector_selects_exactly_the_governed_namespaces() -> None:
     world = calico_world()
     cal = world.profiles["cal"].profile
     assert cal is not None
-    selector = world.calico_selector(cal)
+    selector = to_text(world.calico_selector(cal))
     governed = set()
     for namespace in world.namespaces.values():
         governor = world.governor(namespace)
@@ -413,19 +498,21 @@ def test_calico_selector_for_namespaces_it_has_not_seen_yet(
     world = calico_world()
     cal = world.profiles["cal"].profile
     assert cal is not None
-    assert evaluate(world.calico_selector(cal), calico_labels(namespace)) is selected
+    assert evaluate(to_text(world.calico_selector(cal)), calico_labels(namespace)) is selected
 
 
 def test_plan_calico_creates_stamped_policies_and_then_nothing() -> None:
     world = calico_world()
     result = world.plan_calico()
-    assert sorted(verbs(result)) == sorted((Verb.CREATE, f"default.dpo-cal-{p}") for p in BUILTINS)
+    assert sorted(verbs(result)) == sorted(
+        (Verb.CREATE, f"default.dpo-3-cal-{p}") for p in BUILTINS
+    )
     cal = world.profiles["cal"].profile
     assert cal is not None
     for action in result.actions:
         assert action.key.kind == GLOBAL_NETWORK_POLICY
         assert action.body is not None
-        assert action.body["spec"]["namespaceSelector"] == world.calico_selector(cal)
+        assert action.body["spec"]["namespaceSelector"] == to_text(world.calico_selector(cal))
     apply(world, result.actions)
     assert world.plan_calico().actions == []
     # a new selected-but-shadowed namespace is named in every policy's selector: three updates
@@ -480,8 +567,9 @@ def test_counts() -> None:
 
 def test_calico_conflicts_are_counted_for_their_profile() -> None:
     world = calico_world()
-    key = ObjectKey(GLOBAL_NETWORK_POLICY, "", "default.dpo-cal-deny-all")
+    key = ObjectKey(GLOBAL_NETWORK_POLICY, "", "default.dpo-3-cal-deny-all")
     world.conflicts[key] = "exists and was not created by the operator"
+    world.blocked = {key}
     assert (Verb.CREATE, key.name) not in verbs(world.plan_calico())  # blocked, as it should be
     assert world.counts()["cal"].conflict_keys == [str(key)]
 
@@ -536,3 +624,60 @@ def test_converged_worlds_plan_nothing(world: World, relabel: str) -> None:
         world.set_namespace(ns(relabel, env="2"))
         converge(world)
         assert no_actions_left(world)
+
+
+# -- the DNS namespace is protected like kube-system (issue 10.5) ----------------------------
+
+
+def test_a_profiles_dns_namespace_is_never_governed() -> None:
+    """With ``allowDNS.namespace: coredns`` and the default (empty) selector, the DNS pods'
+    namespace must not get a deny-all: every pod in the cluster would lose name resolution."""
+    world = make_world(ns("coredns"), ns("team-a"))
+    world.update_profile(profile_body("base", policies={"allowDNS": {"namespace": "coredns"}}))
+    assert world.governor(world.namespaces["coredns"]) is None
+    assert world.namespace_state(world.namespaces["coredns"]) == "protected"
+    assert world.plan_namespace("coredns").actions == []
+    assert world.standings(world.namespaces["coredns"]) == {"base": Standing.PROTECTED}
+    assert world.plan_namespace("team-a").actions  # everything else is governed as before
+
+
+def test_another_profiles_dns_namespace_is_protected_too() -> None:
+    """A DNS namespace serves every namespace: no profile may lock it out, not only its own."""
+    world = make_world(ns("coredns", env="prod"), ns("team-a", env="prod"))
+    world.update_profile(
+        profile_body(
+            "dns-elsewhere",
+            namespaceSelector={"matchLabels": {"team": "none"}},
+            policies={"allowDNS": {"namespace": "coredns"}},
+        )
+    )
+    world.update_profile(profile_body("wide", priority=10))
+    assert world.governor(world.namespaces["coredns"]) is None
+    governor = world.governor(world.namespaces["team-a"])
+    assert governor is not None
+    assert governor.name == "wide"
+
+
+def test_a_namespace_that_becomes_the_dns_namespace_loses_its_policies() -> None:
+    world = make_world(ns("coredns"))
+    world.update_profile(profile_body("base"))
+    converge(world)
+    assert world.objects_in("coredns")
+    world.update_profile(
+        profile_body("base", generation=2, policies={"allowDNS": {"namespace": "coredns"}})
+    )
+    assert {a.verb for a in world.plan_namespace("coredns").actions} == {Verb.DELETE}
+    converge(world)
+    assert not world.objects_in("coredns")
+
+
+def test_calico_selector_leaves_out_the_dns_namespace() -> None:
+    world = make_world(ns("coredns"), ns("web"))
+    world.update_profile(
+        profile_body("cal", flavor=CALICO, policies={"allowDNS": {"namespace": "coredns"}})
+    )
+    cal = world.profiles["cal"].profile
+    assert cal is not None
+    selector = world.calico_selector(cal)
+    assert not evaluate(selector, calico_labels(world.namespaces["coredns"]))
+    assert evaluate(selector, calico_labels(world.namespaces["web"]))

@@ -286,21 +286,43 @@ def test_invalid_edits_keep_the_last_good_objects(cluster: Api, operator: Operat
     names.append("keep-new")
     good = versions(api, names)
 
-    # A restart while the profile is invalid: the last good version is unknown to the new
-    # process, and still nothing it wrote may change.
+    # A restart while the profile is invalid: the new process finds the last valid spec recorded
+    # on the profile, so neither a lower-priority profile nor the restart changes anything.
+    wait_for(
+        lambda: (
+            (api.get_profile("keep") or {})
+            .get("metadata", {})
+            .get("annotations", {})
+            .get("defaultpolicy.dev/last-valid-spec")
+        ),
+        timeout=30,
+        what="the last valid spec to be recorded on the profile",
+    )
+    api.profile(
+        "fallback",
+        {"namespaceSelector": {"matchLabels": {"tier": "keep"}}, "priority": -10,
+         "policies": {"allowDNS": {"enabled": False}}},
+    )  # fmt: skip
     operator.stop()
     operator.start()
-    time.sleep(RESYNC + 1)  # a full resync
+    wait_for(operator.ready, timeout=60, what="the restarted operator to be ready")
+    time.sleep(RESYNC + 1)  # a full resync: its writes, if any, would show below
     assert versions(api, names) == good, "a restart with an invalid profile changed objects"
     found = condition(api.get_profile("keep"), "Degraded")
     assert found["status"] == "True"
     assert found["reason"] == "InvalidSpec"
     api.namespace("keep-after-restart", {"tier": "keep"})
-    time.sleep(2)
-    print(
-        "  a namespace created after a restart with the profile still invalid holds "
-        f"{sorted(api.policies('keep-after-restart', MANAGED))} (no valid version is known)"
+    wait_for(
+        lambda: len(api.policies("keep-after-restart", MANAGED)) == 4,
+        timeout=30,
+        what="a namespace created after the restart to get the last good version's policies",
     )
+    labels = {p["metadata"]["labels"]["defaultpolicy.dev/profile"]
+              for p in api.policies("keep-after-restart", MANAGED).values()}  # fmt: skip
+    assert labels == {"keep"}, labels
+    names.append("keep-after-restart")
+    good = versions(api, names)
+    api.delete_profile("fallback")
 
     replace_spec(api, "keep", GOOD)
     wait_for(

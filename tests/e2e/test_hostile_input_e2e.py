@@ -35,7 +35,7 @@ import pytest
 from default_policy_operator.core.governance import Namespace, protected_namespaces
 from default_policy_operator.core.labels import MANAGED_SELECTOR, PROFILE_LABEL
 from default_policy_operator.core.model import Flavor, ProfileError, parse_profile
-from default_policy_operator.core.objects import network_policy_name
+from default_policy_operator.core.objects import calico_policy_name, network_policy_name
 from default_policy_operator.core.world import World
 from tests.calico_selector import evaluate
 from tests.nothing_lost import ALLOWED_KINDS, Verdict, _compare, listable_resources
@@ -746,10 +746,10 @@ def test_maximum_length_labels_and_names(
 
 def calico_selected(api: Api, profile: str) -> set[str] | None:
     """Namespaces the profile's deny-all GlobalNetworkPolicy selects (None until it exists)."""
-    gnp = api.gnps(profile).get(f"default.dpo-{profile}-deny-all")
+    gnp = api.gnps(profile).get(calico_policy_name(profile, "deny-all"))
     if gnp is None:
         wait_for(lambda: api.gnps(profile), timeout=30, what=f"{profile} GNPs")
-        gnp = api.gnps(profile)[f"default.dpo-{profile}-deny-all"]
+        gnp = api.gnps(profile)[calico_policy_name(profile, "deny-all")]
     spec = gnp["spec"]
     namespaces = api.request("GET", "/api/v1/namespaces")["items"]
     return {
@@ -824,7 +824,7 @@ def test_a_thousand_exclusions(api: Api, operator_process: OperatorProcess, tag:
         },
     )
     assert calico_selected(api, calico_label) == {f"{tag}-c-in"}
-    gnp = api.gnps(calico_label)[f"default.dpo-{calico_label}-deny-all"]
+    gnp = api.gnps(calico_label)[calico_policy_name(calico_label, "deny-all")]
     length = len(gnp["spec"]["namespaceSelector"])
     print(f"  Calico selector with 1000 excluded names: {length} characters")
     guard.check()

@@ -20,7 +20,8 @@ import pytest
 from default_policy_operator.controller.reconciler import Reconciler, Settings
 from default_policy_operator.core.governance import Namespace, protected_namespaces
 from default_policy_operator.core.world import World
-from default_policy_operator.kube.client import KubeApi, load_credentials
+from default_policy_operator.kube.client import KubeApi
+from default_policy_operator.kube.credentials import load_credentials
 from default_policy_operator.metrics import REGISTRY
 from dpo_dev.cluster import ControlPlane
 from tests.support import MANAGED, Api, OperatorProcess, condition, wait_for
@@ -143,12 +144,14 @@ async def _reconcile_with(
     world = World(protected_namespaces(None))
     world.update_profile(plane_api.get_profile(profile))
     world.set_namespace(namespace)
-    async with KubeApi(load_credentials(str(plane.kubeconfig))) as api:
+    async with KubeApi(await load_credentials(str(plane.kubeconfig))) as api:
         reconciler = Reconciler(world, api, Settings(workers=2))
         task = asyncio.create_task(reconciler.run())
         try:
             await reconciler.idle(limit=30)
-            status: dict[str, Any] = reconciler.status_for(profile, {}, world.counts()[profile])
+            status: dict[str, Any] = reconciler.status.status_for(
+                profile, {}, world.counts()[profile]
+            )
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)

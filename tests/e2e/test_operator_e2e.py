@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from default_policy_operator.core.objects import calico_policy_name
 from tests.calico_selector import evaluate
 from tests.netpol import Pod, allowed
 from tests.support import MANAGED, Api, ApiStatus, OperatorProcess, condition, wait_for
@@ -149,8 +150,9 @@ def test_editing_a_profile_updates_every_governed_namespace(api: Api, tag: str) 
         tag,
         {
             "policies": {
-                "denyAll": {"egress": False},
+                "denyAll": {"ingress": False},
                 "allowDNS": {"ports": [{"protocol": "UDP", "port": 5353}]},
+                "allowKubeSystem": {"ingress": True, "egress": True},
             },
             "customPolicies": [{"name": "allow-monitoring", "template": CUSTOM_MONITORING}],
         },
@@ -162,7 +164,11 @@ def test_editing_a_profile_updates_every_governed_namespace(api: Api, tag: str) 
             policies = api.policies(namespace)
             deny = policies["dpo-deny-all"]["spec"]["policyTypes"]
             dns = policies["dpo-allow-dns"]["spec"]["egress"][0]["ports"]
-            return deny == ["Ingress"] and dns == [{"protocol": "UDP", "port": 5353}]
+            kube_system = policies["dpo-allow-kube-system"]["spec"]["policyTypes"]
+            # Ingress is no longer denied, so allow-kube-system keeps its egress half only.
+            return (deny, kube_system) == (["Egress"], ["Egress"]) and dns == [
+                {"protocol": "UDP", "port": 5353}
+            ]
 
         wait_for(edited, what=f"{name} to carry the edited policies")
     api.patch(
@@ -192,16 +198,16 @@ def test_calico_flavor_selects_exactly_the_governed_namespaces(api: Api, tag: st
             "excludeNamespaces": [f"{tag}-excluded"],
         },
     )
-    expected = {f"default.dpo-{tag}-{p}" for p in ("deny-all", "allow-dns", "allow-kube-system")}
+    expected = {calico_policy_name(tag, p) for p in ("deny-all", "allow-dns", "allow-kube-system")}
     gnps = wait_for(lambda: api.gnps(tag) if set(api.gnps(tag)) == expected else None,
                     what="GlobalNetworkPolicies")  # fmt: skip
-    deny = gnps[f"default.dpo-{tag}-deny-all"]["spec"]
+    deny = gnps[calico_policy_name(tag, "deny-all")]["spec"]
     assert deny["order"] == 2000
     assert deny["types"] == ["Ingress", "Egress"]
-    assert gnps[f"default.dpo-{tag}-allow-dns"]["spec"]["types"] == ["Egress"]
+    assert gnps[calico_policy_name(tag, "allow-dns")]["spec"]["types"] == ["Egress"]
 
     def governed_by_selector() -> set[str]:
-        spec = api.gnps(tag)[f"default.dpo-{tag}-deny-all"]["spec"]
+        spec = api.gnps(tag)[calico_policy_name(tag, "deny-all")]["spec"]
         namespaces = api.request("GET", "/api/v1/namespaces")["items"]
         return {
             ns["metadata"]["name"]
@@ -421,3 +427,31 @@ def test_api_rejects_invalid_profiles_statically(api: Api, tag: str) -> None:
         with pytest.raises(ApiStatus) as caught:
             api.profile(f"{tag}-bad", spec)
         assert caught.value.code == 422, spec
+
+
+def test_ready_is_never_reported_before_the_policies_exist(api: Api, tag: str) -> None:
+    """Found by the packet tests: a new profile said Ready with ``managedObjects: 0`` while its
+    namespaces still waited to be planned. Every status seen on the way must be honest."""
+    names = [f"{tag}-r{i}" for i in range(30)]
+    for name in names:
+        api.namespace(name, {"dpo-test": tag})
+    api.profile(tag, {"namespaceSelector": selector(tag)})
+    seen: list[dict[str, Any]] = []
+
+    def converged() -> bool:
+        status = (api.get_profile(tag) or {}).get("status") or {}
+        seen.append(status)
+        return status.get("managedObjects") == 3 * len(names)
+
+    wait_for(converged, timeout=60, interval=0.02, what="every namespace covered")
+    early = [
+        s
+        for s in seen
+        if condition({"status": s}, "Ready").get("status") == "True"
+        and s.get("managedObjects", 0) < 3 * s.get("governedNamespaces", 0)
+    ]
+    assert early == [], early[0]
+    wait_for(
+        lambda: condition(api.get_profile(tag), "Ready").get("status") == "True",
+        what="Ready once covered",
+    )

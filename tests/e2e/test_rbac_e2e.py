@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
+from default_policy_operator.core.objects import calico_policy_name
 from dpo_dev.cluster import ControlPlane
 from tests.support import GNPS, MANAGED, Api, ApiStatus, OperatorProcess, condition, wait_for
 
@@ -207,9 +208,9 @@ def scenario(admin: Api, operator: OperatorProcess) -> str:
     )
 
     # An edit updates the objects in place.
-    admin.patch_profile(tag, {"policies": {"denyAll": {"egress": False}}})
+    admin.patch_profile(tag, {"policies": {"denyAll": {"ingress": False}}})
     wait_for(
-        lambda: admin.policies(ns_in)["dpo-deny-all"]["spec"]["policyTypes"] == ["Ingress"],
+        lambda: admin.policies(ns_in)["dpo-deny-all"]["spec"]["policyTypes"] == ["Egress"],
         timeout=30,
         what="the edited deny-all",
     )
@@ -226,7 +227,8 @@ def scenario(admin: Api, operator: OperatorProcess) -> str:
         },
     )
     admin.label_namespace(ns_conflict, {"env": "prod"})
-    _wait_names(admin, ns_conflict, {"dpo-deny-all", "dpo-allow-kube-system"})
+    # (allow-kube-system is ingress-only, and ingress is no longer denied: not wanted)
+    _wait_names(admin, ns_conflict, {"dpo-deny-all"})
     _wait_ready(admin, tag, conflicts=1)
 
     # Audit mode writes nothing and reports.
@@ -241,7 +243,7 @@ def scenario(admin: Api, operator: OperatorProcess) -> str:
     # delete with Delete.
     calico, ns_calico = f"{tag}-calico", f"{tag}-calico-ns"
     admin.namespace(ns_calico, {"dpo-test": calico})
-    foreign = f"default.dpo-{calico}-allow-dns"
+    foreign = calico_policy_name(calico, "allow-dns")
     admin.create(
         GNPS,
         {
@@ -293,7 +295,9 @@ def scenario(admin: Api, operator: OperatorProcess) -> str:
             assert set(kept) == BUILTINS, sorted(kept)
         else:
             kept = {
-                f"default.{p}": admin.get(f"{GNPS}/default.dpo-{name}-{p.removeprefix('dpo-')}")
+                f"default.{p}": admin.get(
+                    f"{GNPS}/{calico_policy_name(name, p.removeprefix('dpo-'))}"
+                )
                 for p in BUILTINS
             }
             assert all(kept.values()), kept

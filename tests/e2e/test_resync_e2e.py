@@ -139,12 +139,34 @@ def test_health_endpoints(converged: OperatorProcess) -> None:
     assert http_status(f"{base}/healthz") == 200
 
 
+def test_a_policy_stripped_of_our_label_is_still_ours_and_repaired(
+    cluster_api: Api, converged: OperatorProcess
+) -> None:
+    """Removing the managed-by label does not take an object out of management.
+
+    The object leaves the label-selected watch (which reports it as deleted), so the operator
+    re-creates it, meets it (409), recognises it by its ownerReference to the profile, and
+    restores the labels in place: same object, no Conflict.
+    """
+    path = cluster_api.policy_path("app-01", "dpo-deny-all")
+    uid = cluster_api.get(path)["metadata"]["uid"]
+    cluster_api.patch(path, {"metadata": {"labels": {"app.kubernetes.io/managed-by": None}}})
+    wait_for(lambda: "dpo-deny-all" in cluster_api.policies("app-01", MANAGED),
+             timeout=10, what="the labels to be restored")  # fmt: skip
+    assert cluster_api.get(path)["metadata"]["uid"] == uid  # repaired, not re-created
+    conflicts = [e for e in cluster_api.events_for("baseline") if e["reason"] == "Conflict"]
+    assert conflicts == []
+    assert condition(cluster_api.get_profile("baseline"), "Degraded")["reason"] == "AsExpected"
+
+
 def test_a_resync_catches_what_the_watch_could_not_see(
     cluster_api: Api, converged: OperatorProcess
 ) -> None:
-    """A policy stripped of our label leaves the watch's view; the resync still accounts for it."""
+    """A policy stripped of our label and owner is foreign; once it goes, the resync (which
+    lists what the watch no longer sees) puts ours back."""
     path = cluster_api.policy_path("app-00", "dpo-deny-all")
-    cluster_api.patch(path, {"metadata": {"labels": {"app.kubernetes.io/managed-by": None}}})
+    release = {"labels": {"app.kubernetes.io/managed-by": None}, "ownerReferences": None}
+    cluster_api.patch(path, {"metadata": release})
     wait_for(lambda: condition(cluster_api.get_profile("baseline"), "Degraded").get("reason")
              == "Conflict", what="the conflict")  # fmt: skip
     cluster_api.delete(path)

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
 from default_policy_operator.controller.reconciler import CALICO_SCOPE
 from default_policy_operator.core.governance import Namespace, protected_namespaces
-from default_policy_operator.core.labels import MANAGED_SELECTOR
+from default_policy_operator.core.model import Flavor
 from default_policy_operator.core.normalize import state_of
-from default_policy_operator.core.objects import is_managed, key_of
-from default_policy_operator.core.plan import Action
+from default_policy_operator.core.objects import ObjectKey, is_managed, key_of
+from default_policy_operator.core.plan import Action, Verb
 from default_policy_operator.core.world import World
 from default_policy_operator.kube.client import (
     NAMESPACES,
@@ -26,13 +27,53 @@ from default_policy_operator.kube.client import (
     ApiError,
     KubeApi,
     calico_resource,
-    load_credentials,
 )
+from default_policy_operator.kube.credentials import load_credentials
 
 
-async def load_world(api: KubeApi, calico_api_version: str, *, with_foreign: bool) -> World:
-    """List namespaces, profiles and managed objects (and, for audit, foreign holders)."""
-    world = World(protected_namespaces(None))
+@dataclass
+class Inspection:
+    """The operator's view of a live cluster, and the plan it would make there."""
+
+    world: World
+    #: scope -> (actions Enforce would take, findings of Audit profiles), conflicts left out
+    plans: dict[str, tuple[list[Action], list[Action]]]
+    #: keys the plan wants that an object the operator did not create holds (it would not
+    #: write them; each is what the operator reports as a Conflict)
+    conflicts: list[Action]
+
+
+async def inspect_cluster(
+    kubeconfig: str | None,
+    calico_api_version: str,
+    operator_namespace: str,
+    context: str | None = None,
+) -> Inspection:
+    """List namespaces, profiles and every policy (ours and others'), then plan."""
+    async with KubeApi(await load_credentials(kubeconfig, context=context)) as api:
+        world, foreign = await _load_world(api, calico_api_version, operator_namespace)
+    plans: dict[str, tuple[list[Action], list[Action]]] = {}
+    conflicts: list[Action] = []
+    for scope, (actions, findings) in plan_everything(world).items():
+        # A create meets a foreign object only where it holds a name the operator would write:
+        # that is a conflict; any other foreign policy (a team's own) is none of our business.
+        held = {a.key for a in [*actions, *findings] if a.verb is Verb.CREATE and a.key in foreign}
+        conflicts += [a for a in [*actions, *findings] if a.key in held]
+        plans[scope] = (
+            [a for a in actions if a.key not in held],
+            [a for a in findings if a.key not in held],
+        )
+    for action in conflicts:
+        print(f"warning: {action.key} is held by an object the operator did not create; "
+              "it would be left untouched", file=sys.stderr)  # fmt: skip
+    return Inspection(world, plans, conflicts)
+
+
+async def _load_world(
+    api: KubeApi, calico_api_version: str, operator_namespace: str
+) -> tuple[World, set[ObjectKey]]:
+    """The World the operator would build, and the keys of policies it did not create."""
+    world = World(protected_namespaces(operator_namespace))
     print("listing namespaces, profiles and policies...", file=sys.stderr)
     for body in await api.list_objects(NAMESPACES):
         meta = body["metadata"]
@@ -43,20 +84,21 @@ async def load_world(api: KubeApi, calico_api_version: str, *, with_foreign: boo
         )
     for body in await api.list_objects(PROFILES):
         world.update_profile(body)
-    policies = await api.list_objects(
-        NETWORK_POLICIES, label_selector="" if with_foreign else MANAGED_SELECTOR
-    )
+    # Every policy, not only labelled ones: a foreign holder of a managed name blocks a create,
+    # and an object of ours whose label was removed is still ours (by its ownerReference).
+    policies = await api.list_objects(NETWORK_POLICIES)
     try:
         policies += await api.list_objects(calico_resource(calico_api_version))
     except ApiError as exc:
         if exc.status != 404:
             raise
+    foreign = set()
     for body in policies:
         if is_managed(body):
             world.set_object(state_of(body))
-        elif with_foreign:
-            world.conflicts[key_of(body)] = "not created by the operator"
-    return world
+        else:
+            foreign.add(key_of(body))
+    return world, foreign
 
 
 def plan_everything(world: World) -> dict[str, tuple[list[Action], list[Action]]]:
@@ -82,47 +124,73 @@ def _action_row(action: Action, mode: str) -> dict[str, Any]:
     }
 
 
-async def diff(kubeconfig: str | None, output: str, calico_api_version: str) -> int:
+async def diff(
+    kubeconfig: str | None,
+    output: str,
+    calico_api_version: str,
+    operator_namespace: str,
+    context: str | None = None,
+) -> int:
     """Print what the operator would change; exit 1 when it would change anything."""
-    async with KubeApi(load_credentials(kubeconfig)) as api:
-        world = await load_world(api, calico_api_version, with_foreign=False)
+    seen = await inspect_cluster(kubeconfig, calico_api_version, operator_namespace, context)
     rows = []
-    for actions, findings in plan_everything(world).values():
+    for actions, findings in seen.plans.values():
         rows += [_action_row(a, "Enforce") for a in actions]
         rows += [_action_row(a, "Audit") for a in findings]
     _print(rows, output, ["verb", "kind", "namespace", "name", "profile", "mode"])
     return 1 if rows else 0
 
 
-async def audit(kubeconfig: str | None, output: str, calico_api_version: str) -> int:
-    """Every namespace with its governing profile and what is missing, drifted or blocked."""
-    async with KubeApi(load_credentials(kubeconfig)) as api:
-        world = await load_world(api, calico_api_version, with_foreign=True)
-    plans = plan_everything(world)
+async def audit(
+    kubeconfig: str | None,
+    output: str,
+    calico_api_version: str,
+    operator_namespace: str,
+    context: str | None = None,
+) -> int:
+    """Every namespace with its governing profile and what is missing, drifted or blocked.
+
+    Exits 1 when a namespace is uncovered or anything is missing, drifted or in conflict
+    (including the cluster-scoped Calico objects, counted for the namespaces they cover).
+    """
+    seen = await inspect_cluster(kubeconfig, calico_api_version, operator_namespace, context)
+    world = seen.world
     rows = []
-    failing = False
     for name in sorted(world.namespaces):
         namespace = world.namespaces[name]
         governor = world.governor(namespace)
-        actions, findings = plans.get(name, ([], []))
-        pending = [*actions, *findings]
-        missing = sum(1 for a in pending if a.verb == "create")
-        drifted = sum(1 for a in pending if a.verb == "update")
-        conflicts = sum(1 for k in world.conflicts if k.namespace == name and governor)
-        state = world.namespace_state(namespace)
-        failing |= state == "uncovered" or bool(missing or drifted or conflicts)
+        if governor is not None and governor.flavor is Flavor.CALICO:
+            counts = _tally(seen, CALICO_SCOPE, governor.name)
+        else:
+            counts = _tally(seen, name, None)
         rows.append(
             {
                 "namespace": name,
-                "state": state,
+                "state": world.namespace_state(namespace),
                 "profile": governor.name if governor else "",
-                "missing": missing,
-                "drifted": drifted,
-                "conflicts": conflicts,
+                "missing": counts[0],
+                "drifted": counts[1],
+                "conflicts": counts[2],
             }
         )
     _print(rows, output, ["namespace", "state", "profile", "missing", "drifted", "conflicts"])
-    return 1 if failing else 0
+    failing = any(r["state"] == "uncovered" or r["missing"] or r["drifted"] for r in rows)
+    calico = _tally(seen, CALICO_SCOPE, None)  # also what covers no namespace (yet)
+    return 1 if failing or seen.conflicts or any(calico) else 0
+
+
+def _tally(seen: Inspection, scope: str, profile: str | None) -> tuple[int, int, int]:
+    """(missing, drifted -- to update or remove --, in conflict) in one scope, for one
+    profile or all."""
+    actions, findings = seen.plans.get(scope, ([], []))
+    mine = [a for a in [*actions, *findings] if profile is None or a.profile == profile]
+    held = [
+        a
+        for a in seen.conflicts
+        if (a.key.namespace or CALICO_SCOPE) == scope and profile in (None, a.profile)
+    ]
+    missing = sum(1 for a in mine if a.verb is Verb.CREATE)
+    return missing, len(mine) - missing, len(held)
 
 
 def _print(rows: list[dict[str, Any]], output: str, columns: list[str]) -> None:

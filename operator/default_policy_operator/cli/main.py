@@ -14,6 +14,9 @@ import yaml
 
 from default_policy_operator import __version__
 
+#: `kubectl dpo` when kubectl runs us as its plugin (the kubectl-dpo entry point), else `dpo`.
+PROG = "kubectl dpo" if Path(sys.argv[0]).name == "kubectl-dpo" else "dpo"
+
 
 def _labels(text: str) -> dict[str, str]:
     out = {}
@@ -127,7 +130,21 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from default_policy_operator.cli.inspection import audit, diff
 
     command = diff if args.command == "diff" else audit
-    return asyncio.run(command(args.kubeconfig, args.output, args.calico_api_version))
+    return asyncio.run(
+        command(
+            args.kubeconfig,
+            args.output,
+            args.calico_api_version,
+            args.namespace,
+            context=args.context,
+        )
+    )
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from default_policy_operator.cli.status import status
+
+    return asyncio.run(status(args.kubeconfig, args.context, args.output))
 
 
 # -- parser -------------------------------------------------------------------------------
@@ -135,10 +152,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="dpo",
+        prog=PROG,
         description="default-policy-operator: a baseline network policy for every namespace.",
     )
-    parser.add_argument("--version", action="version", version=f"dpo {__version__}")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the operator (in-cluster or with a kubeconfig)")
@@ -210,15 +227,27 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
     render.set_defaults(func=cmd_render)
 
+    # The cluster commands take kubectl's connection flags, so `kubectl dpo ...` reads alike.
+    cluster = argparse.ArgumentParser(add_help=False)
+    cluster.add_argument("--kubeconfig", help="default: $KUBECONFIG, ~/.kube/config, in-cluster")
+    cluster.add_argument("--context", help="kubeconfig context (default: its current-context)")
+    cluster.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
     for name, text in (
         ("diff", "what the operator would change in the live cluster (writes nothing)"),
         ("audit", "every namespace's coverage; exits 1 if any is uncovered or drifted"),
     ):
-        inspect = sub.add_parser(name, help=text)
-        inspect.add_argument("--kubeconfig")
-        inspect.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
+        inspect = sub.add_parser(name, help=text, parents=[cluster])
         inspect.add_argument("--calico-api-version", default="crd.projectcalico.org/v1")
+        inspect.add_argument(
+            "--namespace",
+            default="dpo-system",
+            help="the operator's own namespace, protected as by `dpo run` (default: dpo-system)",
+        )
         inspect.set_defaults(func=cmd_inspect)
+    status = sub.add_parser(
+        "status", help="one line per profile: governed, shadowed, drifted, ready", parents=[cluster]
+    )
+    status.set_defaults(func=cmd_status)
 
     return parser
 

@@ -17,7 +17,7 @@ import kopf
 from default_policy_operator.controller.reconciler import Reconciler
 from default_policy_operator.core.labels import FINALIZER, GROUP, PLURAL, VERSION
 from default_policy_operator.core.model import DeletionPolicy
-from default_policy_operator.kube.client import Credentials
+from default_policy_operator.kube.credentials import Credentials
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +45,14 @@ def build_registry(config: HandlerConfig, reconciler: Reconciler) -> kopf.Operat
         settings.peering.standalone = True
 
     @kopf.on.login(registry=registry)
-    def login(**_: Any) -> kopf.ConnectionInfo:
-        creds = config.credentials
-        return kopf.ConnectionInfo(
-            server=creds.server,
-            ca_path=creds.ca_file,
-            insecure=creds.ssl_context is False,
-            certificate_path=creds.cert_file,
-            private_key_path=creds.key_file,
-            token=creds.authorization(),
+    async def login(**_: Any) -> kopf.AiohttpSession:
+        """kopf's session from the same credentials as ours, loaded again: kopf logs in at start
+        and after a 401 (a rotated token), and again at an exec credential's expiry. A session
+        of our own, not a ``ConnectionInfo``, so kopf gets the same TLS context (with
+        ``tls-server-name``) and proxy as the request layer."""
+        auth = await config.credentials.refresh()
+        return kopf.AiohttpSession(
+            server=auth.server, aiohttp_session=auth.session(), expiration=auth.expiry
         )
 
     @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry)

@@ -1,8 +1,8 @@
 """Level-based reconciliation: events mark scopes dirty; one loop plans and applies them.
 
 Every event (namespace, profile, managed object) only updates the :class:`World` and marks the
-affected scopes -- namespaces, or "calico" for the cluster-scoped objects -- as dirty. A single
-loop drains the dirty set, asks the world for a plan and executes it with bounded concurrency.
+affected scopes -- namespaces, or ``CALICO_SCOPE`` for the cluster-scoped objects -- as dirty. A
+single loop drains the dirty set, asks the world for a plan and queues it for the writers.
 Because plans come from state, not from the event that triggered them, a burst of events for
 one namespace costs one plan, and a periodic full resync that finds nothing to do writes nothing.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import logging
 import time
 from collections import deque
@@ -20,11 +19,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from default_policy_operator import metrics
-from default_policy_operator.core.conditions import Observations, checks, condition
+from default_policy_operator.controller.repairs import (
+    ConflictTracker,
+    Drift,
+    RepairTracker,
+    scope_of,
+)
+from default_policy_operator.controller.status import Progress, StatusPublisher
 from default_policy_operator.core.governance import Namespace
 from default_policy_operator.core.labels import (
     GROUP,
     KIND,
+    LAST_VALID_SPEC_ANNOTATION,
     MANAGED_SELECTOR,
     PROFILE_LABEL,
     VERSION,
@@ -37,7 +43,7 @@ from default_policy_operator.core.objects import (
     managed_labels,
 )
 from default_policy_operator.core.plan import Action, Verb
-from default_policy_operator.core.world import ProfileCounts, ScopePlan, World
+from default_policy_operator.core.world import ScopePlan, World
 from default_policy_operator.kube.client import (
     NETWORK_POLICIES,
     PROFILES,
@@ -51,11 +57,7 @@ from default_policy_operator.kube.informers import Informer
 log = logging.getLogger(__name__)
 
 CALICO_SCOPE = ""  # the dirty-set entry for cluster-scoped Calico objects
-STANDINGS = ("governed", "shadowed", "excluded")
 BULK_CHUNK = 100  # scopes planned per step of a bulk re-plan
-DRIFT_WINDOW = 60.0  # repairs of one object closer together than this count as a fight
-FIGHT_THRESHOLD = 3  # repairs within the window before backing off
-MAX_BACKOFF = 300.0
 
 
 @dataclass
@@ -64,23 +66,6 @@ class Settings:
     resync_period: float = 600.0
     status_interval: float = 1.0
     calico_api_version: str = "crd.projectcalico.org/v1"
-
-
-#: (kind of drift: "modified" or "deleted", monotonic time the watch showed it)
-_Drift = tuple[str, float]
-
-
-@dataclass
-class _Fight:
-    """Repair history of one object, for backing off from a controller that reverts us."""
-
-    repairs: int = 0
-    last: float = 0.0
-    blocked_until: float = 0.0
-
-
-def now_rfc3339() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Reconciler:
@@ -92,29 +77,31 @@ class Reconciler:
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self._bulk: set[str] = set()  # scopes to re-plan in bulk (profile change, resync)
-        self._queues: dict[bool, deque[tuple[Action, _Drift | None]]] = {
+        self._queues: dict[bool, deque[tuple[Action, Drift | None]]] = {
             True: deque(),  # urgent: from events
             False: deque(),  # bulk
         }
         self._work = asyncio.Event()  # writers: something was queued
         self._inflight: set[ObjectKey] = set()  # queued or being written
-        self._replan: set[str] = set()  # scopes skipped because a write was in flight
+        self._replan: set[str] = (
+            set()
+        )  # plan again once a write of theirs lands (in flight, withheld deletes)
         self._idle = asyncio.Event()  # set while nothing is dirty or in flight
         self._status_dirty = asyncio.Event()
         self.synced = asyncio.Event()  # readiness: the first full pass completed
-        self.started = asyncio.Event()  # kopf finished its initial listings
+        self.listed = asyncio.Event()  # every informer delivered its first list
         self.last_loop = time.monotonic()  # liveness heartbeat
         self.last_resync = 0.0
         self._own_versions: dict[ObjectKey, str] = {}  # resourceVersions of our own writes
-        self._drift: dict[ObjectKey, _Drift] = {}
-        self._fights: dict[ObjectKey, _Fight] = {}
-        self._deferred: dict[ObjectKey, _Drift] = {}  # drift seen, repair not yet made
-        self._failures: dict[ObjectKey, int] = {}  # consecutive failed writes, for backoff
+        self.repairs = RepairTracker()
+        self.conflicts = ConflictTracker()
         #: per scope, (profile, what) -> message: render errors and refused writes
         self._errors: dict[str, dict[tuple[str, str], str]] = {}
         self._pending: dict[str, int] = {}  # profile -> actions in flight
-        self._published: dict[str, dict[str, Any]] = {}  # profile -> last status written
-        self._initialised: set[str] = set()  # profiles whose counter series exist
+        self._written = asyncio.Condition()  # notified whenever a write finishes
+        #: profiles whose new version is still being planned across the cluster (not Ready)
+        self._rolling: set[str] = set()
+        self.status = StatusPublisher(world, api, self.progress)
         self._tasks: list[asyncio.Task[None]] = []
         self.informers: list[Informer] = []  # set by the runtime; relisted by resync()
 
@@ -175,18 +162,34 @@ class Reconciler:
         name = (body.get("metadata") or {}).get("name", "")
         if event_type == "DELETED":
             self.world.remove_profile(name)
-            self.forget_profile(name)
+            self.status.forget(name)
             self.profile_changed()
             return
         # Our own status writes come back here too: only a new generation or a deletion
         # changes what the profile wants, so only those re-plan the cluster.
         before = self.world.profiles.get(name)
         entry = self.world.update_profile(body)
+        if entry.record_due:
+            entry.recorded_spec = entry.valid_spec  # one patch in flight is enough
+            self._spawn(self._record_valid_spec(entry.name, entry.valid_spec))
         if entry is before:
             return
-        if entry.error:
+        self._rolling.add(entry.name)
+        if entry.error and (before is None or before.error != entry.error):
             log.warning("profile %s: %s", entry.name, entry.error)
+            self._spawn(self._profile_event(entry.name, "Warning", "InvalidSpec", entry.error))
         self.profile_changed()
+
+    async def _record_valid_spec(self, name: str, spec: str) -> None:
+        """Record the spec in force on the profile, for the next process (fail static)."""
+        patch = {"metadata": {"annotations": {LAST_VALID_SPEC_ANNOTATION: spec}}}
+        try:
+            await self.api.patch(PROFILES, name, patch)
+        except ApiError as exc:
+            log.warning("could not record the last valid spec of %s: %s", name, exc)
+            entry = self.world.profiles.get(name)
+            if entry is not None and exc.status != 404:
+                entry.recorded_spec = ""  # try again with the next event
 
     def namespace_event(self, event_type: str | None, body: dict[str, Any]) -> None:
         meta = body.get("metadata") or {}
@@ -195,6 +198,7 @@ class Reconciler:
             if self.world.namespaces.get(name) is None:
                 return
             self.world.remove_namespace(name)
+            self._forget_scope(name)
         else:
             annotations = dict(meta.get("annotations") or {})
             annotations.pop("kubectl.kubernetes.io/last-applied-configuration", None)
@@ -226,13 +230,14 @@ class Reconciler:
             return
         if event_type == "DELETED":
             self.world.remove_object(key)
-            if self.started.is_set() and known is not None and known.uid == state.uid:
-                self._drift.setdefault(key, ("deleted", time.monotonic()))
+            self._own_versions.pop(key, None)
+            if self.listed.is_set() and known is not None and known.uid == state.uid:
+                self.repairs.observed(key, "deleted", time.monotonic())
         else:
             self.world.set_object(state)
-            if self.started.is_set() and not own:
-                self._drift.setdefault(key, ("modified", time.monotonic()))
-        self.mark([key.namespace or CALICO_SCOPE])
+            if self.listed.is_set() and not own:
+                self.repairs.observed(key, "modified", time.monotonic())
+        self.mark([scope_of(key)])
 
     def profile_changed(self) -> None:
         self.mark_all()
@@ -245,13 +250,20 @@ class Reconciler:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), limit)
 
+    async def drain(self, profile: str) -> None:
+        """Wait until no write on behalf of ``profile`` is queued or in flight."""
+        async with self._written:
+            await self._written.wait_for(lambda: not self._pending.get(profile))
+
     async def orphan(self, profile: str) -> None:
         """Release a profile's remaining objects: drop our labels and owner, keep the policy.
 
         Called by the finalizer of a profile with ``deletionPolicy: Orphan``, after namespaces
-        that another profile governs have been handed over in place. The objects come from a
-        fresh list, not the cache: a write whose response is still on its way must not be missed.
+        that another profile governs have been handed over in place. Writes still in flight for
+        the profile land first (one landing after the list would stay labelled and then be
+        deleted as an orphan of a profile that is gone); the objects come from a fresh list.
         """
+        await self.drain(profile)
         release = {
             "metadata": {"labels": dict.fromkeys(managed_labels("", "")), "ownerReferences": None}
         }
@@ -284,7 +296,7 @@ class Reconciler:
         ]
         try:
             await asyncio.gather(*(informer.listed.wait() for informer in self.informers))
-            self.started.set()
+            self.listed.set()
             self.mark_all()
             self._tasks += [
                 asyncio.create_task(self._reconcile_loop(), name="dpo-reconcile"),
@@ -324,6 +336,7 @@ class Reconciler:
                 if not self._bulk and not self._inflight:
                     self.synced.set()
                     self._idle.set()
+                    self._rolling.clear()
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=5.0)
@@ -336,10 +349,12 @@ class Reconciler:
                 metrics.RECONCILE_ERRORS.labels(reason="unexpected").inc()
                 self._bulk |= batch
                 await asyncio.sleep(1.0)
-            metrics.RECONCILE_DURATION.labels(trigger="events").observe(time.monotonic() - started)
+            trigger = "events" if urgent else "bulk"
+            metrics.RECONCILE_DURATION.labels(trigger=trigger).observe(time.monotonic() - started)
 
     async def reconcile(self, scopes: set[str], *, urgent: bool = True) -> None:
         """Plan ``scopes`` and queue the resulting actions for the writers."""
+        self.world.blocked = self.conflicts.blocked(time.monotonic())
         for count, scope in enumerate(scopes):
             if count % 50 == 49:
                 await asyncio.sleep(0)  # let watches, probes and writers run
@@ -348,6 +363,8 @@ class Reconciler:
                 if scope == CALICO_SCOPE
                 else self.world.plan_namespace(scope)
             )
+            if result.withheld:
+                self._replan.add(scope)  # the deletes come once the new cover has landed
             for action, drift in self._admit(result, scope):
                 if action.key in self._inflight:
                     self._replan.add(scope)  # decide again once that write has landed
@@ -377,71 +394,65 @@ class Reconciler:
             finally:
                 self._inflight.discard(action.key)
                 self._pending[action.profile] -= 1
-                scope = action.key.namespace or CALICO_SCOPE
-                if scope in self._replan:
-                    self._replan.discard(scope)
-                    self.mark([scope])
+                self._landed(scope_of(action.key))
+                async with self._written:
+                    self._written.notify_all()
                 self._wake.set()  # the planner may be waiting for room, or for idleness
 
-    def _admit(self, result: ScopePlan, scope: str) -> list[tuple[Action, _Drift | None]]:
+    def _forget_scope(self, scope: str) -> None:
+        """A namespace is gone: drop its per-scope and per-key state (no slow leak)."""
+        self._errors.pop(scope, None)
+        self.repairs.forget_scope(scope)
+        self.conflicts.forget_scope(scope)
+        for key in [k for k in self.world.conflicts if scope_of(k) == scope]:
+            del self.world.conflicts[key]
+
+    def _landed(self, scope: str) -> None:
+        """A write of ``scope`` finished: re-plan what waited for it (see ``World`` handovers)."""
+        waiting = set()
+        if scope in self._replan:
+            self._replan.discard(scope)
+            waiting.add(scope)
+        if scope == CALICO_SCOPE:
+            waiting |= self.world.waiting_for_calico
+            self.world.waiting_for_calico.clear()
+        elif scope in self.world.calico_waiting_for:
+            self.world.calico_waiting_for.discard(scope)
+            waiting.add(CALICO_SCOPE)
+        if waiting:
+            self.mark(waiting)
+
+    def _admit(self, result: ScopePlan, scope: str) -> list[tuple[Action, Drift | None]]:
         """Record errors and audit findings; hold back repairs of contested objects."""
         self._errors[scope] = {}
         for profile, error in result.errors:
             self._errors[scope][profile, f"policy {error.policy}"] = error.message
             metrics.RECONCILE_ERRORS.labels(reason="render").inc()
         self._record_findings(result, scope)
-        admitted: list[tuple[Action, _Drift | None]] = []
-        now = time.monotonic()
-        for action in result.actions:
-            key = action.key
-            if action.verb is Verb.DELETE:
-                admitted.append((action, None))
-                continue
-            fresh = self._drift.pop(key, None)
-            if fresh is not None:
-                metrics.DRIFT_DETECTED.labels(profile=action.profile, kind=fresh[0]).inc()
-                self._deferred.setdefault(key, fresh)
-            drift = self._deferred.get(key)
-            fight = self._fights.get(key)
-            if drift is None:
-                if fight is None or fight.blocked_until <= now:
-                    admitted.append((action, None))
-                continue
-            fight = self._fights.setdefault(key, _Fight())
-            if fight.blocked_until > now:
-                continue  # a repair is already scheduled for when the backoff ends
-            if fight.blocked_until:
-                fight.blocked_until = 0.0  # the backoff just ended: this repair may go
-            else:
-                fight.repairs = fight.repairs + 1 if now - fight.last < DRIFT_WINDOW else 1
-                if fight.repairs > FIGHT_THRESHOLD:
-                    delay = min(MAX_BACKOFF, 2.0 ** (fight.repairs - FIGHT_THRESHOLD))
-                    fight.blocked_until = now + delay
-                    metrics.BACKOFFS.labels(profile=action.profile).inc()
-                    log.warning("%s keeps being reverted; next repair in %.0fs", key, delay)
-                    self._schedule(delay, scope)
-                    self._event_later(action, delay)
-                    continue
-            fight.last = now
-            del self._deferred[key]
-            admitted.append((action, drift))
-        # Drift that needs no write after all (reverted by someone, or irrelevant) is forgotten.
-        wanted = {a.key for a in result.actions}
-        for pending in (self._drift, self._deferred):
-            for key in [k for k in pending if (k.namespace or CALICO_SCOPE) == scope]:
-                if key not in wanted:
-                    del pending[key]
-        return admitted
+        self._end_stale_conflicts(result, scope)
+        admission = self.repairs.admit(result.actions, scope, time.monotonic())
+        for action, delay in admission.backed_off:
+            log.warning("%s keeps being reverted; next repair in %.0fs", action.key, delay)
+            self._schedule(delay, scope)
+            self._event_later(action, delay)
+        return admission.admitted
+
+    def _end_stale_conflicts(self, result: ScopePlan, scope: str) -> None:
+        """A conflict on a name this scope no longer wants is over (nothing to report)."""
+        for key in [k for k in self.world.conflicts if scope_of(k) == scope]:
+            if key not in result.desired_keys:
+                self.conflicts.resolved(key)
+                del self.world.conflicts[key]
 
     def _record_findings(self, result: ScopePlan, scope: str) -> None:
         for findings in self.world.audit_findings.values():
-            for key in [k for k in findings if (k.namespace or CALICO_SCOPE) == scope]:
+            for key in [k for k in findings if scope_of(k) == scope]:
                 del findings[key]
         for action in result.audit_findings:
             self.world.audit_findings.setdefault(action.profile, {})[action.key] = action.verb
-            drift = self._drift.pop(action.key, None)
+            drift = self.repairs.take_fresh(action.key)
             if drift is not None:
-                metrics.DRIFT_DETECTED.labels(profile=action.profile, kind=drift[0]).inc()
+                metrics.DRIFT_DETECTED.labels(profile=action.profile, kind=drift.kind).inc()
 
     def _schedule(self, delay: float, scope: str) -> None:
         loop = asyncio.get_running_loop()
@@ -459,16 +470,19 @@ class Reconciler:
         self._tasks.append(task)  # keep a reference until done
         task.add_done_callback(self._tasks.remove)
 
-    def contested(self, profile: str) -> list[str]:
-        """Objects whose repairs were backed off within the last drift window."""
-        now = time.monotonic()
-        return [
-            str(k)
-            for k, f in self._fights.items()
-            if f.repairs > FIGHT_THRESHOLD
-            and now - max(f.last, f.blocked_until) < DRIFT_WINDOW
-            and self._profile_of(k) == profile
-        ]
+    def progress(self, profile: str) -> Progress:
+        """Errors, contested objects and writes in flight of one profile, for its status."""
+        return Progress(
+            errors={
+                what: message
+                for errors in self._errors.values()
+                for (owner, what), message in errors.items()
+                if owner == profile
+            },
+            contested=self.repairs.contested(time.monotonic(), self._profile_of, profile),
+            pending=self._pending.get(profile, 0),
+            rolling_out=profile in self._rolling or not self.synced.is_set(),
+        )
 
     def _profile_of(self, key: ObjectKey) -> str:
         state = self.world.objects.get(key)
@@ -479,7 +493,7 @@ class Reconciler:
     def _resource(self, key: ObjectKey) -> Resource:
         return self.calico if key.kind == GLOBAL_NETWORK_POLICY else NETWORK_POLICIES
 
-    async def _execute(self, action: Action, drift: _Drift | None = None) -> None:
+    async def _execute(self, action: Action, drift: Drift | None = None) -> None:
         resource = self._resource(action.key)
         key = action.key
         try:
@@ -500,17 +514,18 @@ class Reconciler:
         except ApiError as exc:
             await self._failed(action, exc)
             return
+        if action.verb is Verb.CREATE and self.conflicts.resolved(key):
+            self.world.conflicts.pop(key, None)
         if drift is not None:
-            kind, detected = drift
-            metrics.DRIFT_REPAIRED.labels(profile=action.profile, kind=kind).inc()
-            metrics.REPAIR_LATENCY.observe(time.monotonic() - detected)
+            metrics.DRIFT_REPAIRED.labels(profile=action.profile, kind=drift.kind).inc()
+            metrics.REPAIR_LATENCY.observe(time.monotonic() - drift.detected)
             await self._profile_event(
-                action.profile, "Normal", "DriftRepaired", f"{key} was {kind}; restored"
+                action.profile, "Normal", "DriftRepaired", f"{key} was {drift.kind}; restored"
             )
 
     def _remember(self, body: dict[str, Any]) -> None:
         state = state_of(body)
-        self._failures.pop(state.key, None)
+        self.repairs.succeeded(state.key)
         self._own_versions[state.key] = state.resource_version
         self.world.set_object(state)
 
@@ -529,16 +544,15 @@ class Reconciler:
             return
         if exc.status in (404, 409) and action.verb is Verb.UPDATE:
             # Stale resourceVersion or gone meanwhile: the watch will tell; re-plan then.
-            self.mark([key.namespace or CALICO_SCOPE])
+            self.mark([scope_of(key)])
             return
         log.error("%s %s failed: %s", action.verb, key, exc)
         metrics.RECONCILE_ERRORS.labels(reason=f"api_{exc.status}").inc()
-        scope = key.namespace or CALICO_SCOPE
+        scope = scope_of(key)
         self._errors.setdefault(scope, {})[action.profile, str(key)] = (
             f"{action.verb} failed: {exc.status} {exc.reason}: {exc.message}"[:300]
         )
-        failures = self._failures[key] = self._failures.get(key, 0) + 1
-        self._schedule(min(MAX_BACKOFF, 2.0**failures), scope)
+        self._schedule(self.repairs.failed(key), scope)
 
     async def _check_conflict(self, action: Action) -> None:
         """A create hit an existing object: ours (index lagging) or someone else's (conflict)."""
@@ -547,16 +561,18 @@ class Reconciler:
             live = await self.api.get(self._resource(key), key.name, key.namespace)
         except ApiError as exc:
             if exc.status == 404:
-                self.mark([key.namespace or CALICO_SCOPE])
+                self.mark([scope_of(key)])
                 return
             raise
         if is_managed(live):
             live.setdefault("kind", key.kind)
             self.world.set_object(state_of(live))
-            self.mark([key.namespace or CALICO_SCOPE])
+            self.mark([scope_of(key)])
             return
-        if key not in self.world.conflicts:
-            self.world.conflicts[key] = "exists and was not created by the operator"
+        new, retry = self.conflicts.detected(key, time.monotonic())
+        self.world.conflicts[key] = "exists and was not created by the operator"
+        self._schedule(retry, scope_of(key))
+        if new:
             metrics.DRIFT_DETECTED.labels(profile=action.profile, kind="foreign").inc()
             await self._profile_event(
                 action.profile,
@@ -579,110 +595,15 @@ class Reconciler:
     # -- status ------------------------------------------------------------------------
 
     async def _status_loop(self) -> None:
+        """Publish statuses at most once per ``status_interval``, when something moved."""
         while True:
             await self._status_dirty.wait()
             self._status_dirty.clear()
             try:
-                await self.publish_status()
+                await self.status.publish()
             except Exception:
                 log.exception("status update failed")
             await asyncio.sleep(self.settings.status_interval)
-
-    def status_for(
-        self, name: str, previous: dict[str, Any], counts: ProfileCounts
-    ) -> dict[str, Any]:
-        entry = self.world.profiles[name]
-        conflicts = counts.conflict_keys
-        findings = self.world.audit_findings.get(name, {})
-        obs = Observations(
-            spec_error=entry.error,
-            errors={
-                what: message
-                for errors in self._errors.values()
-                for (profile, what), message in errors.items()
-                if profile == name
-            },
-            conflicts=conflicts,
-            contested=self.contested(name),
-            pending=self._pending.get(name, 0),
-            audit_findings=[f"{verb} {key}" for key, verb in findings.items()],
-            audit=entry.profile is not None and not entry.profile.enforcing,
-        )
-        now = now_rfc3339()
-        previous_conditions = previous.get("conditions") or []
-        status: dict[str, Any] = {
-            "observedGeneration": entry.generation,
-            "governedNamespaces": counts.governed,
-            "shadowedNamespaces": counts.shadowed,
-            "excludedNamespaces": counts.excluded,
-            "managedObjects": counts.managed,
-            "driftedObjects": counts.drifted,
-            "conflicts": len(conflicts),
-            "conditions": [
-                condition(c, entry.generation, previous_conditions, now) for c in checks(obs)
-            ],
-        }
-        comparable = {k: v for k, v in previous.items() if k != "lastSyncTime"}
-        status["lastSyncTime"] = previous.get("lastSyncTime", now) if comparable == status else now
-        metrics.PROFILE_READY.labels(profile=name).set(
-            1 if status["conditions"][0]["status"] == "True" else 0
-        )
-        metrics.MANAGED_OBJECTS.labels(profile=name).set(counts.managed)
-        metrics.DRIFTED_OBJECTS.labels(profile=name).set(counts.drifted)
-        metrics.CONFLICTS.labels(profile=name).set(len(conflicts))
-        self._initialise_series(name)
-        for standing in STANDINGS:
-            metrics.PROFILE_NAMESPACES.labels(profile=name, standing=standing).set(
-                getattr(counts, standing)
-            )
-        return status
-
-    async def publish_status(self) -> None:
-        """Write each profile's status when it differs from what was last written."""
-        coverage = self.world.coverage()
-        for state in ("governed", "excluded", "exempt", "protected", "terminating", "uncovered"):
-            metrics.NAMESPACES.labels(state=state).set(coverage.get(state, 0))
-        counts = self.world.counts()
-        for name, entry in list(self.world.profiles.items()):
-            if name not in self.world.profiles:
-                continue  # deleted while an earlier status write was awaited
-            previous = self._published.get(name, entry.status)
-            status = self.status_for(name, previous, counts[name])
-            if status == previous:
-                continue
-            try:
-                await self.api.patch(PROFILES, name, {"status": status}, subresource="status")
-            except ApiError as exc:
-                if exc.status != 404:
-                    raise
-                continue
-            self._published[name] = status
-
-    def forget_profile(self, name: str) -> None:
-        self._published.pop(name, None)
-        self._initialised.discard(name)
-        for gauge in (
-            metrics.PROFILE_READY,
-            metrics.MANAGED_OBJECTS,
-            metrics.DRIFTED_OBJECTS,
-            metrics.CONFLICTS,
-        ):
-            with contextlib.suppress(KeyError):
-                gauge.remove(name)
-        for standing in STANDINGS:
-            with contextlib.suppress(KeyError):
-                metrics.PROFILE_NAMESPACES.remove(name, standing)
-
-    def _initialise_series(self, name: str) -> None:
-        """Start a profile's counters at 0, so that rate() and increase() see the first event."""
-        if name in self._initialised:
-            return
-        self._initialised.add(name)
-        for kind in ("modified", "deleted", "foreign"):
-            metrics.DRIFT_DETECTED.labels(profile=name, kind=kind)
-        for kind in ("modified", "deleted"):
-            metrics.DRIFT_REPAIRED.labels(profile=name, kind=kind)
-        metrics.BACKOFFS.labels(profile=name)
 
     # -- resync -------------------------------------------------------------------------
 
@@ -706,12 +627,7 @@ class Reconciler:
         for informer, result in zip(self.informers, results, strict=True):
             if isinstance(result, Exception):  # its own loop retries, with backoff, and logs it
                 log.debug("resync: listing %s failed: %s", informer.name, result)
-        self.world.conflicts.clear()  # re-detected by the next create attempt
-        now = time.monotonic()
-        self._fights = {
-            k: f for k, f in self._fights.items()
-            if max(f.last, f.blocked_until) > now - DRIFT_WINDOW
-        }  # fmt: skip
+        self.repairs.expire(time.monotonic())
         self.mark_all()
         self.last_resync = time.monotonic()
         metrics.LAST_FULL_RESYNC.set(time.time())

@@ -29,8 +29,8 @@ from default_policy_operator.kube.client import (
     NETWORK_POLICIES,
     PROFILES,
     KubeApi,
-    load_credentials,
 )
+from default_policy_operator.kube.credentials import load_credentials
 from default_policy_operator.kube.informers import Informer
 from default_policy_operator.kube.leader import FencedKubeApi, LeaderElectionConfig, LeaderElector
 
@@ -178,7 +178,7 @@ def build_informers(api: KubeApi, reconciler: Reconciler, watch_timeout: int) ->
 
 
 async def run_operator(options: RunOptions, stop: asyncio.Event | None = None) -> None:
-    credentials = load_credentials(options.kubeconfig)
+    credentials = await load_credentials(options.kubeconfig)
     elector = None
     if options.leader_election is not None:
         elector = LeaderElector(credentials, options.leader_election)

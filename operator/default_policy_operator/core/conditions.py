@@ -58,10 +58,42 @@ class Observations:
     pending: int  # actions planned but not yet applied (Enforce)
     audit_findings: Sequence[str]  # Audit: what Enforce would change
     audit: bool
+    #: the profile changed and not every scope has been planned since (Ready would be early)
+    rolling_out: bool = False
+    #: the profile's namespaceSelector is empty: it selects every namespace in the cluster
+    selects_all: bool = False
+
+
+#: Informational condition: True while the profile's selector is empty (see :func:`scope`).
+SELECTS_ALL = "SelectsAllNamespaces"
+
+
+def scope(obs: Observations) -> Check:
+    """Whether the profile governs every namespace, said where ``kubectl describe`` shows it.
+
+    An empty selector is legitimate (a cluster-wide baseline) but also what a forgotten
+    selector looks like, and every namespace created later -- any team's, any tool's -- gets a
+    deny-all. A condition rather than a Warning Event: it stays visible as long as it is true
+    (Events expire after an hour), it is queryable (``kubectl wait``, policy checks, alerts on
+    the status), and it does not cry wolf on every generation of an intended baseline.
+    """
+    if obs.selects_all:
+        return Check(
+            SELECTS_ALL,
+            True,
+            "EmptyNamespaceSelector",
+            "spec.namespaceSelector is empty: this profile selects every namespace, present "
+            "and future, except protected ones (system namespaces, the operator's, every "
+            "profile's DNS namespace), excludeNamespaces and namespaces labelled "
+            "defaultpolicy.dev/exempt=true",
+        )
+    return Check(
+        SELECTS_ALL, False, "NamespaceSelector", "only namespaces matching spec.namespaceSelector"
+    )
 
 
 def checks(obs: Observations) -> list[Check]:
-    """Ready and Degraded, with the most important reason first."""
+    """Ready and Degraded, with the most important reason first, then the scope."""
     degraded: Check
     if obs.spec_error:
         degraded = Check(
@@ -115,6 +147,8 @@ def checks(obs: Observations) -> list[Check]:
         )
     elif obs.pending:
         ready = Check("Ready", False, "Reconciling", f"{obs.pending} change(s) being applied")
+    elif obs.rolling_out:
+        ready = Check("Ready", False, "Reconciling", "being planned for every selected namespace")
     else:
         ready = Check("Ready", True, "Reconciled", "every governed namespace holds its policies")
-    return [ready, degraded]
+    return [ready, degraded, scope(obs)]

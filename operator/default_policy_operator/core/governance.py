@@ -106,6 +106,19 @@ def standing(
     )
 
 
-def protected_namespaces(operator_namespace: str | None) -> frozenset[str]:
+def protected_namespaces(
+    operator_namespace: str | None, profiles: Iterable[Profile] = ()
+) -> frozenset[str]:
+    """Namespaces no profile may govern, whatever its selector says.
+
+    The control plane's own, the operator's, and the DNS namespace named by *every* profile
+    (``allowDNS.namespace``, enabled or not): a DNS namespace serves the whole cluster, so a
+    deny-all there -- from any profile, not only the one naming it -- is a cluster-wide outage.
+    """
     extra = {operator_namespace} if operator_namespace else set()
-    return DEFAULT_PROTECTED_NAMESPACES | extra
+    return DEFAULT_PROTECTED_NAMESPACES | extra | dns_namespaces(profiles)
+
+
+def dns_namespaces(profiles: Iterable[Profile]) -> frozenset[str]:
+    """The namespaces the profiles say their DNS pods run in (protected, see above)."""
+    return frozenset(profile.allow_dns.namespace for profile in profiles)

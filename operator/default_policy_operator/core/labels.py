@@ -22,6 +22,10 @@ MANAGED_SELECTOR = f"{MANAGED_BY}={MANAGED_BY_VALUE}"
 
 FINALIZER = f"{GROUP}/cleanup"
 
+#: The last spec that validated, recorded on the profile by the operator: after a restart or a
+#: leader handover an invalid profile still has a last good version (fail static).
+LAST_VALID_SPEC_ANNOTATION = f"{GROUP}/last-valid-spec"
+
 #: Namespaces a baseline must never lock out, whatever a profile selects.
 DEFAULT_PROTECTED_NAMESPACES = frozenset(
     {

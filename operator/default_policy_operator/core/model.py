@@ -75,6 +75,12 @@ class Directions:
     def enabled(self) -> bool:
         return self.ingress or self.egress
 
+    def within(self, denied: Directions) -> Directions:
+        """The directions among these that ``denied`` denies: where an allow means something."""
+        return Directions(
+            ingress=self.ingress and denied.ingress, egress=self.egress and denied.egress
+        )
+
 
 @dataclass(frozen=True)
 class AllowDNS:
@@ -120,17 +126,25 @@ class Profile:
     def enforcing(self) -> bool:
         return self.mode is Mode.ENFORCE
 
+    def allows(self, policy: str) -> Directions:
+        """The directions a built-in allow policy takes effect in: only those deny-all denies.
+
+        Any policy that selects a pod for a direction isolates the pod in that direction
+        (NetworkPolicy and Calico alike): an allow-DNS egress policy alone would turn open
+        egress into "DNS only". An allow for a direction that is not denied is therefore left
+        out, and the direction stays open, as ``denyAll`` says.
+        """
+        if policy == "allow-dns":
+            return Directions(ingress=False, egress=self.allow_dns.enabled).within(self.deny_all)
+        if policy == "allow-kube-system":
+            return self.allow_kube_system.within(self.deny_all)
+        assert policy == "allow-same-namespace", policy
+        return self.allow_same_namespace.within(self.deny_all)
+
     def policy_names(self) -> tuple[str, ...]:
         """Names of the policies this profile wants, built-ins first, in a stable order."""
-        names = []
-        if self.deny_all.enabled:
-            names.append("deny-all")
-        if self.allow_dns.enabled:
-            names.append("allow-dns")
-        if self.allow_kube_system.enabled:
-            names.append("allow-kube-system")
-        if self.allow_same_namespace.enabled:
-            names.append("allow-same-namespace")
+        names = ["deny-all"] if self.deny_all.enabled else []
+        names.extend(p for p in BUILTIN_POLICIES[1:] if self.allows(p).enabled)
         names.extend(c.name for c in self.custom_policies)
         return tuple(names)
 
@@ -255,31 +269,26 @@ def _parse_custom(reader: _Reader, raw: Any) -> tuple[CustomPolicy, ...]:
     return tuple(out)
 
 
-def parse_profile(obj: Mapping[str, Any]) -> Profile:
-    """Turn a DefaultPolicyProfile into a :class:`Profile`, or raise :class:`ProfileError`."""
-    reader = _Reader()
-    metadata = reader.mapping(obj.get("metadata"), "metadata")
-    spec = reader.mapping(obj.get("spec"), "spec")
-    name = metadata.get("name")
-    if not isinstance(name, str) or not name:
-        raise ProfileError(["metadata.name is missing"])
-    defaults = Profile(name=name)
-
-    exclusions_raw = spec.get("excludeNamespaces") or []
-    exclusions: tuple[str, ...] = ()
-    if not isinstance(exclusions_raw, list) or not all(isinstance(e, str) for e in exclusions_raw):
+def _parse_exclusions(reader: _Reader, raw: Any) -> tuple[str, ...]:
+    exclusions = raw or []
+    if not isinstance(exclusions, list) or not all(isinstance(e, str) for e in exclusions):
         reader.problems.append("spec.excludeNamespaces must be a list of names or globs")
-    elif len(exclusions_raw) > MAX_EXCLUSIONS:
+        return ()
+    if len(exclusions) > MAX_EXCLUSIONS:
         reader.problems.append(f"spec.excludeNamespaces holds at most {MAX_EXCLUSIONS} entries")
-    else:
-        exclusions = tuple(exclusions_raw)
+        return ()
+    return tuple(exclusions)
 
-    priority = spec.get("priority", 0)
+
+def _parse_priority(reader: _Reader, priority: Any) -> int:
     if not isinstance(priority, int) or isinstance(priority, bool) or abs(priority) > 1_000_000:
         reader.problems.append("spec.priority must be an integer between -1000000 and 1000000")
-        priority = 0
+        return 0
+    return priority
 
-    flavor = Flavor(reader.enum(spec, "flavor", [f.value for f in Flavor], Flavor.NETWORK_POLICY))
+
+def _parse_calico(reader: _Reader, spec: Mapping[str, Any]) -> tuple[float, str]:
+    """``spec.calico``: the order and the API version of Calico objects."""
     calico = reader.mapping(spec.get("calico"), "spec.calico")
     order = calico.get("order", 2000)
     if not isinstance(order, int | float) or isinstance(order, bool) or order < 0:
@@ -291,28 +300,46 @@ def parse_profile(obj: Mapping[str, Any]) -> Profile:
             f"spec.calico.apiVersion must be one of {', '.join(CALICO_API_VERSIONS)}"
         )
         api_version = CALICO_API_VERSIONS[0]
+    return order, str(api_version)
 
-    policies = reader.mapping(spec.get("policies"), "spec.policies")
+
+def _parse_allow_dns(reader: _Reader, policies: Mapping[str, Any], default: AllowDNS) -> AllowDNS:
     dns_raw = reader.mapping(policies.get("allowDNS"), "spec.policies.allowDNS")
-    dns_default = defaults.allow_dns
-    dns_namespace = dns_raw.get("namespace", dns_default.namespace)
+    dns_namespace = dns_raw.get("namespace", default.namespace)
     if not isinstance(dns_namespace, str) or not DNS1123_LABEL.match(dns_namespace):
         reader.problems.append("spec.policies.allowDNS.namespace must be a namespace name")
-        dns_namespace = dns_default.namespace
-    allow_dns = AllowDNS(
+        dns_namespace = default.namespace
+    return AllowDNS(
         enabled=reader.boolean(dns_raw, "enabled", True, "spec.policies.allowDNS"),
         namespace=dns_namespace,
         pod_selector=(
             reader.selector(dns_raw["podSelector"], "spec.policies.allowDNS.podSelector")
             if "podSelector" in dns_raw
-            else dns_default.pod_selector
+            else default.pod_selector
         ),
         ports=(
             _parse_ports(reader, dns_raw["ports"], "spec.policies.allowDNS.ports")
             if "ports" in dns_raw
-            else dns_default.ports
+            else default.ports
         ),
     )
+
+
+def parse_profile(obj: Mapping[str, Any]) -> Profile:
+    """Turn a DefaultPolicyProfile into a :class:`Profile`, or raise :class:`ProfileError`.
+
+    Every problem is collected before raising, so one status message lists them all.
+    """
+    reader = _Reader()
+    metadata = reader.mapping(obj.get("metadata"), "metadata")
+    spec = reader.mapping(obj.get("spec"), "spec")
+    name = metadata.get("name")
+    if not isinstance(name, str) or not name:
+        raise ProfileError(["metadata.name is missing"])
+    defaults = Profile(name=name)
+    flavor = Flavor(reader.enum(spec, "flavor", [f.value for f in Flavor], Flavor.NETWORK_POLICY))
+    order, api_version = _parse_calico(reader, spec)
+    policies = reader.mapping(spec.get("policies"), "spec.policies")
     same_namespace = reader.directions(
         policies, "allowSameNamespace", defaults.allow_same_namespace, "spec.policies"
     )
@@ -327,17 +354,17 @@ def parse_profile(obj: Mapping[str, Any]) -> Profile:
         uid=str(metadata.get("uid", "")),
         generation=int(metadata.get("generation", 0) or 0),
         namespace_selector=reader.selector(spec.get("namespaceSelector"), "spec.namespaceSelector"),
-        exclude_namespaces=exclusions,
-        priority=priority,
+        exclude_namespaces=_parse_exclusions(reader, spec.get("excludeNamespaces")),
+        priority=_parse_priority(reader, spec.get("priority", 0)),
         mode=Mode(reader.enum(spec, "mode", [m.value for m in Mode], Mode.ENFORCE)),
         deletion_policy=DeletionPolicy(
             reader.enum(spec, "deletionPolicy", [d.value for d in DeletionPolicy], "Delete")
         ),
         flavor=flavor,
         calico_order=order,
-        calico_api_version=str(api_version),
+        calico_api_version=api_version,
         deny_all=reader.directions(policies, "denyAll", defaults.deny_all, "spec.policies"),
-        allow_dns=allow_dns,
+        allow_dns=_parse_allow_dns(reader, policies, defaults.allow_dns),
         allow_kube_system=reader.directions(
             policies, "allowKubeSystem", defaults.allow_kube_system, "spec.policies"
         ),

@@ -22,8 +22,9 @@ from default_policy_operator.core.model import Flavor, Profile
 
 NETWORK_POLICY = "NetworkPolicy"
 GLOBAL_NETWORK_POLICY = "GlobalNetworkPolicy"
-#: Calico stores default-tier policies under a tier-prefixed name; using that form ourselves means
-#: the name we write is the name Calico keeps, in both the v1 CRD and the v3 API.
+#: Calico 3.29-3.31 store default-tier policies under a tier-prefixed name; using that form
+#: ourselves means the name we write is the name Calico keeps, in both the v1 CRD and the v3 API
+#: (3.32 dropped the prefix rule and keeps any name as written, so the same name stays valid).
 CALICO_TIER_PREFIX = "default."
 
 
@@ -43,7 +44,27 @@ def network_policy_name(policy: str) -> str:
 
 
 def calico_policy_name(profile: str, policy: str) -> str:
-    return f"{CALICO_TIER_PREFIX}dpo-{profile}-{policy}"
+    """``default.dpo-<n>[d<i>...]-<profile>-<policy>``: one name per (profile, policy), never two.
+
+    Why not simply ``dpo-<profile>-<policy>``: profile ``a`` + policy ``deny-all`` and profile
+    ``a-deny`` + policy ``all`` would share a name, so one profile would overwrite the other.
+    ``n`` is the length of the profile name, which tells where it ends, so the policy name
+    (``-`` included) is whatever follows it.
+
+    Why not a ``.`` between the parts: Calico's validator (v3.29 to v3.32, identical) allows at
+    most one dot in a GlobalNetworkPolicy name, ``^([a-z0-9]([-a-z0-9]*[a-z0-9])?\\.)?`` followed
+    by one such label, and in 3.29-3.31 that dot must be the ``default.`` tier prefix (any
+    other prefix names a tier). So everything after ``default.`` is one label of
+    ``[-a-z0-9]``, and a profile name, a DNS subdomain, may itself hold dots: each dot becomes
+    ``-`` in the name and its position is recorded as ``d<i>`` after ``n``
+    (``team.a`` -> ``dpo-6d4-team-a-...``). Reading back ``n``, the positions, ``n``
+    characters and the rest recovers (profile, policy): the mapping is injective.
+
+    Length: profiles are at most 40 characters, policies at most 40 (custom) or 20 (built-in),
+    so names stay far below Kubernetes' 253.
+    """
+    dots = "".join(f"d{i}" for i, char in enumerate(profile) if char == ".")
+    return f"{CALICO_TIER_PREFIX}dpo-{len(profile)}{dots}-{profile.replace('.', '-')}-{policy}"
 
 
 def object_key(profile: Profile, policy: str, namespace: str | None) -> ObjectKey:
@@ -74,5 +95,17 @@ def owner_reference(profile: Profile) -> dict[str, Any]:
 
 
 def is_managed(body: dict[str, Any]) -> bool:
-    labels = (body.get("metadata") or {}).get("labels") or {}
-    return bool(labels.get(MANAGED_BY) == MANAGED_BY_VALUE)
+    """Ours: it carries our managed-by label, or an ownerReference to a profile.
+
+    The label is what the watch selects on, but a namespace editor can remove it; the
+    ownerReference the operator stamps alongside keeps the object recognisable (the create that
+    follows its disappearance from the watch meets it, and it is repaired, labels restored).
+    """
+    meta = body.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    if labels.get(MANAGED_BY) == MANAGED_BY_VALUE:
+        return True
+    return any(
+        str(ref.get("apiVersion", "")).partition("/")[0] == GROUP and ref.get("kind") == KIND
+        for ref in meta.get("ownerReferences") or []
+    )

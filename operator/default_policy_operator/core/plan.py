@@ -7,13 +7,13 @@ and "applying a plan then planning again yields nothing" are properties we test 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from default_policy_operator.core.labels import PROFILE_LABEL
-from default_policy_operator.core.normalize import ObjectState, spec_hash, state_of
+from default_policy_operator.core.normalize import ObjectState, spec_hash
 from default_policy_operator.core.objects import ObjectKey
 from default_policy_operator.core.render import RenderedObject
 
@@ -63,6 +63,28 @@ class Action:
     profile: str = ""  # on whose behalf (for metrics and events)
 
 
+def merge_desired(
+    wanted: Iterable[Desired],
+) -> tuple[dict[ObjectKey, Desired], dict[ObjectKey, tuple[str, ...]]]:
+    """Desired objects by key, and every key more than one profile wants (with those profiles).
+
+    Two profiles wanting one object is a conflict, not a race to the last writer: the key is
+    left out of the result for both, so neither profile writes it (or deletes it), and both
+    can report it. Names are designed never to clash (``calico_policy_name``); this is the
+    guard that makes a future clash visible instead of silent.
+    """
+    by_key: dict[ObjectKey, list[Desired]] = {}
+    for desired in wanted:
+        by_key.setdefault(desired.key, []).append(desired)
+    merged = {key: found[0] for key, found in by_key.items() if len(found) == 1}
+    clashes = {
+        key: tuple(sorted({d.profile for d in found}))
+        for key, found in by_key.items()
+        if len(found) > 1
+    }
+    return merged, clashes
+
+
 def in_sync(desired: Desired, actual: ObjectState) -> bool:
     """Equal after normalisation: same spec, our labels present, owned by the same profile."""
     return (
@@ -105,15 +127,14 @@ def plan(
     return actions
 
 
-def apply_to_state(
-    actions: list[Action], actual: Mapping[ObjectKey, ObjectState]
-) -> dict[ObjectKey, ObjectState]:
-    """What ``actual`` becomes once ``actions`` succeed (used by tests and by ``dpo diff``)."""
-    result = dict(actual)
-    for action in actions:
-        if action.verb is Verb.DELETE:
-            result.pop(action.key, None)
-        else:
-            assert action.body is not None
-            result[action.key] = state_of(action.body)
-    return result
+def writes_first(actions: list[Action]) -> tuple[list[Action], bool]:
+    """Within one scope, the new cover goes in before the old one comes out.
+
+    When a plan both writes and deletes (a handover to a profile with other policies, say),
+    only the writes are returned; the deletes come from the next plan, made once the writes have
+    landed. The flag says deletes were withheld, so that the caller plans the scope again.
+    """
+    writes = [a for a in actions if a.verb is not Verb.DELETE]
+    if writes and len(writes) < len(actions):
+        return writes, True
+    return actions, False

@@ -55,6 +55,7 @@ from jinja2.sandbox import (
 from jinja2.utils import _PassArg
 from markupsafe import Markup
 
+from default_policy_operator.core import calico_selector
 from default_policy_operator.core.model import Flavor, Profile
 from default_policy_operator.core.normalize import spec_hash
 from default_policy_operator.core.objects import (
@@ -989,8 +990,14 @@ class Renderer:
             self._documents[key] = document
         return _copy_tree(document)
 
-    def render_calico(self, profile: Profile, namespace_selector: str) -> list[RenderedObject]:
-        """Every GlobalNetworkPolicy ``profile`` wants; the selector picks governed namespaces."""
+    def render_calico(
+        self, profile: Profile, governed: calico_selector.Node
+    ) -> list[RenderedObject]:
+        """Every GlobalNetworkPolicy ``profile`` wants; ``governed`` picks governed namespaces.
+
+        A template's own namespaceSelector (checked by ``_stamp``) is ANDed in as a syntax tree,
+        so it can narrow the governed set but never widen it.
+        """
         assert profile.flavor is Flavor.CALICO
         context = {"profile": {"name": profile.name, "priority": profile.priority}}
         out = []
@@ -998,9 +1005,9 @@ class Renderer:
             document = self.render_document(source, policy, {**context, "params": params})
             obj = self._stamp(profile, policy, document, None)
             spec = obj.body["spec"]
-            own = spec.get("namespaceSelector")
-            spec["namespaceSelector"] = (
-                f"({namespace_selector}) && ({own})" if own else namespace_selector
+            own = calico_selector.parse(spec.get("namespaceSelector") or "")
+            spec["namespaceSelector"] = calico_selector.to_text(
+                calico_selector.conjoin(governed, own)
             )
             out.append(obj)
         return out
@@ -1077,6 +1084,10 @@ class Renderer:
         if extra:
             raise RenderError(policy, f"spec may not set {', '.join(sorted(extra))}")
         if calico:
+            try:
+                calico_selector.check_policy_selectors(spec)
+            except calico_selector.CalicoSelectorError as exc:
+                raise RenderError(policy, str(exc)) from None
             spec.setdefault("order", profile.calico_order)
             spec.setdefault("selector", "all()")
             if not spec.get("types"):
@@ -1126,9 +1137,7 @@ def _params(profile: Profile, policy: str) -> dict[str, Any]:
             "ports": [p.as_k8s() for p in dns.ports],
             **calico,
         }
-    directions = (
-        profile.allow_kube_system if policy == "allow-kube-system" else profile.allow_same_namespace
-    )
+    directions = profile.allows(policy)  # only the directions deny-all denies
     types = _types(directions.ingress, directions.egress)
     return {
         "ingress": directions.ingress,

@@ -8,11 +8,20 @@ matches everything.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from default_policy_operator.core.calico_selector import (
+    Compare,
+    Has,
+    InSet,
+    Node,
+    Not,
+    conjoin,
+    to_text,
+)
 
 OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
 _LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
@@ -135,30 +144,19 @@ def parse_selector(raw: Any) -> LabelSelector:
     )
 
 
-def _quote(value: str) -> str:
-    # JSON string quoting is valid in Calico's selector grammar and escapes everything needed.
-    return json.dumps(value)
-
-
-def _set(values: tuple[str, ...] | list[str]) -> str:
-    return "{" + ", ".join(_quote(v) for v in sorted(values)) + "}"
+def to_calico_tree(selector: LabelSelector) -> Node:
+    """The equivalent Calico selector, as a tree (``all()`` for the empty selector)."""
+    terms: list[Node] = [Compare(k, "==", v) for k, v in selector.match_labels]
+    for r in selector.match_expressions:
+        if r.operator in ("In", "NotIn"):
+            terms.append(InSet(r.key, r.values, negated=r.operator == "NotIn"))
+        elif r.operator == "Exists":
+            terms.append(Has(r.key))
+        else:
+            terms.append(Not(Has(r.key)))
+    return conjoin(*terms)
 
 
 def to_calico(selector: LabelSelector) -> str:
     """Translate a label selector into an equivalent Calico selector expression."""
-    terms = [f"{k} == {_quote(v)}" for k, v in selector.match_labels]
-    for r in selector.match_expressions:
-        if r.operator == "In":
-            terms.append(f"{r.key} in {_set(r.values)}")
-        elif r.operator == "NotIn":
-            terms.append(f"{r.key} not in {_set(r.values)}")
-        elif r.operator == "Exists":
-            terms.append(f"has({r.key})")
-        else:
-            terms.append(f"!has({r.key})")
-    return " && ".join(terms) if terms else "all()"
-
-
-def calico_name_not_in(label: str, names: list[str]) -> str:
-    """A Calico term excluding the given object names (empty string when there are none)."""
-    return f"{label} not in {_set(names)}" if names else ""
+    return to_text(to_calico_tree(selector))

@@ -9,19 +9,27 @@ the same code serves ``dpo render``, ``dpo diff`` and ``dpo audit``.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from default_policy_operator.core.calico_selector import Compare, Has, InSet, Node, conjoin
 from default_policy_operator.core.governance import (
     Namespace,
     Standing,
-    candidate_standing,
+    dns_namespaces,
     governing_profile,
     precedence,
+    standing,
 )
-from default_policy_operator.core.labels import CALICO_NAME_LABEL, EXEMPT_LABEL, POLICY_LABEL
+from default_policy_operator.core.labels import (
+    CALICO_NAME_LABEL,
+    EXEMPT_LABEL,
+    LAST_VALID_SPEC_ANNOTATION,
+    POLICY_LABEL,
+)
 from default_policy_operator.core.model import (
     DNS1123_LABEL,
     DeletionPolicy,
@@ -35,10 +43,16 @@ from default_policy_operator.core.objects import (
     GLOBAL_NETWORK_POLICY,
     ObjectKey,
     calico_policy_name,
+    object_key,
 )
-from default_policy_operator.core.plan import Action, Desired, plan
-from default_policy_operator.core.render import Renderer, RenderError
-from default_policy_operator.core.selector import calico_name_not_in, to_calico
+from default_policy_operator.core.plan import Action, Desired, merge_desired, plan, writes_first
+from default_policy_operator.core.render import RenderedObject, Renderer, RenderError
+from default_policy_operator.core.selector import to_calico_tree
+
+
+def canonical_spec(spec: Mapping[str, Any]) -> str:
+    """One text per spec, so that recording it again is never a write."""
+    return json.dumps(spec, sort_keys=True, separators=(",", ":"))
 
 
 @dataclass
@@ -54,6 +68,16 @@ class ProfileEntry:
     #: the status last read from the API, so a restart does not rewrite an identical status
     status: dict[str, Any] = field(default_factory=dict)
     resource_version: str = ""
+    #: canonical JSON of the spec in force when it validated, and what the profile records
+    valid_spec: str = ""
+    recorded_spec: str = ""
+
+    @property
+    def record_due(self) -> bool:
+        """The spec in force validated but is not yet recorded on the profile (one patch)."""
+        return (
+            self.error is None and bool(self.valid_spec) and self.valid_spec != self.recorded_spec
+        )
 
     @property
     def active(self) -> bool:
@@ -68,6 +92,10 @@ class ScopePlan:
     #: actions an Audit-mode governor would take (reported, never executed)
     audit_findings: list[Action] = field(default_factory=list)
     errors: list[tuple[str, RenderError]] = field(default_factory=list)  # (profile, error)
+    #: every key the scope wants to exist, written or blocked (ends conflicts on other names)
+    desired_keys: set[ObjectKey] = field(default_factory=set)
+    #: deletes held back until this scope's (or another scope's) new cover has landed
+    withheld: bool = False
 
 
 @dataclass
@@ -82,17 +110,31 @@ class ProfileCounts:
 
 class World:
     def __init__(self, protected: frozenset[str], renderer: Renderer | None = None) -> None:
-        self.protected = protected
+        #: the fixed protected set (system and operator namespaces); see :attr:`protected`
+        self.base_protected = protected
         self.renderer = renderer or Renderer()
         self.namespaces: dict[str, Namespace] = {}
         self.profiles: dict[str, ProfileEntry] = {}
         self.objects: dict[ObjectKey, ObjectState] = {}
         self._by_namespace: dict[str, set[ObjectKey]] = {}
-        #: keys held by an object we did not create, with a human explanation
+        #: keys held by an object we did not create, with a human explanation (reported)
         self.conflicts: dict[ObjectKey, str] = {}
+        #: the conflicting keys whose next create attempt is not due yet (never written)
+        self.blocked: set[ObjectKey] = set()
         #: per profile, namespaces whose last plan found audit findings or render errors
         self.audit_findings: dict[str, dict[ObjectKey, str]] = {}
+        #: Calico keys that several profiles wanted at the last plan, with those profiles
+        self.calico_clashes: dict[ObjectKey, tuple[str, ...]] = {}
         self._sorted: list[Profile] | None = None
+        self._protected: frozenset[str] | None = None
+        #: per Calico profile, the namespaces its last planned selector covered (handovers)
+        self.calico_covered: dict[str, frozenset[str]] = {}
+        #: the desired spec hash and profile of each GlobalNetworkPolicy at the last Calico plan
+        self._calico_hashes: dict[ObjectKey, str] = {}
+        self._calico_owner: dict[ObjectKey, str] = {}
+        #: namespaces whose NetworkPolicy deletes wait for Calico, and the reverse
+        self.waiting_for_calico: set[str] = set()
+        self.calico_waiting_for: set[str] = set()
 
     # -- index maintenance ---------------------------------------------------------------
 
@@ -104,7 +146,7 @@ class World:
 
     def set_profile(self, entry: ProfileEntry) -> None:
         self.profiles[entry.name] = entry
-        self._sorted = None
+        self._sorted = self._protected = None
 
     def update_profile(self, body: Mapping[str, Any]) -> ProfileEntry:
         """Admit a profile object: parse, validate, trial-render; keep the last good version.
@@ -118,9 +160,11 @@ class World:
         generation = int(meta.get("generation") or 0)
         deleting = bool(meta.get("deletionTimestamp"))
         version = str(meta.get("resourceVersion", ""))
+        recorded = str((meta.get("annotations") or {}).get(LAST_VALID_SPEC_ANNOTATION, ""))
         if previous and (previous.generation, previous.deleting) == (generation, deleting):
             previous.status = dict(body.get("status") or {})  # a status-only change
             previous.resource_version = version
+            previous.recorded_spec = recorded
             return previous
         spec = body.get("spec") or {}
         entry = ProfileEntry(
@@ -136,22 +180,40 @@ class World:
             status=dict(body.get("status") or {}),
             resource_version=version,
         )
+        entry.recorded_spec = recorded
+        entry.valid_spec = previous.valid_spec if previous else ""
         try:
-            profile = parse_profile(body)
-            self.renderer.trial(profile)
+            entry.profile = self._admit(body)
+            entry.valid_spec = canonical_spec(spec)
         except ProfileError as exc:
             entry.error = f"invalid spec: {exc}"
         except RenderError as exc:
             entry.error = f"invalid template: {exc}"
-        else:
-            entry.profile = profile
+        if entry.profile is None and recorded:
+            entry.profile, entry.valid_spec = self._recorded_version(meta, recorded)
         self.set_profile(entry)
         return entry
+
+    def _admit(self, body: Mapping[str, Any]) -> Profile:
+        profile = parse_profile(body)
+        self.renderer.trial(profile)
+        return profile
+
+    def _recorded_version(
+        self, meta: Mapping[str, Any], recorded: str
+    ) -> tuple[Profile | None, str]:
+        """The last valid spec recorded on the profile, if it still validates (a restart or a
+        new leader with an invalid profile keeps exactly what was in force)."""
+        try:
+            spec = json.loads(recorded)
+            return self._admit({"metadata": meta, "spec": spec}), recorded
+        except (ValueError, ProfileError, RenderError):
+            return None, ""
 
     def remove_profile(self, name: str) -> None:
         self.profiles.pop(name, None)
         self.audit_findings.pop(name, None)
-        self._sorted = None
+        self._sorted = self._protected = None
 
     def set_object(self, state: ObjectState) -> None:
         self.objects[state.key] = state
@@ -184,6 +246,14 @@ class World:
                 key=precedence,
             )
         return self._sorted
+
+    @property
+    def protected(self) -> frozenset[str]:
+        """The fixed set plus every active profile's DNS namespace: a profile change that names
+        a new DNS namespace re-plans every scope, which removes what was governed there."""
+        if self._protected is None:
+            self._protected = self.base_protected | dns_namespaces(self.active_profiles())
+        return self._protected
 
     def governor(self, namespace: Namespace) -> Profile | None:
         return governing_profile(self.active_profiles(), namespace, self.protected)
@@ -225,7 +295,7 @@ class World:
         if governor is not None and not governor.enforcing:
             # Audit: compute what Enforce would do, execute nothing in this namespace.
             result.audit_findings = plan(
-                desired, actual, may_delete=lambda s: False, blocked=self.conflicts
+                desired, actual, may_delete=lambda s: False, blocked=self.blocked
             )
             return result
 
@@ -235,8 +305,33 @@ class World:
                 self.may_delete(state)
             )
 
-        result.actions = plan(desired, actual, may_delete=may_delete, blocked=self.conflicts)
+        result.desired_keys = set(desired)
+        actions = plan(desired, actual, may_delete=may_delete, blocked=self.blocked)
+        result.actions, result.withheld = writes_first(actions)
+        calico = governor if governor is not None and governor.flavor is Flavor.CALICO else None
+        if calico is not None and result.actions and not self.calico_covers(calico, name):
+            result.actions, result.withheld = [], True
+            self.waiting_for_calico.add(name)
         return result
+
+    def calico_covers(self, profile: Profile, namespace: str) -> bool:
+        """Whether ``profile``'s live GlobalNetworkPolicies already select ``namespace``.
+
+        True once the last Calico plan put the namespace in the profile's selector and every one
+        of the profile's objects is live with the spec that plan wanted: only then may the
+        namespace's NetworkPolicies go (a flavor handover never leaves it without a deny-all).
+        """
+        if namespace not in self.calico_covered.get(profile.name, frozenset()):
+            return False
+        keys = [k for k, owner in self._calico_owner.items() if owner == profile.name]
+        return bool(keys) and all(
+            k in self.objects and self.objects[k].spec_hash == self._calico_hashes[k] for k in keys
+        )
+
+    def network_policies_cover(self, profile: Profile, namespace: str) -> bool:
+        """Whether every NetworkPolicy ``profile`` wants in ``namespace`` is live and its own."""
+        wanted = [object_key(profile, policy, namespace) for policy in profile.policy_names()]
+        return all(k in self.objects and self.objects[k].profile == profile.name for k in wanted)
 
     def _render_namespace(
         self, profile: Profile, namespace: Namespace, result: ScopePlan
@@ -251,10 +346,12 @@ class World:
         result.errors.extend((profile.name, error) for error in errors)
         return {o.key: Desired.of(o) for o in rendered}, {e.policy for e in errors}
 
-    def calico_selector(self, profile: Profile) -> str:
+    def calico_selector(self, profile: Profile) -> Node:
         """A Calico namespaceSelector matching exactly the namespaces ``profile`` governs.
 
-        The profile's label selector, minus exempt namespaces (by label, effective at once), minus
+        Built as a tree: namespaces only (``has(projectcalico.org/name)``: host endpoints have
+        no namespace labels, and ``!=``/``not in`` terms would otherwise select them), the
+        profile's label selector, minus exempt namespaces (by label, effective at once), minus
         every selected namespace it does not govern (protected, excluded, shadowed) by name.
         """
         left_out = set(self.protected)
@@ -265,64 +362,117 @@ class World:
             if not profile.namespace_selector.matches(namespace.labels):
                 continue
             governor = self.governor(namespace)
-            if governor is None or governor.name != profile.name:
-                left_out.add(namespace.name)
-        terms = [
-            f"({to_calico(profile.namespace_selector)})",
-            f'{EXEMPT_LABEL} != "true"',
-            calico_name_not_in(CALICO_NAME_LABEL, sorted(left_out)),
-        ]
-        return " && ".join(t for t in terms if t)
+            if governor is not None and governor.name == profile.name:
+                continue
+            if governor is not None and self._still_covering(profile, governor, namespace.name):
+                self.calico_waiting_for.add(namespace.name)
+                continue
+            left_out.add(namespace.name)
+        return conjoin(
+            Has(CALICO_NAME_LABEL),
+            to_calico_tree(profile.namespace_selector),
+            Compare(EXEMPT_LABEL, "!=", "true"),
+            InSet(CALICO_NAME_LABEL, tuple(left_out), negated=True),
+        )
+
+    def _still_covering(self, profile: Profile, governor: Profile, namespace: str) -> bool:
+        """A namespace handed from Calico ``profile`` to a NetworkPolicy-flavor ``governor``
+        stays selected until the governor's policies are in place there (no gap)."""
+        return (
+            governor.flavor is Flavor.NETWORK_POLICY
+            and namespace in self.calico_covered.get(profile.name, frozenset())
+            and not self.network_policies_cover(governor, namespace)
+        )
 
     def plan_calico(self) -> ScopePlan:
-        """Plan the cluster-scoped GlobalNetworkPolicy objects of every Calico profile."""
+        """Plan the cluster-scoped GlobalNetworkPolicy objects of every Calico profile.
+
+        A key two profiles want is held for both (neither writes nor deletes it) and recorded
+        in ``calico_clashes``, which the status reports as a conflict of each.
+        """
         result = ScopePlan()
-        desired: dict[ObjectKey, Desired] = {}
-        audit_desired: dict[ObjectKey, Desired] = {}
+        wanted: list[Desired] = []
         held_profiles: set[str] = set()
+        audit_profiles: set[str] = set()
         for profile in self.active_profiles():
             if profile.flavor is not Flavor.CALICO:
                 continue
+            if not profile.enforcing:
+                audit_profiles.add(profile.name)
             try:
                 rendered = self.renderer.render_calico(profile, self.calico_selector(profile))
             except RenderError as exc:
                 result.errors.append((profile.name, exc))
                 held_profiles.add(profile.name)
                 continue
-            target = desired if profile.enforcing else audit_desired
-            target.update((o.key, Desired.of(o)) for o in rendered)
+            wanted.extend(Desired.of(o) for o in rendered)
+            if profile.enforcing:
+                self._remember_calico_cover(profile, rendered)
+        merged, self.calico_clashes = merge_desired(wanted)
+        held_keys = set(self.calico_clashes)
         actual = self.calico_objects()
-        audit_profiles = {d.profile for d in audit_desired.values()}
-        result.actions = plan(
-            desired,
+        result.desired_keys = set(merged) | held_keys
+
+        def may_delete(state: ObjectState) -> bool:
+            held = state.profile in held_profiles or state.key in held_keys
+            return (
+                not held and self.may_delete(state) and self._calico_cover_released(state.profile)
+            )
+
+        actions = plan(
+            {k: d for k, d in merged.items() if d.profile not in audit_profiles},
             {k: v for k, v in actual.items() if v.profile not in audit_profiles},
-            may_delete=lambda s: s.profile not in held_profiles and self.may_delete(s),
-            blocked=self.conflicts,
+            may_delete=may_delete,
+            blocked=self.blocked,
         )
+        result.actions, result.withheld = writes_first(actions)
         result.audit_findings = plan(
-            audit_desired,
+            {k: d for k, d in merged.items() if d.profile in audit_profiles},
             {k: v for k, v in actual.items() if v.profile in audit_profiles},
             may_delete=lambda s: False,
-            blocked=self.conflicts,
+            blocked=self.blocked,
         )
         return result
+
+    def _remember_calico_cover(self, profile: Profile, rendered: list[RenderedObject]) -> None:
+        """What this plan's selector covers: the governed namespaces plus those still held for
+        a handover (see ``_still_covering``)."""
+        previous = self.calico_covered.get(profile.name, frozenset())
+        self.calico_covered[profile.name] = frozenset(
+            n.name
+            for n in self.namespaces.values()
+            if (governor := self.governor(n)) is not None
+            and (
+                governor.name == profile.name
+                or (self._still_covering(profile, governor, n.name) and n.name in previous)
+            )
+        )
+        for obj in rendered:
+            self._calico_hashes[obj.key] = Desired.of(obj).spec_hash
+            self._calico_owner[obj.key] = profile.name
+
+    def _calico_cover_released(self, profile: str) -> bool:
+        """A leaving Calico profile's objects go only once the namespaces they covered that now
+        belong to a NetworkPolicy-flavor profile hold that profile's policies."""
+        for name in self.calico_covered.get(profile, frozenset()):
+            namespace = self.namespaces.get(name)
+            governor = self.governor(namespace) if namespace is not None else None
+            if governor is None or governor.flavor is not Flavor.NETWORK_POLICY:
+                continue
+            if not self.network_policies_cover(governor, name):
+                self.calico_waiting_for.add(name)
+                return False
+        return True
 
     # -- reporting -----------------------------------------------------------------------
 
     def standings(self, namespace: Namespace) -> dict[str, Standing]:
         """The namespace's standing for every active profile."""
         governor = self.governor(namespace)
-        out = {}
-        for profile in self.active_profiles():
-            reason = candidate_standing(profile, namespace, self.protected)
-            if reason is None:
-                reason = (
-                    Standing.GOVERNED
-                    if governor is not None and governor.name == profile.name
-                    else Standing.SHADOWED
-                )
-            out[profile.name] = reason
-        return out
+        return {
+            profile.name: standing(profile, namespace, governor, self.protected)
+            for profile in self.active_profiles()
+        }
 
     def counts(self) -> dict[str, ProfileCounts]:
         """Per-profile counts for status and metrics, in one pass over the namespaces."""
@@ -359,6 +509,12 @@ class World:
                 owner = governor.name if governor is not None else None
             if owner in counts:
                 counts[owner].conflict_keys.append(str(key))
+        for key, owners in self.calico_clashes.items():
+            for owner in owners:
+                if owner in counts:
+                    counts[owner].conflict_keys.append(
+                        f"{key} (wanted by profiles {', '.join(owners)})"
+                    )
         return counts
 
     def coverage(self) -> Counter[str]:

@@ -6,35 +6,30 @@ import and per object, and we need the raw HTTP status and ``Retry-After`` for b
 metrics. kopf's own client is internal API. aiohttp is already here because kopf uses it.
 
 Every request retries 429 / 5xx / connection errors with capped exponential backoff, honouring
-``Retry-After``; everything else surfaces as :class:`ApiError` for the caller to decide.
+``Retry-After``, and once more right away after a 401 with credentials loaded again (a rotated
+token); everything else surfaces as :class:`ApiError` for the caller to decide. Where the server
+is and how to authenticate come from :mod:`default_policy_operator.kube.credentials`, asked per
+request: TLS context, header and proxy may all change while the process runs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime
 import json
 import logging
-import os
-import ssl
-import subprocess
-import tempfile
-import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import yaml
 
 from default_policy_operator import metrics
 from default_policy_operator.core.labels import GROUP, PLURAL, VERSION
+from default_policy_operator.kube.credentials import Auth, Credentials, CredentialsError
 
 log = logging.getLogger(__name__)
 
-SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 RETRYABLE = frozenset({429, 500, 502, 503, 504})
 #: HTTP methods named as the API's verbs, so error and write metrics share one vocabulary
 VERBS = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
@@ -76,127 +71,6 @@ def calico_resource(api_version: str) -> Resource:
     return Resource(group, version, "globalnetworkpolicies", False)
 
 
-# -- credentials ------------------------------------------------------------------------------
-
-
-@dataclass
-class Credentials:
-    """How to reach and authenticate to one API server."""
-
-    server: str
-    ssl_context: ssl.SSLContext | bool
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    token: str | None = None
-    token_file: Path | None = None
-    exec_config: Mapping[str, Any] | None = None
-    _cached_token: tuple[str, float] | None = field(default=None, repr=False)
-
-    def authorization(self) -> str | None:
-        """The bearer token, re-read or re-fetched when it may have rotated."""
-        if self.token:
-            return self.token
-        now = time.monotonic()
-        if self._cached_token and self._cached_token[1] > now:
-            return self._cached_token[0]
-        token, ttl = None, 60.0
-        if self.token_file is not None:
-            token = self.token_file.read_text().strip()
-        elif self.exec_config is not None:
-            token, ttl = _exec_token(self.exec_config)
-        if token:
-            self._cached_token = (token, now + ttl)
-        return token
-
-
-def _exec_token(config: Mapping[str, Any]) -> tuple[str, float]:
-    """Run a kubeconfig exec credential plugin (EKS, GKE, OIDC helpers...)."""
-    env = {**os.environ, **{e["name"]: e["value"] for e in config.get("env") or []}}
-    out = subprocess.run(
-        [config["command"], *(config.get("args") or [])],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    status = json.loads(out.stdout).get("status", {})
-    ttl = 300.0
-    expiry = status.get("expirationTimestamp")
-    if expiry:
-        when = datetime.datetime.fromisoformat(expiry.replace("Z", "+00:00"))
-        ttl = max(10.0, (when - datetime.datetime.now(datetime.UTC)).total_seconds() - 30)
-    return str(status["token"]), ttl
-
-
-def _materialise(data: str | None, path: str | None, base: Path) -> str | None:
-    """kubeconfig ``*-data`` fields are base64; ssl wants files: write them privately."""
-    if data:
-        handle = tempfile.NamedTemporaryFile(prefix="dpo-", delete=False)  # noqa: SIM115
-        os.chmod(handle.name, 0o600)
-        handle.write(base64.b64decode(data))
-        handle.close()
-        return handle.name
-    if path:
-        return str(base / path) if not os.path.isabs(path) else path
-    return None
-
-
-def load_credentials(kubeconfig: str | None = None) -> Credentials:
-    """From ``kubeconfig``, ``$KUBECONFIG``, ``~/.kube/config``, or the in-cluster account."""
-    path = kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0]
-    if not path and "KUBERNETES_SERVICE_HOST" in os.environ:
-        host, port = os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_SERVICE_PORT"]
-        context = ssl.create_default_context(cafile=str(SERVICE_ACCOUNT_DIR / "ca.crt"))
-        return Credentials(
-            server=f"https://{host}:{port}",
-            ssl_context=context,
-            ca_file=str(SERVICE_ACCOUNT_DIR / "ca.crt"),
-            token_file=SERVICE_ACCOUNT_DIR / "token",
-        )
-    config_path = Path(path or Path.home() / ".kube" / "config")
-    config = yaml.safe_load(config_path.read_text())
-    base = config_path.parent
-    current = config.get("current-context")
-    context_entry = next(c["context"] for c in config["contexts"] if c["name"] == current)
-    cluster = next(
-        c["cluster"] for c in config["clusters"] if c["name"] == context_entry["cluster"]
-    )
-    user: dict[str, Any] = next(
-        (u["user"] for u in config.get("users") or [] if u["name"] == context_entry.get("user")),
-        {},
-    )
-    ssl_context: ssl.SSLContext | bool
-    ca = _materialise(
-        cluster.get("certificate-authority-data"), cluster.get("certificate-authority"), base
-    )
-    if cluster.get("insecure-skip-tls-verify"):
-        ssl_context = False
-    else:
-        ssl_context = ssl.create_default_context(cafile=ca)
-    cert = _materialise(user.get("client-certificate-data"), user.get("client-certificate"), base)
-    key = _materialise(user.get("client-key-data"), user.get("client-key"), base)
-    if cert and key:
-        if ssl_context is False:
-            ssl_context = ssl.create_default_context()
-            ssl_context.check_hostname = False
-            ssl_context.verify_mode = ssl.CERT_NONE
-        assert isinstance(ssl_context, ssl.SSLContext)
-        ssl_context.load_cert_chain(cert, key)
-    token_file = user.get("tokenFile")
-    return Credentials(
-        server=str(cluster["server"]).rstrip("/"),
-        ssl_context=ssl_context,
-        ca_file=ca,
-        cert_file=cert,
-        key_file=key,
-        token=user.get("token"),
-        token_file=Path(token_file) if token_file else None,
-        exec_config=user.get("exec"),
-    )
-
-
 # -- the client -------------------------------------------------------------------------------
 
 
@@ -227,11 +101,18 @@ class KubeApi:
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(
-                ssl=self.credentials.ssl_context, limit=self._connections
-            )
+            connector = aiohttp.TCPConnector(limit=self._connections)
             self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
         return self._session
+
+    @staticmethod
+    def _wire(auth: Auth, headers: Mapping[str, str]) -> dict[str, Any]:
+        """The per-request options ``auth`` decides: header, TLS context, proxy."""
+        return {
+            "headers": {"Accept": "application/json", **headers, **auth.headers()},
+            "ssl": auth.tls(),
+            "proxy": auth.proxy,
+        }
 
     async def close(self) -> None:
         if self._session is not None:
@@ -246,26 +127,22 @@ class KubeApi:
         params: Mapping[str, str] | None = None,
         content_type: str = "application/json",
     ) -> Any:
-        """One API call, retried on throttling, server errors and dropped connections."""
+        """One API call, retried on throttling, server errors and dropped connections, and
+        once after a 401 with credentials loaded again."""
         verb = VERBS.get(method, method.lower())
-        attempt = 0
+        headers = {"Content-Type": content_type} if body is not None else {}
+        data = json.dumps(body) if body is not None else None
+        attempt, reauthenticated = 0, False
         while True:
-            headers = {"Accept": "application/json"}
-            token = self.credentials.authorization()
-            if token:
-                headers["Authorization"] = f"Bearer {token}"
-            data = None
-            if body is not None:
-                headers["Content-Type"] = content_type
-                data = json.dumps(body)
             delay: float | None
             try:
+                auth = await self.credentials.current()
                 async with self._get_session().request(
                     method,
-                    self.credentials.server + path,
+                    auth.server + path,
                     params=params,
                     data=data,
-                    headers=headers,
+                    **self._wire(auth, headers),
                 ) as response:
                     if response.status < 300:
                         return await response.json(content_type=None)
@@ -273,14 +150,18 @@ class KubeApi:
                     code = response.status
                     retry_after = response.headers.get("Retry-After")
                 metrics.API_ERRORS.labels(verb=verb, code=str(code)).inc()
+                if code == 401 and not reauthenticated:
+                    self.credentials.invalidate(auth)  # a rotated token: load and try again
+                    reauthenticated = True
+                    continue
                 error = _api_error(code, text)
                 if code not in RETRYABLE or attempt >= self.retries:
                     raise error
                 delay = float(retry_after) if retry_after and retry_after.isdigit() else None
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                metrics.API_ERRORS.labels(verb=verb, code="connection").inc()
+            except (aiohttp.ClientError, TimeoutError, CredentialsError) as exc:
+                error = _connection_error(verb, exc)
                 if attempt >= self.retries:
-                    raise ApiError(0, "ConnectionError", str(exc) or type(exc).__name__) from exc
+                    raise error from exc
                 delay = None
             backoff = min(self.max_backoff, 0.1 * 2**attempt)
             wait = max(delay or 0.0, backoff)
@@ -346,27 +227,25 @@ class KubeApi:
         }
         if label_selector:
             params["labelSelector"] = label_selector
-        headers = {"Accept": "application/json"}
-        token = self.credentials.authorization()
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=timeout_seconds + 30)
         try:
+            auth = await self.credentials.current()
             async with self._get_session().get(
-                self.credentials.server + resource.path(),
+                auth.server + resource.path(),
                 params=params,
-                headers=headers,
                 timeout=timeout,
+                **self._wire(auth, {}),
             ) as response:
                 if response.status >= 300:
                     metrics.API_ERRORS.labels(verb="watch", code=str(response.status)).inc()
+                    if response.status == 401:
+                        self.credentials.invalidate(auth)  # the informer's next try loads again
                     raise _api_error(response.status, await response.text())
                 async for line in response.content:
                     if line.strip():
                         yield json.loads(line)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            metrics.API_ERRORS.labels(verb="watch", code="connection").inc()
-            raise ApiError(0, "ConnectionError", str(exc) or type(exc).__name__) from exc
+        except (aiohttp.ClientError, TimeoutError, CredentialsError) as exc:
+            raise _connection_error("watch", exc) from exc
 
     async def create(self, resource: Resource, body: dict[str, Any]) -> dict[str, Any]:
         namespace = body["metadata"].get("namespace", "")
@@ -450,6 +329,16 @@ class KubeApi:
             metrics.API_WRITES.labels(verb="create", resource=EVENTS.plural).inc()
         except ApiError as exc:  # an event is best-effort: never fail a reconcile over it
             log.warning("could not post event %s: %s", reason, exc)
+
+
+def _connection_error(verb: str, exc: Exception) -> ApiError:
+    """No answer from the server, or no credentials to ask it with (a failing exec plugin):
+    both are retried, and counted apart."""
+    if isinstance(exc, CredentialsError):
+        metrics.API_ERRORS.labels(verb=verb, code="credentials").inc()
+        return ApiError(0, "CredentialsError", str(exc))
+    metrics.API_ERRORS.labels(verb=verb, code="connection").inc()
+    return ApiError(0, "ConnectionError", str(exc) or type(exc).__name__)
 
 
 def _api_error(code: int, text: str) -> ApiError:

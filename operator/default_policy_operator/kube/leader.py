@@ -37,7 +37,8 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from default_policy_operator import metrics
-from default_policy_operator.kube.client import ApiError, Credentials, KubeApi, Resource
+from default_policy_operator.kube.client import ApiError, KubeApi, Resource
+from default_policy_operator.kube.credentials import Credentials
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,166 @@
+"""Built-in switches mean what they say: a connectivity matrix over every combination.
+
+For each combination of the built-in policies' switches (denyAll ingress/egress, allowDNS,
+allowKubeSystem ingress/egress, allowSameNamespace ingress/egress) and two DNS namespaces, the
+profile is planned by the real core (parse, govern, render) over a small cluster, in both
+flavors, and the objects it would create are evaluated by the reference evaluators in
+``tests/netpol.py`` (NetworkPolicy, and Calico GlobalNetworkPolicy) for every ordered pair of
+pods and a few ports. The outcome must equal :func:`promised`, which says
+what the switches' names promise and is written from their names alone, not from the templates:
+
+* a direction whose deny is off is open;
+* a denied direction admits exactly what an enabled allow names: DNS (UDP and TCP 53 to the DNS
+  pods), kube-system (any port, from or to any kube-system pod), the same namespace;
+* nothing outside the governed namespace is restricted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from default_policy_operator.core.governance import Namespace, protected_namespaces
+from default_policy_operator.core.labels import EXEMPT_LABEL, NAMESPACE_NAME_LABEL
+from default_policy_operator.core.plan import Verb
+from default_policy_operator.core.render import Renderer
+from default_policy_operator.core.world import World
+from tests.netpol import Pod, allowed, calico_allowed
+
+GOVERNED = "team-a"
+OTHER = "team-b"  # exempt: a namespace no profile governs
+DNS_LABELS = {"k8s-app": "kube-dns"}
+PORTS = (("UDP", 53), ("TCP", 53), ("TCP", 8080), ("UDP", 5353))
+CALICO = "CalicoGlobalNetworkPolicy"
+
+_RENDERER = Renderer()
+
+
+@dataclass(frozen=True)
+class Switches:
+    deny_ingress: bool
+    deny_egress: bool
+    dns: bool
+    kube_system_ingress: bool
+    kube_system_egress: bool
+    same_ingress: bool
+    same_egress: bool
+    dns_namespace: str
+    flavor: str = "NetworkPolicy"
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            "flavor": self.flavor,
+            "policies": {
+                "denyAll": {"ingress": self.deny_ingress, "egress": self.deny_egress},
+                "allowDNS": {"enabled": self.dns, "namespace": self.dns_namespace},
+                "allowKubeSystem": {
+                    "ingress": self.kube_system_ingress,
+                    "egress": self.kube_system_egress,
+                },
+                "allowSameNamespace": {"ingress": self.same_ingress, "egress": self.same_egress},
+            },
+        }
+
+
+COMBINATIONS = [
+    Switches(*flags, dns_namespace)
+    for flags in itertools.product((False, True), repeat=7)
+    for dns_namespace in ("kube-system", "coredns")
+] + [  # a GlobalNetworkPolicy cannot say "the pod's own namespace": no allowSameNamespace
+    Switches(*flags, False, False, dns_namespace, CALICO)
+    for flags in itertools.product((False, True), repeat=5)
+    for dns_namespace in ("kube-system", "coredns")
+]
+
+
+def pods(switches: Switches) -> dict[str, Pod]:
+    return {
+        "web": Pod(GOVERNED, {"app": "web"}),
+        "db": Pod(GOVERNED, {"app": "db"}),
+        "kube-system": Pod("kube-system", {"component": "metrics-server"}),
+        "dns": Pod(switches.dns_namespace, DNS_LABELS),
+        "other": Pod(OTHER, {"app": "web"}),
+    }
+
+
+def promised(switches: Switches, source: Pod, destination: Pod, protocol: str, port: int) -> bool:
+    """What the switch names promise, from the names alone."""
+    egress = True
+    if source.namespace == GOVERNED and switches.deny_egress:
+        to_dns = (
+            destination.namespace == switches.dns_namespace
+            and dict(destination.labels) == DNS_LABELS
+            and port == 53
+            and protocol in ("UDP", "TCP")
+        )
+        egress = (
+            (switches.dns and to_dns)
+            or (switches.kube_system_egress and destination.namespace == "kube-system")
+            or (switches.same_egress and destination.namespace == GOVERNED)
+        )
+    ingress = True
+    if destination.namespace == GOVERNED and switches.deny_ingress:
+        ingress = (switches.kube_system_ingress and source.namespace == "kube-system") or (
+            switches.same_ingress and source.namespace == GOVERNED
+        )
+    return egress and ingress
+
+
+def namespaces(switches: Switches) -> dict[str, dict[str, str]]:
+    """The cluster's namespaces and their labels (as the API server sets them)."""
+    names = {GOVERNED: {}, OTHER: {EXEMPT_LABEL: "true"}, "kube-system": {}}
+    names[switches.dns_namespace] = {}
+    return {name: {NAMESPACE_NAME_LABEL: name, **labels} for name, labels in names.items()}
+
+
+def rendered(switches: Switches) -> list[dict[str, Any]]:
+    """Every object the operator would create for the profile, in every namespace."""
+    names = namespaces(switches)
+    world = World(protected_namespaces("dpo-system"), _RENDERER)
+    for name, labels in names.items():
+        world.set_namespace(Namespace(name, labels))
+    entry = world.update_profile(
+        {"metadata": {"name": "matrix", "uid": "u", "generation": 1}, "spec": switches.spec()}
+    )
+    assert entry.error is None, entry.error
+    results = [world.plan_namespace(name) for name in names] + [world.plan_calico()]
+    assert not any(result.errors for result in results)
+    actions = [action for result in results for action in result.actions]
+    assert {a.verb for a in actions} <= {Verb.CREATE}
+    return [a.body for a in actions if a.body is not None]
+
+
+def label(switches: Switches) -> str:
+    on = [f.name for f in dataclasses.fields(switches) if getattr(switches, f.name) is True]
+    return "+".join([switches.flavor, *on, switches.dns_namespace])
+
+
+@pytest.mark.parametrize("switches", COMBINATIONS, ids=label)
+def test_every_combination_gives_the_connectivity_its_names_promise(switches: Switches) -> None:
+    policies = rendered(switches)
+    if switches.flavor == CALICO:
+        assert all(p["kind"] == "GlobalNetworkPolicy" for p in policies)
+        evaluate = calico_allowed
+    else:
+        assert all(p["metadata"]["namespace"] == GOVERNED for p in policies)
+        evaluate = allowed
+    everyone = pods(switches)
+    labels: Mapping[str, Mapping[str, str]] = namespaces(switches)
+    wrong = [
+        f"{a} -> {b} {protocol}/{port}: got {got}"
+        for (a, source), (b, destination) in itertools.permutations(everyone.items(), 2)
+        for protocol, port in PORTS
+        if (got := evaluate(policies, source, destination, protocol, port, labels))
+        is not promised(switches, source, destination, protocol, port)
+    ]
+    assert not wrong, wrong
+
+
+def test_the_matrix_covers_every_combination() -> None:
+    assert len(COMBINATIONS) == 2**7 * 2 + 2**5 * 2
+    assert len(set(COMBINATIONS)) == len(COMBINATIONS)
