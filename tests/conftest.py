@@ -7,6 +7,7 @@ independent by putting everything they create under a name from ``unique_name``.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import secrets
 import signal
 import threading
@@ -23,9 +24,9 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-@pytest.fixture(scope="session")
-def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    """A running control plane with our CRD and Calico's, stopped at the end of the session.
+@contextlib.contextmanager
+def _running(plane: ControlPlane) -> Iterator[ControlPlane]:
+    """Start ``plane`` and make sure it is stopped however the session ends.
 
     The children run in their own session, so a signal aimed at pytest never reaches them:
     SIGTERM (``timeout``, a cancelled job) is turned into KeyboardInterrupt so that pytest
@@ -34,7 +35,6 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _interrupt)
-    plane = ControlPlane(tmp_path_factory.mktemp("control-plane"))
     atexit.register(plane.stop)
     try:
         plane.start()
@@ -44,6 +44,23 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
         atexit.unregister(plane.stop)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """A running control plane with our CRD and Calico's, stopped at the end of the session."""
+    with _running(ControlPlane(tmp_path_factory.mktemp("control-plane"))) as plane:
+        yield plane
+
+
+@pytest.fixture(scope="session")
+def controller_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """A second session plane that also runs kube-controller-manager (namespace controller and
+    garbage collector), for the tests that delete namespaces or owners; started only when asked.
+    """
+    plane = ControlPlane(tmp_path_factory.mktemp("controller-plane"), controller_manager=True)
+    with _running(plane):
+        yield plane
 
 
 @pytest.fixture

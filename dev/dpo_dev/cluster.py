@@ -1,4 +1,6 @@
-"""A local Kubernetes control plane (etcd + kube-apiserver) for the CLI, the tests and the demo.
+"""A local Kubernetes control plane (etcd + kube-apiserver [+ kube-controller-manager]).
+
+Used by the CLI, the tests and the demo.
 
 Why not kind, k3d or envtest: the machines this project runs on have no Docker and can download
 nothing but registry packages, so the only way to a real apiserver is to build it from source
@@ -15,8 +17,12 @@ The module has two halves:
   directory, writes a kubeconfig, installs the CRDs, and records its PIDs in ``pids.json`` so
   another process (``dpo cluster down``) can stop what ``dpo cluster up`` left running.
 
-There is no controller-manager and no kubelet: namespaces being deleted stay ``Terminating``
-and ownerReference garbage collection never runs. Tests must not depend on either.
+With ``controller_manager=True`` (always for ``dpo cluster up``) it also runs
+kube-controller-manager with exactly two controllers: the namespace controller (a deleted
+namespace is emptied and then disappears, as in a real cluster) and the garbage collector
+(objects whose ``ownerReferences`` name a deleted owner are deleted). Nothing else runs: no
+kubelet, no scheduler, no ServiceAccount token controller, so pods never start and the
+ServiceAccount admission plugin stays off.
 """
 
 from __future__ import annotations
@@ -68,6 +74,13 @@ _CALICO_CRD_SUBDIR = "libcalico-go/config/crd"
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc"
 ADMIN_USER = "dpo-admin"
+#: The controller-manager's own identity (in ``system:masters``: the namespace controller and the
+#: garbage collector delete any kind of object, our CRDs' included), distinct from the admin's
+#: so that audit logs and apiserver metrics tell its requests apart.
+CONTROLLER_MANAGER_USER = "system:kube-controller-manager"
+#: The two controllers that make deletion behave as in a real cluster; every other one either
+#: needs kubelets, a cloud or pods, or would write objects tests do not expect.
+CONTROLLERS = ("namespace-controller", "garbage-collector-controller")
 
 #: How long start() waits for /readyz; a warm start takes a few seconds, a loaded CI box more.
 READY_TIMEOUT = 90.0
@@ -138,9 +151,15 @@ def default_calico_fallback_dir() -> Path:
 # --------------------------------------------------------------------------------------------
 
 
+#: The commands built from k8s.io/kubernetes, all in one wrapper module (see
+#: :func:`_kubernetes_wrapper`) so they share its go.sum and Go's build cache.
+KUBERNETES_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kubectl")
+
+
 @dataclass(frozen=True)
 class Binaries:
     kube_apiserver: Path
+    kube_controller_manager: Path
     etcd: Path
     kubectl: Path
 
@@ -150,6 +169,7 @@ def binary_paths(root: Path | None = None) -> Binaries:
     bin_dir = (root or cache_dir()) / "bin"
     return Binaries(
         kube_apiserver=bin_dir / f"kube-apiserver-{KUBERNETES_VERSION}",
+        kube_controller_manager=bin_dir / f"kube-controller-manager-{KUBERNETES_VERSION}",
         etcd=bin_dir / f"etcd-{ETCD_VERSION}",
         kubectl=bin_dir / f"kubectl-{KUBERNETES_VERSION}",
     )
@@ -162,7 +182,7 @@ def _is_executable(path: Path) -> bool:
 def ensure_binaries(log: Log = _stderr_log) -> Binaries:
     """Return the cached binaries, building the missing ones from source first.
 
-    The fast path only stats three files, so callers may invoke this on every start. Builds are
+    The fast path only stats four files, so callers may invoke this on every start. Builds are
     serialised by a lock file (two test sessions or a test run and ``dpo cluster up`` would
     otherwise compile the same thing twice on a two-core box) and each binary is written under a
     temporary name and renamed, so an interrupted build never leaves a half binary behind.
@@ -176,7 +196,7 @@ def ensure_binaries(log: Log = _stderr_log) -> Binaries:
         missing = _missing(binaries)  # another process may have built them meanwhile
         for stale in bin_dir.glob(".*.partial-*"):
             stale.unlink(missing_ok=True)
-        k8s = [name for name in missing if name in ("kube-apiserver", "kubectl")]
+        k8s = [name for name in missing if name in KUBERNETES_COMMANDS]
         if k8s:
             _build_kubernetes({name: _path_of(binaries, name) for name in k8s}, log)
         if "etcd" in missing:
@@ -190,6 +210,7 @@ def ensure_binaries(log: Log = _stderr_log) -> Binaries:
 def _path_of(binaries: Binaries, name: str) -> Path:
     return {
         "kube-apiserver": binaries.kube_apiserver,
+        "kube-controller-manager": binaries.kube_controller_manager,
         "kubectl": binaries.kubectl,
         "etcd": binaries.etcd,
     }[name]
@@ -198,7 +219,7 @@ def _path_of(binaries: Binaries, name: str) -> Path:
 def _missing(binaries: Binaries) -> list[str]:
     return [
         name
-        for name in ("kube-apiserver", "kubectl", "etcd")
+        for name in (*KUBERNETES_COMMANDS, "etcd")
         if not _is_executable(_path_of(binaries, name))
     ]
 
@@ -277,40 +298,60 @@ def _kubernetes_wrapper_directives(upstream_gomod: str, version: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _build_kubernetes(targets: Mapping[str, Path], log: Log) -> None:
-    with tempfile.TemporaryDirectory(prefix="dpo-k8s-build-") as tmp:
-        work = Path(tmp)
-        log(f"preparing the Kubernetes {KUBERNETES_VERSION} build module in {work} ...")
-        _run_go(["mod", "init", "dpo-k8s-build"], work)
-        info = _module_download("k8s.io/kubernetes", KUBERNETES_VERSION, work)
+def _kubernetes_wrapper(log: Log) -> Path:
+    """Prepare (once per version) the module that depends on k8s.io/kubernetes, and return it.
+
+    It lives in the cache rather than in a temporary directory so that a command added later
+    (kube-controller-manager came after kube-apiserver) is built in the same module, with the
+    same go.sum and module graph, and needs no ``go get``. Compiled packages are shared through
+    Go's build cache either way: ``-trimpath`` keeps them independent of where the module is.
+    The module is prepared beside its final place and renamed, so a half-prepared one is never
+    used; callers hold the build lock.
+    """
+    target = cache_dir() / "build" / f"kubernetes-{KUBERNETES_VERSION}"
+    if (target / ".complete").is_file():
+        return target
+    log(f"preparing the Kubernetes {KUBERNETES_VERSION} build module in {target} ...")
+    staging = Path(tempfile.mkdtemp(prefix=".kubernetes-", dir=_mkdir(target.parent)))
+    try:
+        _run_go(["mod", "init", "dpo-k8s-build"], staging)
+        info = _module_download("k8s.io/kubernetes", KUBERNETES_VERSION, staging)
         upstream = Path(info["GoMod"]).read_text()
-        with (work / "go.mod").open("a") as gomod:
+        with (staging / "go.mod").open("a") as gomod:
             gomod.write(_kubernetes_wrapper_directives(upstream, KUBERNETES_VERSION))
-        # Getting the command packages (not just the module) records every go.sum entry the
-        # build needs.
-        _run_go(
-            ["get", *(f"k8s.io/kubernetes/cmd/{name}@{KUBERNETES_VERSION}" for name in targets)],
+        # Getting every command package (not just the module) records every go.sum entry the
+        # builds need, whichever of them is built first.
+        commands = [f"k8s.io/kubernetes/cmd/{n}@{KUBERNETES_VERSION}" for n in KUBERNETES_COMMANDS]
+        _run_go(["get", *commands], staging)
+        (staging / ".complete").write_text(f"k8s.io/kubernetes@{KUBERNETES_VERSION}\n")
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _build_kubernetes(targets: Mapping[str, Path], log: Log) -> None:
+    work = _kubernetes_wrapper(log)
+    minor = KUBERNETES_VERSION.split(".")[1]
+    ldflags = (
+        "-s -w"
+        f" -X k8s.io/component-base/version.gitVersion={KUBERNETES_VERSION}"
+        " -X k8s.io/component-base/version.gitMajor=1"
+        f" -X k8s.io/component-base/version.gitMinor={minor}"
+    )
+    for name, out in targets.items():
+        version_args = ["version", "--client"] if name == "kubectl" else ["--version"]
+        _build_binary(
+            name,
+            f"k8s.io/kubernetes/cmd/{name}",
+            KUBERNETES_VERSION,
+            ldflags,
+            out,
             work,
+            version_args,
+            log,
         )
-        minor = KUBERNETES_VERSION.split(".")[1]
-        ldflags = (
-            "-s -w"
-            f" -X k8s.io/component-base/version.gitVersion={KUBERNETES_VERSION}"
-            " -X k8s.io/component-base/version.gitMajor=1"
-            f" -X k8s.io/component-base/version.gitMinor={minor}"
-        )
-        for name, out in targets.items():
-            version_args = ["version", "--client"] if name == "kubectl" else ["--version"]
-            _build_binary(
-                name,
-                f"k8s.io/kubernetes/cmd/{name}",
-                KUBERNETES_VERSION,
-                ldflags,
-                out,
-                work,
-                version_args,
-                log,
-            )
 
 
 def _build_etcd(out: Path, log: Log) -> None:
@@ -597,6 +638,7 @@ class ControlPlane:
         log: Log = _stderr_log,
         audit_policy: Mapping[str, Any] | None = None,
         extra_apiserver_args: Sequence[str] = (),
+        controller_manager: bool = False,
     ) -> None:
         self.workdir = Path(workdir).resolve()
         self.manifests_dir = manifests_dir or default_manifests_dir()
@@ -606,10 +648,17 @@ class ControlPlane:
         self.audit_policy = audit_policy
         self.audit_log = self.workdir / "audit.log"
         self.extra_apiserver_args = tuple(extra_apiserver_args)
+        #: Also run kube-controller-manager (:data:`CONTROLLERS`). Off by default: it adds
+        #: start-up time and watches every object the suites create, and most tests do not
+        #: delete namespaces or rely on garbage collection.
+        self.controller_manager = controller_manager
         self.kubeconfig = self.workdir / "kubeconfig"
+        #: kube-controller-manager's own credential (written on every start, used only with it)
+        self.controller_kubeconfig = self.workdir / "controller-manager.kubeconfig"
         self.pids_file = self.workdir / "pids.json"
         self.pki_dir = self.workdir / "pki"
         self.ca_file = self.pki_dir / "apiserver.crt"
+        self._controller_manager_port: int | None = None
         self._log = log
         self._binaries: Binaries | None = None
         self._server: str | None = None
@@ -670,6 +719,9 @@ class ControlPlane:
     def start(self) -> None:
         """Start etcd and kube-apiserver, wait for ``/readyz``, install the CRDs.
 
+        With :attr:`controller_manager`, kube-controller-manager starts after the CRDs and
+        ``start`` returns once its ``/healthz`` answers 200.
+
         On any failure (including Ctrl-C) everything started so far is stopped before the
         exception propagates, so a failed start leaves no process behind.
         """
@@ -686,12 +738,15 @@ class ControlPlane:
             for attempt in range(1, _START_ATTEMPTS + 1):
                 try:
                     self._start_processes(binaries)
+                    self._install_crds(crd_files, crd_names)
+                    if self.controller_manager:
+                        self._start_controller_manager(binaries)
+                        self._wait_controller_manager()
                     break
                 except _PortInUse:
                     self._stop_processes()
                     if attempt == _START_ATTEMPTS:
                         raise
-            self._install_crds(crd_files, crd_names)
         except BaseException:
             self.stop()
             raise
@@ -715,8 +770,13 @@ class ControlPlane:
             capture_output=True,
         )
         tokens = self.pki_dir / "tokens.csv"
+        kcm_token = secrets.token_urlsafe(32)
         _write_atomic(
-            tokens, f'{self._admin_token},{ADMIN_USER},{ADMIN_USER},"system:masters"\n', 0o600
+            tokens,
+            f'{self._admin_token},{ADMIN_USER},{ADMIN_USER},"system:masters"\n'
+            f"{kcm_token},{CONTROLLER_MANAGER_USER},{CONTROLLER_MANAGER_USER},"
+            '"system:masters"\n',
+            0o600,
         )
 
         peer = f"http://127.0.0.1:{peer_port}"
@@ -768,7 +828,70 @@ class ControlPlane:
             ],
         )
         self._wait_ready()
-        self._write_kubeconfig()
+        self._write_kubeconfig(self.kubeconfig, ADMIN_USER, self.admin_token)
+        self._write_kubeconfig(self.controller_kubeconfig, CONTROLLER_MANAGER_USER, kcm_token)
+
+    def _start_controller_manager(self, binaries: Binaries) -> None:
+        """kube-controller-manager with :data:`CONTROLLERS` only, acting with its own token.
+
+        Started after the CRDs are established, so that its garbage collector and namespace
+        controller discover them at once instead of at their next 30 s discovery refresh.
+        ``--use-service-account-credentials=false``: the controllers use that token rather than
+        one ServiceAccount each, which would need the token controller and a signing key.
+        ``/healthz`` is served on a free loopback port, with a self-signed certificate written to
+        ``pki/controller-manager``, only so that :meth:`start` can wait until it is up.
+        """
+        config = self.controller_kubeconfig
+        self._controller_manager_port = _free_port()
+        self._spawn(
+            "kube-controller-manager",
+            binaries.kube_controller_manager,
+            [
+                f"--kubeconfig={config}",
+                f"--authentication-kubeconfig={config}",
+                f"--authorization-kubeconfig={config}",
+                f"--controllers={','.join(CONTROLLERS)}",
+                "--leader-elect=false",
+                "--use-service-account-credentials=false",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={self._controller_manager_port}",
+                f"--cert-dir={self.pki_dir / 'controller-manager'}",
+                "--profiling=false",
+            ],
+        )
+
+    def _wait_controller_manager(self) -> None:
+        """Poll kube-controller-manager's ``/healthz`` (verified against the cert it wrote)."""
+        port = self._controller_manager_port
+        if port is None:
+            raise ControlPlaneError("kube-controller-manager was never started")
+        cert = self.pki_dir / "controller-manager" / "kube-controller-manager.crt"
+        deadline = time.monotonic() + READY_TIMEOUT
+        last = "no answer yet"
+        while True:
+            self._check_children()
+            try:
+                context = ssl.create_default_context(cafile=str(cert))
+                connection = http.client.HTTPSConnection(
+                    "127.0.0.1", port, context=context, timeout=2.0
+                )
+                try:
+                    connection.request("GET", "/healthz")
+                    response = connection.getresponse()
+                    last = f"HTTP {response.status}: {response.read().decode(errors='replace')}"
+                finally:
+                    connection.close()
+                if response.status == 200:
+                    return
+            except (OSError, ssl.SSLError, http.client.HTTPException) as exc:
+                last = repr(exc)  # not listening yet, or its certificate not written yet
+            if time.monotonic() > deadline:
+                raise ControlPlaneError(
+                    f"kube-controller-manager not healthy after {READY_TIMEOUT:.0f} s ({last}); "
+                    f"end of {self.workdir / 'kube-controller-manager.log'}:\n"
+                    + _log_tail(self.workdir / "kube-controller-manager.log")
+                )
+            time.sleep(0.1)
 
     def _audit_args(self) -> list[str]:
         if self.audit_policy is None:
@@ -867,7 +990,7 @@ class ControlPlane:
                 )
             time.sleep(0.1)
 
-    def _write_kubeconfig(self) -> None:
+    def _write_kubeconfig(self, path: Path, user: str, token: str) -> None:
         """A self-contained kubeconfig: the CA is embedded, so it keeps working if copied.
 
         The CA is the apiserver's self-generated bundle (serving cert + the CA that signed it,
@@ -883,16 +1006,16 @@ class ControlPlane:
                     "cluster": {"server": self.server, "certificate-authority-data": ca_data},
                 }
             ],
-            "users": [{"name": ADMIN_USER, "user": {"token": self.admin_token}}],
+            "users": [{"name": user, "user": {"token": token}}],
             "contexts": [
                 {
                     "name": "dpo",
-                    "context": {"cluster": "dpo", "user": ADMIN_USER, "namespace": "default"},
+                    "context": {"cluster": "dpo", "user": user, "namespace": "default"},
                 }
             ],
             "current-context": "dpo",
         }
-        _write_atomic(self.kubeconfig, yaml.safe_dump(config, sort_keys=False), 0o600)
+        _write_atomic(path, yaml.safe_dump(config, sort_keys=False), 0o600)
 
     def _install_crds(self, files: Sequence[Path], names: Sequence[str]) -> None:
         if not files:
@@ -944,7 +1067,7 @@ class ControlPlane:
         return next((r for r in self._records if r.name == name), None)
 
     def stop_child(self, name: str, sig: signal.Signals = signal.SIGTERM) -> None:
-        """Stop one child (``"etcd"`` or ``"kube-apiserver"``) and keep its data and port.
+        """Stop one child (``"etcd"``, ``"kube-apiserver"``...) and keep its data and port.
 
         SIGTERM lets it shut down gracefully; SIGKILL is a crash. Idempotent.
         """
@@ -963,8 +1086,8 @@ class ControlPlane:
     def start_child(self, name: str) -> None:
         """Start again a child stopped by :meth:`stop_child`, with the same flags and ports.
 
-        Waits until etcd listens, or until kube-apiserver's ``/readyz`` answers 200 (which
-        needs etcd up).
+        Waits until etcd listens, kube-apiserver's ``/readyz`` answers 200 (which needs etcd
+        up), or kube-controller-manager's ``/healthz`` does.
         """
         if self._record(name) is not None:
             raise ControlPlaneError(f"{name} is already running")
@@ -977,6 +1100,8 @@ class ControlPlane:
         self._save_pids()
         if name == "etcd":
             self._wait_listening("etcd", int(self.etcd_endpoint.rpartition(":")[2]))
+        elif name == "kube-controller-manager":
+            self._wait_controller_manager()
         else:
             self._ssl = None
             self._wait_ready()
@@ -1073,9 +1198,11 @@ def up(workdir: Path, *, manifests_dir: Path | None = None, log: Log = _stderr_l
     """Start a control plane that outlives the calling process (``dpo cluster up``).
 
     The children run in their own sessions with their output in ``workdir/*.log``, so the CLI
-    can exit; :func:`down` stops them later from ``workdir/pids.json``.
+    can exit; :func:`down` stops them later from ``workdir/pids.json``. It includes
+    kube-controller-manager: someone trying the operator by hand deletes namespaces and
+    expects them to go away, as they would in a real cluster.
     """
-    plane = ControlPlane(workdir, manifests_dir=manifests_dir, log=log)
+    plane = ControlPlane(workdir, manifests_dir=manifests_dir, log=log, controller_manager=True)
     plane.start()
     return plane
 

@@ -19,8 +19,9 @@ BUILD_INFO.labels(version=__version__).set(1)
 
 NAMESPACES = Gauge(
     "dpo_namespaces",
-    "Namespaces by coverage state: governed, excluded, exempt, protected, uncovered "
-    "(uncovered = no baseline and not deliberately left out).",
+    "Namespaces by coverage state: governed, excluded, exempt, protected, terminating, "
+    "uncovered (uncovered = no baseline and not deliberately left out; terminating = being "
+    "deleted, left to the namespace controller).",
     ["state"],
     registry=REGISTRY,
 )

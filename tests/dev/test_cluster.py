@@ -195,6 +195,100 @@ def test_second_control_plane_stops_cleanly(control_plane: ControlPlane, tmp_pat
     assert control_plane.request("GET", "/readyz")[0] == 200
 
 
+def _gone(plane: ControlPlane, path: str) -> bool:
+    status, body = plane.request("GET", path)
+    assert status in (200, 404), body
+    return status == 404
+
+
+def _wait_gone(plane: ControlPlane, path: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not _gone(plane, path):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} still there after {timeout:.0f} s")
+        time.sleep(0.1)
+
+
+def _config_map(name: str, owner: dict[str, object] | None = None) -> dict[str, object]:
+    meta: dict[str, object] = {"name": name}
+    if owner is not None:
+        meta["ownerReferences"] = [owner]
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta}
+
+
+@e2e
+def test_a_deleted_namespace_is_emptied_and_disappears(
+    controller_plane: ControlPlane, unique_name: str
+) -> None:
+    """The namespace controller removes a deleted namespace's content (a NetworkPolicy and a
+    custom resource among it), then the namespace itself, as a real cluster does."""
+    plane = controller_plane
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": unique_name}}
+    assert plane.request("POST", "/api/v1/namespaces", body=namespace)[0] == 201
+    policy = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "dpo-deny-all"},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress"]},
+    }
+    calico = {
+        "apiVersion": "crd.projectcalico.org/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "default.deny"},
+        "spec": {"selector": "all()", "types": ["Ingress"]},
+    }
+    paths = {
+        f"/apis/networking.k8s.io/v1/namespaces/{unique_name}/networkpolicies": policy,
+        f"/apis/crd.projectcalico.org/v1/namespaces/{unique_name}/networkpolicies": calico,
+        f"/api/v1/namespaces/{unique_name}/configmaps": _config_map("c"),
+    }
+    created = [plane.request("POST", path, body=body) for path, body in paths.items()]
+    assert [status for status, _ in created] == [201, 201, 201], created
+    status, body = plane.request("DELETE", f"/api/v1/namespaces/{unique_name}")
+    assert status == 200, body
+    _wait_gone(plane, f"/api/v1/namespaces/{unique_name}")
+
+
+@e2e
+def test_garbage_collector_deletes_dependents_of_a_deleted_owner(
+    controller_plane: ControlPlane, unique_name: str
+) -> None:
+    """An object whose ownerReference names a deleted owner is deleted; others stay."""
+    plane = controller_plane
+    base = "/api/v1/namespaces/default/configmaps"
+    status, owner = plane.request("POST", base, body=_config_map(f"{unique_name}-owner"))
+    assert status == 201, owner
+    reference = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "name": owner["metadata"]["name"],
+        "uid": owner["metadata"]["uid"],
+    }
+    dependent = _config_map(f"{unique_name}-dependent", reference)
+    assert plane.request("POST", base, body=dependent)[0] == 201
+    assert plane.request("POST", base, body=_config_map(f"{unique_name}-bystander"))[0] == 201
+    assert plane.request("DELETE", f"{base}/{unique_name}-owner")[0] == 200
+    _wait_gone(plane, f"{base}/{unique_name}-dependent")
+    assert not _gone(plane, f"{base}/{unique_name}-bystander")
+    plane.request("DELETE", f"{base}/{unique_name}-bystander")
+
+
+@e2e
+def test_controller_manager_is_stopped_with_the_plane(tmp_path: Path) -> None:
+    """It is recorded in pids.json, runs as its own user, and stops with the rest."""
+    workdir = tmp_path / "with-controllers"
+    with ControlPlane(workdir, controller_manager=True) as plane:
+        state = json.loads((workdir / "pids.json").read_text())
+        names = [item["name"] for item in state["processes"]]
+        assert names == ["etcd", "kube-apiserver", "kube-controller-manager"]
+        pids = _recorded_pids(workdir)
+        assert all(_running(pid) for pid in pids)
+        config = yaml.safe_load(plane.controller_kubeconfig.read_text())
+        assert config["users"][0]["name"] == cluster.CONTROLLER_MANAGER_USER
+    assert not any(_running(pid) for pid in pids)
+    assert _processes_mentioning(workdir) == []
+
+
 @e2e
 def test_failed_start_leaves_no_process(tmp_path: Path) -> None:
     """A CRD the apiserver rejects fails start() after both processes are up: both must go."""

@@ -207,6 +207,7 @@ class Reconciler:
                 labels=dict(meta.get("labels") or {}),
                 annotations=annotations,
                 resource_version=str(meta.get("resourceVersion", "")),
+                terminating=bool(meta.get("deletionTimestamp")),
             )
             previous = self.world.namespaces.get(name)
             self.world.set_namespace(namespace)
@@ -536,6 +537,11 @@ class Reconciler:
         if action.verb is Verb.CREATE and exc.status == 409:
             await self._check_conflict(action)
             return
+        if action.verb is Verb.CREATE and _namespace_terminating(exc):
+            # The namespace controller's deletions reached us before the namespace's own
+            # deletionTimestamp; that event is on its way and plans the namespace as empty.
+            log.debug("%s not re-created: its namespace is being deleted", key)
+            return
         if exc.status in (404, 409) and action.verb is Verb.UPDATE:
             # Stale resourceVersion or gone meanwhile: the watch will tell; re-plan then.
             self.mark([scope_of(key)])
@@ -637,3 +643,13 @@ def _older(candidate: str, current: str) -> bool:
         return int(candidate) < int(current)
     except ValueError:
         return False
+
+
+def _namespace_terminating(exc: ApiError) -> bool:
+    """NamespaceLifecycle's refusal of a create in a namespace that is being deleted.
+
+    Its reason is ``Forbidden``, like RBAC's; the cause type ``NamespaceTerminating`` is in
+    the Status details, which ApiError does not keep, so the admission plugin's message
+    decides: "unable to create new content in namespace X because it is being terminated".
+    """
+    return exc.status == 403 and "because it is being terminated" in exc.message

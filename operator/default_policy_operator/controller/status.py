@@ -20,7 +20,7 @@ from default_policy_operator.core.world import ProfileCounts, World
 from default_policy_operator.kube.client import PROFILES, ApiError, KubeApi
 
 STANDINGS = ("governed", "shadowed", "excluded")
-COVERAGE_STATES = ("governed", "excluded", "exempt", "protected", "uncovered")
+COVERAGE_STATES = ("governed", "excluded", "exempt", "protected", "terminating", "uncovered")
 
 
 def now_rfc3339() -> str:

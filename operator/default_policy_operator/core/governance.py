@@ -36,6 +36,10 @@ class Namespace:
     annotations: Mapping[str, str] = field(default_factory=dict)
     #: where the informer saw it; not part of equality (a new version may change nothing we read)
     resource_version: str = field(default="", compare=False)
+    #: it has a ``deletionTimestamp``: the namespace controller is deleting everything in it and
+    #: admission refuses creates there, so nothing is planned for it (``World.plan_namespace``).
+    #: Part of equality: the reconciler re-plans only namespaces whose record changed.
+    terminating: bool = False
 
     @property
     def exempt(self) -> bool:

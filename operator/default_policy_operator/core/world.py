@@ -274,10 +274,18 @@ class World:
     # -- planning ------------------------------------------------------------------------
 
     def plan_namespace(self, name: str) -> ScopePlan:
-        """Plan the NetworkPolicy objects of one namespace."""
+        """Plan the NetworkPolicy objects of one namespace.
+
+        A terminating namespace gets an empty plan: the namespace controller deletes our
+        objects there (a deletion that is not drift) and admission would refuse any create, so
+        re-creating would only fail; deleting is the controller's job. It keeps its governor
+        otherwise, so a Calico selector does not change for a namespace on its way out.
+        """
         result = ScopePlan()
-        actual = self.objects_in(name)
         namespace = self.namespaces.get(name)
+        if namespace is not None and namespace.terminating:
+            return result
+        actual = self.objects_in(name)
         governor = self.governor(namespace) if namespace is not None else None
         desired: dict[ObjectKey, Desired] = {}
         held: set[str] = set()
@@ -470,6 +478,8 @@ class World:
         """Per-profile counts for status and metrics, in one pass over the namespaces."""
         counts = {name: ProfileCounts() for name in self.profiles}
         for namespace in self.namespaces.values():
+            if namespace.terminating:
+                continue  # nothing is applied there any more (see namespace_state)
             for profile, reason in self.standings(namespace).items():
                 c = counts[profile]
                 if reason is Standing.GOVERNED:
@@ -493,7 +503,9 @@ class World:
                 owner = calico_names.get(key.name)
             else:
                 holder = self.namespaces.get(key.namespace)
-                governor = self.governor(holder) if holder is not None else None
+                governor = None
+                if holder is not None and not holder.terminating:  # else it goes with them
+                    governor = self.governor(holder)
                 owner = governor.name if governor is not None else None
             if owner in counts:
                 counts[owner].conflict_keys.append(str(key))
@@ -513,8 +525,16 @@ class World:
         return totals
 
     def namespace_state(self, namespace: Namespace) -> str:
+        """The namespace's coverage state; ``uncovered`` is the one that alerts.
+
+        A terminating namespace is ``terminating``: not ``uncovered`` (its owner deleted it,
+        nothing to alert about) and not ``governed`` (nothing is applied there any more); for
+        the same reason no profile counts it as governed, shadowed or excluded.
+        """
         if namespace.name in self.protected:
             return "protected"
+        if namespace.terminating:
+            return "terminating"
         if namespace.exempt:
             return "exempt"
         governor = self.governor(namespace)
