@@ -1,7 +1,8 @@
 """The layers of the package, enforced: each subpackage imports only the layers below it.
 
 ``core`` decides without I/O (no kopf, no HTTP client, no asyncio, no subprocess); ``kube`` is
-the only layer that talks to the API; ``controller`` runs the operator; ``cli`` sits on top.
+the only layer that talks to the API; ``rendering`` runs templates in worker processes;
+``controller`` runs the operator; ``cli`` sits on top.
 Development tooling (``dpo_dev``) is never imported by the runtime package.
 """
 
@@ -19,8 +20,9 @@ ROOT = "default_policy_operator"
 ALLOWED = {
     "core": set(),
     "kube": {"core", "metrics"},
-    "controller": {"core", "kube", "metrics"},
-    "cli": {"core", "kube", "controller", "metrics"},
+    "rendering": {"core"},
+    "controller": {"core", "kube", "rendering", "metrics"},
+    "cli": {"core", "kube", "controller", "rendering", "metrics"},
     "metrics": set(),
 }
 #: third-party or stdlib modules that mean I/O, concurrency or a framework: never in core

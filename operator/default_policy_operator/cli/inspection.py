@@ -28,6 +28,8 @@ from default_policy_operator.kube.client import (
     calico_resource,
     load_credentials,
 )
+from default_policy_operator.rendering.offline import admit, render_scopes
+from default_policy_operator.rendering.pool import RenderPool
 
 
 async def load_world(api: KubeApi, calico_api_version: str, *, with_foreign: bool) -> World:
@@ -41,8 +43,7 @@ async def load_world(api: KubeApi, calico_api_version: str, *, with_foreign: boo
                 meta["name"], dict(meta.get("labels") or {}), dict(meta.get("annotations") or {})
             )
         )
-    for body in await api.list_objects(PROFILES):
-        world.update_profile(body)
+    profiles = await api.list_objects(PROFILES)
     policies = await api.list_objects(
         NETWORK_POLICIES, label_selector="" if with_foreign else MANAGED_SELECTOR
     )
@@ -56,6 +57,10 @@ async def load_world(api: KubeApi, calico_api_version: str, *, with_foreign: boo
             world.set_object(state_of(body))
         elif with_foreign:
             world.conflicts[key_of(body)] = "not created by the operator"
+    with RenderPool() as pool:  # trials and per-namespace renders, as the operator does them
+        for body in profiles:
+            admit(world, pool, body)
+        render_scopes(world, pool, sorted(world.namespaces))
     return world
 
 

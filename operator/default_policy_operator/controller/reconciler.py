@@ -29,6 +29,7 @@ from default_policy_operator.core.labels import (
     PROFILE_LABEL,
     VERSION,
 )
+from default_policy_operator.core.model import Profile
 from default_policy_operator.core.normalize import ObjectState, state_of
 from default_policy_operator.core.objects import (
     GLOBAL_NETWORK_POLICY,
@@ -37,6 +38,7 @@ from default_policy_operator.core.objects import (
     managed_labels,
 )
 from default_policy_operator.core.plan import Action, Verb
+from default_policy_operator.core.render import RenderTask, trial_tasks
 from default_policy_operator.core.world import ProfileCounts, ScopePlan, World
 from default_policy_operator.kube.client import (
     NETWORK_POLICIES,
@@ -47,12 +49,15 @@ from default_policy_operator.kube.client import (
     calico_resource,
 )
 from default_policy_operator.kube.informers import Informer
+from default_policy_operator.rendering.pool import RenderPool
 
 log = logging.getLogger(__name__)
 
 CALICO_SCOPE = ""  # the dirty-set entry for cluster-scoped Calico objects
 STANDINGS = ("governed", "shadowed", "excluded")
 BULK_CHUNK = 100  # scopes planned per step of a bulk re-plan
+BULK_RENDERS = 2  # bulk render requests in flight before the next bulk chunk is taken
+PLAN_RETRY = 5.0  # seconds before a scope whose planning or rendering failed is tried again
 DRIFT_WINDOW = 60.0  # repairs of one object closer together than this count as a fight
 FIGHT_THRESHOLD = 3  # repairs within the window before backing off
 MAX_BACKOFF = 300.0
@@ -84,10 +89,13 @@ def now_rfc3339() -> str:
 
 
 class Reconciler:
-    def __init__(self, world: World, api: KubeApi, settings: Settings) -> None:
+    def __init__(
+        self, world: World, api: KubeApi, settings: Settings, pool: RenderPool | None = None
+    ) -> None:
         self.world = world
         self.api = api
         self.settings = settings
+        self.pool = pool or RenderPool()  # (its worker processes start on first use)
         self.calico = calico_resource(settings.calico_api_version)
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
@@ -116,6 +124,10 @@ class Reconciler:
         self._published: dict[str, dict[str, Any]] = {}  # profile -> last status written
         self._initialised: set[str] = set()  # profiles whose counter series exist
         self._tasks: list[asyncio.Task[None]] = []
+        self._trials: dict[str, Profile] = {}  # profile -> the version whose trial is running
+        self._rendering: set[str] = set()  # scopes waiting for their renders
+        self._urgent_after: set[str] = set()  # of those, scopes an event touched meanwhile
+        self._bulk_renders = 0  # bulk render requests in flight
         self.informers: list[Informer] = []  # set by the runtime; relisted by resync()
 
     # -- events in ----------------------------------------------------------------------
@@ -184,6 +196,30 @@ class Reconciler:
         entry = self.world.update_profile(body)
         if entry is before:
             return
+        if entry.error:
+            log.warning("profile %s: %s", entry.name, entry.error)
+        if entry.trial is not None:
+            self._trials[name] = entry.trial
+            self._spawn(self._trial(entry.trial))
+        self.profile_changed()
+
+    async def _trial(self, profile: Profile) -> None:
+        """Render a new profile version's trial in the pool; it comes into force (or fails,
+        keeping the last good version) when the renders are back."""
+        try:
+            results = await self.pool.render(trial_tasks(profile), urgent=True)
+        except Exception:
+            log.exception("trial of profile %s failed; retrying", profile.name)
+            metrics.RECONCILE_ERRORS.labels(reason="render_pool").inc()
+            await asyncio.sleep(PLAN_RETRY)
+            if self._trials.get(profile.name) is profile:
+                self._spawn(self._trial(profile))
+            return
+        if self._trials.get(profile.name) is profile:
+            del self._trials[profile.name]
+        entry = self.world.finish_trial(profile, results)
+        if entry is None:
+            return  # superseded while it rendered
         if entry.error:
             log.warning("profile %s: %s", entry.name, entry.error)
         self.profile_changed()
@@ -316,11 +352,15 @@ class Reconciler:
             if self._dirty:
                 batch, self._dirty = self._dirty, set()
                 urgent = True
-            elif self._bulk and len(self._queues[False]) < 2 * self.settings.workers:
+            elif (
+                self._bulk
+                and len(self._queues[False]) < 2 * self.settings.workers
+                and self._bulk_renders < BULK_RENDERS
+            ):
                 batch = {self._bulk.pop() for _ in range(min(BULK_CHUNK, len(self._bulk)))}
                 urgent = False
             else:
-                if not self._bulk and not self._inflight:
+                if not (self._bulk or self._inflight or self._trials or self._rendering):
                     self.synced.set()
                     self._idle.set()
                 self._wake.clear()
@@ -328,34 +368,92 @@ class Reconciler:
                     await asyncio.wait_for(self._wake.wait(), timeout=5.0)
                 continue
             started = time.monotonic()
-            try:
-                await self.reconcile(batch, urgent=urgent)
-            except Exception:  # never let one bad batch stop the operator
-                log.exception("reconcile batch failed; will retry")
-                metrics.RECONCILE_ERRORS.labels(reason="unexpected").inc()
-                self._bulk |= batch
-                await asyncio.sleep(1.0)
+            await self.reconcile(batch, urgent=urgent)
             metrics.RECONCILE_DURATION.labels(trigger="events").observe(time.monotonic() - started)
 
     async def reconcile(self, scopes: set[str], *, urgent: bool = True) -> None:
-        """Plan ``scopes`` and queue the resulting actions for the writers."""
-        for count, scope in enumerate(scopes):
+        """Plan ``scopes`` and queue the resulting actions for the writers.
+
+        Scopes that need renders first are handed to the render pool and planned when their
+        renders are back; the others are planned now. A scope whose planning fails is recorded
+        and retried on its own: it never holds up the rest of the batch.
+        """
+        waiting = self._request_renders(scopes, urgent)
+        for count, scope in enumerate(sorted(scopes - waiting)):
             if count % 50 == 49:
                 await asyncio.sleep(0)  # let watches, probes and writers run
-            result = (
-                self.world.plan_calico()
-                if scope == CALICO_SCOPE
-                else self.world.plan_namespace(scope)
-            )
-            for action, drift in self._admit(result, scope):
-                if action.key in self._inflight:
-                    self._replan.add(scope)  # decide again once that write has landed
-                    continue
-                self._inflight.add(action.key)
-                self._pending[action.profile] = self._pending.get(action.profile, 0) + 1
-                self._queues[urgent].append((action, drift))
-                self._work.set()
+            try:
+                self._plan_scope(scope, urgent)
+            except Exception as exc:  # one scope's failure is that scope's alone
+                self._plan_failed(scope, exc)
         self._status_dirty.set()
+
+    def _plan_scope(self, scope: str, urgent: bool) -> None:
+        result = (
+            self.world.plan_calico() if scope == CALICO_SCOPE else self.world.plan_namespace(scope)
+        )
+        if result.incomplete:  # changed since its renders were requested: request again
+            self.mark([scope])
+            return
+        for action, drift in self._admit(result, scope):
+            if action.key in self._inflight:
+                self._replan.add(scope)  # decide again once that write has landed
+                continue
+            self._inflight.add(action.key)
+            self._pending[action.profile] = self._pending.get(action.profile, 0) + 1
+            self._queues[urgent].append((action, drift))
+            self._work.set()
+
+    def _plan_failed(self, scope: str, exc: Exception) -> None:
+        log.exception("planning %s failed; retrying it in %.0fs", scope or "Calico", PLAN_RETRY)
+        metrics.RECONCILE_ERRORS.labels(reason="unexpected").inc()
+        namespace = self.world.namespaces.get(scope)
+        governor = self.world.governor(namespace) if namespace is not None else None
+        message = f"planning failed: {type(exc).__name__}: {exc}"[:300]
+        self._errors[scope] = {(governor.name if governor else "", "planning"): message}
+        self._schedule(PLAN_RETRY, scope)
+
+    def _request_renders(self, scopes: set[str], urgent: bool) -> set[str]:
+        """Start rendering what ``scopes`` lack (one pool request); the scopes that must wait."""
+        waiting = scopes & self._rendering
+        if urgent:
+            self._urgent_after |= waiting
+        requested: dict[str, list[RenderTask]] = {}
+        for scope in scopes - waiting:
+            try:
+                tasks = self.world.missing_renders(scope) if scope != CALICO_SCOPE else []
+            except Exception as exc:
+                self._plan_failed(scope, exc)
+                waiting.add(scope)
+                continue
+            if tasks:
+                requested[scope] = tasks
+        if requested:
+            self._rendering.update(requested)
+            self._bulk_renders += 0 if urgent else 1
+            self._spawn(self._render(requested, urgent))
+        return waiting | set(requested)
+
+    async def _render(self, requested: dict[str, list[RenderTask]], urgent: bool) -> None:
+        """Render in the pool, keep the results, then plan the scopes that waited for them."""
+        tasks = [task for scope_tasks in requested.values() for task in scope_tasks]
+        try:
+            results = await self.pool.render(tasks, urgent=urgent)
+        except Exception:
+            log.exception("render pool failed; retrying in %.0fs", PLAN_RETRY)
+            metrics.RECONCILE_ERRORS.labels(reason="render_pool").inc()
+            for scope in requested:
+                self._schedule(PLAN_RETRY, scope)
+        else:
+            self.world.store_renders(tasks, results)
+            for scope in requested:
+                urgent_now = urgent or scope in self._urgent_after
+                (self._dirty if urgent_now else self._bulk).add(scope)
+        finally:
+            self._rendering.difference_update(requested)
+            self._urgent_after.difference_update(requested)
+            self._bulk_renders -= 0 if urgent else 1
+            self._wake.set()
 
     async def _writer(self) -> None:
         """One of ``--workers`` writers: urgent actions first, then bulk ones."""

@@ -1,10 +1,16 @@
 """The operator's in-memory model of the cluster, and the planning it drives.
 
-Indexes of namespaces (names, labels, annotations), profiles (last good version and current
-error) and managed objects (names, labels, hashes: never whole objects). Every question the
-reconciler asks -- who governs this namespace, what should exist there, what must change, what
-does a profile's status say -- is answered here without I/O, so it is unit-tested directly and
-the same code serves ``dpo render``, ``dpo diff`` and ``dpo audit``.
+Indexes of namespaces (names, labels, annotations), profiles (last good version, its trial
+renders and current error) and managed objects (names, labels, hashes: never whole objects).
+Every question the reconciler asks -- who governs this namespace, what should exist there, what
+must change, what does a profile's status say -- is answered here without I/O, so it is
+unit-tested directly and the same code serves ``dpo render``, ``dpo diff`` and ``dpo audit``.
+
+The world never runs a template. Rendering happens in worker processes; the world says what it
+needs rendered (:meth:`World.pending_trials`, :meth:`World.missing_renders`) and is handed the
+results (:meth:`World.finish_trial`, :meth:`World.store_renders`). A profile's
+namespace-independent objects come from its trial; the others are cached per namespace, keyed by
+the profile version and the namespace's name, labels and annotations (all a template may read).
 """
 
 from __future__ import annotations
@@ -30,14 +36,26 @@ from default_policy_operator.core.model import (
     ProfileError,
     parse_profile,
 )
-from default_policy_operator.core.normalize import ObjectState
+from default_policy_operator.core.normalize import ObjectState, spec_hash
 from default_policy_operator.core.objects import (
     GLOBAL_NETWORK_POLICY,
     ObjectKey,
+    RenderedObject,
     calico_policy_name,
+    copy_tree,
 )
 from default_policy_operator.core.plan import Action, Desired, plan
-from default_policy_operator.core.render import Renderer, RenderError
+from default_policy_operator.core.render import (
+    ProfileRender,
+    RenderError,
+    RenderResult,
+    RenderTask,
+    Trialled,
+    namespace_task,
+    restamp,
+    trial_result,
+    trial_tasks,
+)
 from default_policy_operator.core.selector import calico_name_not_in, to_calico
 
 
@@ -47,6 +65,10 @@ class ProfileEntry:
 
     name: str
     profile: Profile | None = None
+    #: the trial renders of ``profile`` (set together with it)
+    render: ProfileRender | None = None
+    #: a newer version that parsed and awaits its trial render; ``profile`` stays in force
+    trial: Profile | None = None
     error: str | None = None
     generation: int = 0
     deleting: bool = False
@@ -68,6 +90,17 @@ class ScopePlan:
     #: actions an Audit-mode governor would take (reported, never executed)
     audit_findings: list[Action] = field(default_factory=list)
     errors: list[tuple[str, RenderError]] = field(default_factory=list)  # (profile, error)
+    #: renders the plan needs are missing (see World.missing_renders): nothing was planned
+    incomplete: bool = False
+
+
+@dataclass
+class _NamespaceRenders:
+    """A namespace's renders of one profile version's namespace-dependent policies."""
+
+    profile: Profile
+    namespace: Namespace
+    results: dict[str, RenderedObject | RenderError] = field(default_factory=dict)
 
 
 @dataclass
@@ -81,9 +114,8 @@ class ProfileCounts:
 
 
 class World:
-    def __init__(self, protected: frozenset[str], renderer: Renderer | None = None) -> None:
+    def __init__(self, protected: frozenset[str]) -> None:
         self.protected = protected
-        self.renderer = renderer or Renderer()
         self.namespaces: dict[str, Namespace] = {}
         self.profiles: dict[str, ProfileEntry] = {}
         self.objects: dict[ObjectKey, ObjectState] = {}
@@ -93,6 +125,8 @@ class World:
         #: per profile, namespaces whose last plan found audit findings or render errors
         self.audit_findings: dict[str, dict[ObjectKey, str]] = {}
         self._sorted: list[Profile] | None = None
+        #: (profile, namespace) -> renders of the profile's namespace-dependent policies
+        self._rendered: dict[tuple[str, str], _NamespaceRenders] = {}
 
     # -- index maintenance ---------------------------------------------------------------
 
@@ -101,16 +135,18 @@ class World:
 
     def remove_namespace(self, name: str) -> None:
         self.namespaces.pop(name, None)
+        for profile in self.profiles:
+            self._rendered.pop((profile, name), None)
 
     def set_profile(self, entry: ProfileEntry) -> None:
         self.profiles[entry.name] = entry
         self._sorted = None
 
     def update_profile(self, body: Mapping[str, Any]) -> ProfileEntry:
-        """Admit a profile object: parse, validate, trial-render; keep the last good version.
+        """Admit a profile object: parse and validate; a valid new version awaits its trial.
 
-        An invalid edit leaves ``profile`` at the previous valid version (fail static) and
-        explains itself in ``error``; the status reports both.
+        Until the trial (:meth:`finish_trial`) passes, ``profile`` stays at the previous valid
+        version (fail static); an invalid edit explains itself in ``error``.
         """
         meta = body.get("metadata") or {}
         name = str(meta.get("name", ""))
@@ -126,6 +162,7 @@ class World:
         entry = ProfileEntry(
             name=name,
             profile=previous.profile if previous else None,
+            render=previous.render if previous else None,
             generation=generation,
             deleting=deleting,
             deletion_policy=(
@@ -137,21 +174,43 @@ class World:
             resource_version=version,
         )
         try:
-            profile = parse_profile(body)
-            self.renderer.trial(profile)
+            entry.trial = parse_profile(body)
         except ProfileError as exc:
             entry.error = f"invalid spec: {exc}"
+        self.set_profile(entry)
+        return entry
+
+    def pending_trials(self) -> list[tuple[Profile, list[RenderTask]]]:
+        """Profile versions waiting for their trial, with the renders the trial needs."""
+        return [(e.trial, trial_tasks(e.trial)) for e in self.profiles.values() if e.trial]
+
+    def finish_trial(self, candidate: Profile, results: list[RenderResult]) -> ProfileEntry | None:
+        """Judge ``candidate``'s trial renders: it comes into force, or the last good version
+        stays and the error says which template failed where. None when ``candidate`` was
+        superseded (or its profile removed) while it rendered."""
+        entry = self.profiles.get(candidate.name)
+        if entry is None or entry.trial is not candidate:
+            return None
+        entry.trial = None
+        try:
+            render = trial_result(candidate, results)
         except RenderError as exc:
             entry.error = f"invalid template: {exc}"
         else:
-            entry.profile = profile
+            entry.profile, entry.render, entry.error = candidate, render, None
+            self._forget_renders(candidate.name)
         self.set_profile(entry)
         return entry
 
     def remove_profile(self, name: str) -> None:
         self.profiles.pop(name, None)
         self.audit_findings.pop(name, None)
+        self._forget_renders(name)
         self._sorted = None
+
+    def _forget_renders(self, profile: str) -> None:
+        for key in [k for k in self._rendered if k[0] == profile]:
+            del self._rendered[key]
 
     def set_object(self, state: ObjectState) -> None:
         self.objects[state.key] = state
@@ -203,6 +262,37 @@ class World:
 
     # -- planning ------------------------------------------------------------------------
 
+    def missing_renders(self, scope: str) -> list[RenderTask]:
+        """The renders :meth:`plan_namespace` needs before it can plan ``scope``."""
+        namespace = self.namespaces.get(scope)
+        governor = self.governor(namespace) if namespace is not None else None
+        if governor is None or governor.flavor is not Flavor.NETWORK_POLICY:
+            return []
+        assert namespace is not None
+        render = self.profiles[governor.name].render
+        cached = self._renders_of(governor, namespace)
+        have = cached.results if cached is not None else {}
+        dependent = render.dependent if render is not None else ()
+        return [namespace_task(governor, p, namespace) for p in dependent if p not in have]
+
+    def store_renders(self, tasks: list[RenderTask], results: list[RenderResult]) -> None:
+        """Keep per-namespace renders; one made for an older version is simply never used."""
+        for task, result in zip(tasks, results, strict=True):
+            namespace = task.namespace
+            assert namespace is not None
+            assert not isinstance(result, Trialled)
+            key = (task.profile.name, namespace.name)
+            cached = self._rendered.get(key)
+            if cached is None or cached.profile != task.profile or cached.namespace != namespace:
+                cached = self._rendered[key] = _NamespaceRenders(task.profile, namespace)
+            cached.results[task.policy] = result
+
+    def _renders_of(self, profile: Profile, namespace: Namespace) -> _NamespaceRenders | None:
+        cached = self._rendered.get((profile.name, namespace.name))
+        if cached is None or cached.profile is not profile or cached.namespace != namespace:
+            return None
+        return cached
+
     def plan_namespace(self, name: str) -> ScopePlan:
         """Plan the NetworkPolicy objects of one namespace."""
         result = ScopePlan()
@@ -213,7 +303,14 @@ class World:
         held: set[str] = set()
         if governor is not None and governor.flavor is Flavor.NETWORK_POLICY:
             assert namespace is not None
-            desired, held = self._render_namespace(governor, namespace, result)
+            wanted = self.wanted_in(governor, namespace)
+            if wanted is None:
+                result.incomplete = True
+                return result
+            objects, errors = wanted
+            desired = {o.key: Desired.of(o) for o in objects}
+            held = {e.policy for e in errors}
+            result.errors.extend((governor.name, e) for e in errors)
         if governor is not None and not governor.enforcing:
             # Audit: compute what Enforce would do, execute nothing in this namespace.
             result.audit_findings = plan(
@@ -230,18 +327,38 @@ class World:
         result.actions = plan(desired, actual, may_delete=may_delete, blocked=self.conflicts)
         return result
 
-    def _render_namespace(
-        self, profile: Profile, namespace: Namespace, result: ScopePlan
-    ) -> tuple[dict[ObjectKey, Desired], set[str]]:
-        """Desired objects, and the policies that failed to render (held: kept, not written)."""
-        data = {
-            "name": namespace.name,
-            "labels": namespace.labels,
-            "annotations": namespace.annotations,
-        }
-        rendered, errors = self.renderer.render_namespace_partial(profile, data)
-        result.errors.extend((profile.name, error) for error in errors)
-        return {o.key: Desired.of(o) for o in rendered}, {e.policy for e in errors}
+    def wanted_in(
+        self, profile: Profile, namespace: Namespace
+    ) -> tuple[list[RenderedObject], list[RenderError]] | None:
+        """The NetworkPolicies ``profile`` wants in ``namespace``, and the policies that failed
+        to render there; None while a namespace-dependent render is missing."""
+        render = self.profiles[profile.name].render
+        cached = self._renders_of(profile, namespace)
+        if render is None or (render.dependent and cached is None):
+            return None
+        objects: list[RenderedObject] = []
+        errors: list[RenderError] = []
+        for policy in profile.policy_names():
+            shared = render.shared.get(policy)
+            if shared is not None:
+                objects.append(restamp(shared, namespace.name))
+                continue
+            found = cached.results.get(policy) if cached is not None else None
+            if found is None:
+                return None
+            if isinstance(found, RenderError):
+                errors.append(found)
+            else:
+                objects.append(found)
+        return objects, errors
+
+    def wanted_calico(self, profile: Profile) -> list[RenderedObject] | None:
+        """The GlobalNetworkPolicies ``profile`` wants (None before its trial passed)."""
+        render = self.profiles[profile.name].render
+        if render is None:
+            return None
+        selector = self.calico_selector(profile)
+        return [with_namespace_selector(obj, selector) for obj in render.shared.values()]
 
     def calico_selector(self, profile: Profile) -> str:
         """A Calico namespaceSelector matching exactly the namespaces ``profile`` governs.
@@ -275,14 +392,12 @@ class World:
         for profile in self.active_profiles():
             if profile.flavor is not Flavor.CALICO:
                 continue
-            try:
-                rendered = self.renderer.render_calico(profile, self.calico_selector(profile))
-            except RenderError as exc:
-                result.errors.append((profile.name, exc))
+            wanted = self.wanted_calico(profile)
+            if wanted is None:
                 held_profiles.add(profile.name)
                 continue
             target = desired if profile.enforcing else audit_desired
-            target.update((o.key, Desired.of(o)) for o in rendered)
+            target.update((obj.key, Desired.of(obj)) for obj in wanted)
         actual = self.calico_objects()
         audit_profiles = {d.profile for d in audit_desired.values()}
         result.actions = plan(
@@ -368,3 +483,14 @@ class World:
             p.namespace_selector.matches(namespace.labels) for p in self.active_profiles()
         )
         return "excluded" if selected else "uncovered"
+
+
+def with_namespace_selector(obj: RenderedObject, governed: str) -> RenderedObject:
+    """A GlobalNetworkPolicy limited to the namespaces its profile governs: the template's own
+    ``namespaceSelector`` (if any) ANDed with ``governed``. Done at planning, outside the render
+    workers, because ``governed`` changes with every namespace event."""
+    body = copy_tree(obj.body)
+    spec = body["spec"]
+    own = spec.get("namespaceSelector")
+    spec["namespaceSelector"] = f"({governed}) && ({own})" if own else governed
+    return RenderedObject(obj.key, obj.policy, body, spec_hash(obj.key.kind, spec))
