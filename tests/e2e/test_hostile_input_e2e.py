@@ -37,6 +37,8 @@ from default_policy_operator.core.labels import MANAGED_SELECTOR, PROFILE_LABEL
 from default_policy_operator.core.model import Flavor, ProfileError, parse_profile
 from default_policy_operator.core.objects import network_policy_name
 from default_policy_operator.core.world import World
+from default_policy_operator.rendering.offline import admit, render_scopes
+from default_policy_operator.rendering.pool import RenderPool
 from tests.calico_selector import evaluate
 from tests.nothing_lost import ALLOWED_KINDS, Verdict, _compare, listable_resources
 from tests.support import (
@@ -365,6 +367,7 @@ def scoped_check(api: Api, tag: str, expect_missing: frozenset[str] = frozenset(
         )
         if meta["name"].startswith(tag):
             mine.add(meta["name"])
+    profiles = []
     for body in api.request("GET", PROFILES)["items"]:
         name = body["metadata"]["name"]
         if not name.startswith(tag):
@@ -374,7 +377,11 @@ def scoped_check(api: Api, tag: str, expect_missing: frozenset[str] = frozenset(
                 continue
             if not any(chooser.matches(world.namespaces[n].labels) for n in mine):
                 continue
-        world.update_profile(body)
+        profiles.append(body)
+    with RenderPool() as pool:  # the operator's renders, with the operator's limits
+        for body in profiles:
+            admit(world, pool, body)
+        render_scopes(world, pool, sorted(mine))
     verdict.namespaces = len(mine)
 
     live: dict[str, dict[str, dict[str, Any]]] = {}
@@ -393,8 +400,7 @@ def scoped_check(api: Api, tag: str, expect_missing: frozenset[str] = frozenset(
         if governor is not None and governor.flavor is Flavor.NETWORK_POLICY:
             assert namespace is not None
             verdict.governed += 1
-            data = {"name": name, "labels": namespace.labels, "annotations": namespace.annotations}
-            rendered, errors = world.renderer.render_namespace_partial(governor, data)
+            rendered, errors = world.wanted_in(governor, namespace) or ([], [])
             held = {network_policy_name(e.policy) for e in errors}
             for key in list(have):
                 labels = have[key]["metadata"]["labels"]
@@ -415,7 +421,7 @@ def scoped_check(api: Api, tag: str, expect_missing: frozenset[str] = frozenset(
     wanted_gnps = []
     for profile in world.active_profiles():
         if profile.name.startswith(tag) and profile.flavor is Flavor.CALICO:
-            wanted_gnps += world.renderer.render_calico(profile, world.calico_selector(profile))
+            wanted_gnps += world.wanted_calico(profile) or []
     _compare(verdict, "", wanted_gnps, gnps, world)
 
     resources = listable_resources(api)

@@ -351,16 +351,17 @@ def test_namespace_data_cannot_inject_yaml(api: Api, tag: str) -> None:
          "customPolicies": [{"name": "team", "template": template}]},
     )  # fmt: skip
     wait_names(api, name, BUILTINS)
-    # The payload reached the apiserver as one label *value* (which it then refuses as invalid):
-    # it never became YAML structure, so no other kind or namespace was ever targeted.
+    # The payload stayed one label *value* (which validation then refuses, naming the field,
+    # before anything is written): it never became YAML structure, so no other kind or
+    # namespace was ever targeted.
     found = wait_for(
         lambda: (
-            (c := condition(api.get_profile(tag), "Degraded")).get("reason") == "ApplyFailed" and c
+            (c := condition(api.get_profile(tag), "Degraded")).get("reason") == "RenderError" and c
         ),
-        what="the refused write to be reported",
+        what="the refused render to be reported",
     )
-    assert f"NetworkPolicy {name}/dpo-team: create failed: 422" in found["message"]
-    assert "Invalid value" in found["message"]
+    assert "policy team: invalid object: spec.podSelector.matchLabels['team']" in found["message"]
+    assert "is not a valid label value" in found["message"]
 
 
 def test_default_policies_mean_dns_and_kube_system_only(api: Api, tag: str) -> None:

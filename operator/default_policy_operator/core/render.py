@@ -285,6 +285,10 @@ class Renderer:
         except RenderError as exc:
             return exc
 
+    def knows(self, source: str) -> bool:
+        """Whether ``source`` was compiled here before."""
+        return source in self._compiled
+
     def compile(self, source: str, policy: str) -> tuple[jinja2.Template, bool]:
         """Compile (cached); the flag says whether the template reads ``namespace``."""
         cached = self._compiled.get(source)

@@ -64,42 +64,47 @@ class _Worker:
         self.process: subprocess.Popen[bytes] | None = None
 
     def run(self, tasks: Sequence[RenderTask]) -> list[RenderResult]:
-        """Results in order. After a timeout the unanswered tasks go again to a fresh worker
-        that answers each as soon as it is done, so the one that stalls is the one blamed."""
+        """Results in order. A stall in a template's first run in this worker is blamed at once
+        (the worker says when one starts); after any other timeout the unanswered tasks go
+        again to a fresh worker that answers each as soon as it is done, so the one that
+        stalls is the one blamed."""
         results: list[RenderResult] = []
         eager = False
         while len(results) < len(tasks):
-            done, stalled = self._run_until_failure(tasks[len(results) :], eager)
+            done, stalled, first = self._run_until_failure(tasks[len(results) :], eager)
             results += done
             if stalled is None:
                 continue
-            if eager or stalled != "the time limit":
+            timeout = stalled == "the time limit"
+            if eager or first or not timeout:
                 results.append(self._failed(tasks[len(results)], stalled))
-            eager = stalled == "the time limit" and not eager
+            eager = timeout and not eager and not first
         return results
 
     def _run_until_failure(
         self, tasks: Sequence[RenderTask], eager: bool
-    ) -> tuple[list[RenderResult], str | None]:
+    ) -> tuple[list[RenderResult], str | None, bool]:
         """Results in order, until the worker stalls or dies (and is stopped): then also what
-        stopped it."""
+        stopped it, and whether it was running a template's first run."""
         process = self._started()
         assert process.stdin is not None
         assert process.stdout is not None
         results: list[RenderResult] = []
+        first = False
         try:
             process.stdin.write(frame(pickle.dumps((list(tasks), eager))))
             process.stdin.flush()
             while len(results) < len(tasks):
                 deadline = time.monotonic() + self.settings.time_limit + FLUSH_INTERVAL
                 payload = read_frame(process.stdout.fileno(), deadline)
-                results += decode_results(tasks[len(results) :], payload)
+                done, first = decode_results(tasks[len(results) :], payload)
+                results += done
         except WorkerTimeout:
             self.stop()
-            return results, "the time limit"
+            return results, "the time limit", first
         except (WorkerGone, OSError, ValueError, KeyError, TypeError) as exc:  # or garbled
-            return results, self._death(exc)
-        return results, None
+            return results, self._death(exc), first
+        return results, None, first
 
     def _failed(self, task: RenderTask, what: str) -> RenderError:
         log.warning("render worker stopped: %s rendering policy %s of profile %s",

@@ -2,8 +2,8 @@
 
 Frames are a 4-byte length and a payload. Requests (operator -> worker) are pickled: a task
 list and whether to answer each task at once (the operator trusts what it sends). Results
-(worker -> operator) come in order, several to a frame, as JSON lists, each checked against the
-task it answers, so that even a worker whose sandbox were broken could not make the operator run
+(worker -> operator) come in order, several to a frame, as JSON, each checked against the task
+it answers, so that even a worker whose sandbox were broken could not make the operator run
 code or write an object other than the one the task asked for.
 """
 
@@ -83,12 +83,21 @@ def _object(obj: RenderedObject | None) -> dict[str, Any] | None:
     return {"policy": obj.policy, "body": obj.body, "hash": obj.spec_hash}
 
 
-def decode_results(tasks: Sequence[RenderTask], payload: bytes) -> list[RenderResult]:
-    """A frame of answers to the first of ``tasks``; anything that does not fit is refused."""
-    answers = json.loads(payload)
-    if not isinstance(answers, list) or not 0 < len(answers) <= len(tasks):
-        raise ValueError("a frame that answers no task")
-    return [decode_result(task, answer) for task, answer in zip(tasks, answers, strict=False)]
+def results_frame(encoded: list[bytes], *, first_next: bool) -> bytes:
+    """A frame of encoded results; ``first_next``: the worker now runs a template it never ran."""
+    flag = b"true" if first_next else b"false"
+    return b'{"first_next":' + flag + b',"results":[' + b",".join(encoded) + b"]}"
+
+
+def decode_results(tasks: Sequence[RenderTask], payload: bytes) -> tuple[list[RenderResult], bool]:
+    """A frame of answers to the first of ``tasks`` (anything that does not fit is refused),
+    and whether a first run of a template comes next."""
+    data = json.loads(payload)
+    answers = data["results"]
+    if not isinstance(answers, list) or len(answers) > len(tasks):
+        raise ValueError("a frame that answers more than was asked")
+    results = [decode_result(task, answer) for task, answer in zip(tasks, answers, strict=False)]
+    return results, bool(data["first_next"])
 
 
 def decode_result(task: RenderTask, data: dict[str, Any]) -> RenderResult:

@@ -19,13 +19,14 @@ import time
 from collections.abc import Sequence
 from typing import BinaryIO
 
-from default_policy_operator.core.render import Renderer, RenderError, RenderTask
+from default_policy_operator.core.render import Renderer, RenderError, RenderTask, policy_source
 from default_policy_operator.rendering.protocol import (
     FLUSH_INTERVAL,
     READY,
     WorkerGone,
     encode_result,
     read_frame,
+    results_frame,
     write_frame,
 )
 
@@ -68,17 +69,26 @@ def _answer_all(
     replies: BinaryIO,
 ) -> None:
     """Render ``tasks`` in order; results go out in frames of all that finished within
-    ``interval`` (one frame per result would cost a context switch per render)."""
+    ``interval`` (one frame per result would cost a context switch per render).
+
+    A template this worker never ran is the likeliest to stall, so around such a first run the
+    worker answers at once: before it (saying that a first run comes next) and after it. A
+    timeout then blames the right task without a second try.
+    """
     pending: list[bytes] = []
     flushed = time.monotonic()
     for task in tasks:
+        first = not renderer.knows(policy_source(task.profile, task.policy)[0])
+        if first:
+            write_frame(replies, results_frame(pending, first_next=True))
+            pending = []
         _limit_cpu(time_limit)
         pending.append(_answer(renderer, task))
-        if time.monotonic() - flushed >= interval:
-            write_frame(replies, b"[" + b",".join(pending) + b"]")
+        if first or time.monotonic() - flushed >= interval:
+            write_frame(replies, results_frame(pending, first_next=False))
             pending, flushed = [], time.monotonic()
     if pending:
-        write_frame(replies, b"[" + b",".join(pending) + b"]")
+        write_frame(replies, results_frame(pending, first_next=False))
 
 
 def _answer(renderer: Renderer, task: RenderTask) -> bytes:
