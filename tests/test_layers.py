@@ -77,3 +77,15 @@ def test_core_does_no_io(path: Path) -> None:
 
 def test_every_module_belongs_to_a_layer() -> None:
     assert {layer_of(p) for p in MODULES} <= set(ALLOWED)
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_private_names_of_other_libraries(path: Path) -> None:
+    """Private Jinja or CPython names (``jinja2.utils._PassArg``, ``_signal``) change without
+    notice between releases; the sandbox must rest on public API only."""
+    for name in imports_of(path):
+        parts = name.split(".")
+        if parts[0] in (ROOT, "__future__"):
+            continue
+        assert not any(part.startswith("_") for part in parts), f"{path.name} imports {name}"
+    assert "import_module(" not in path.read_text(), f"{path.name} imports by name"

@@ -368,7 +368,13 @@ class Reconciler:
                     await asyncio.wait_for(self._wake.wait(), timeout=5.0)
                 continue
             started = time.monotonic()
-            await self.reconcile(batch, urgent=urgent)
+            try:
+                await self.reconcile(batch, urgent=urgent)
+            except Exception:  # a bug here, not in one scope (those are isolated): keep going
+                log.exception("reconcile batch failed; will retry")
+                metrics.RECONCILE_ERRORS.labels(reason="unexpected").inc()
+                self._bulk |= batch
+                await asyncio.sleep(1.0)
             metrics.RECONCILE_DURATION.labels(trigger="events").observe(time.monotonic() - started)
 
     async def reconcile(self, scopes: set[str], *, urgent: bool = True) -> None:

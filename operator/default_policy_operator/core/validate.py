@@ -20,6 +20,7 @@ namespace's data), so a trial against a sample namespace judges only what it can
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -78,16 +79,17 @@ def integer(value: Any, path: str) -> Iterator[Problem]:
 def number(value: Any, path: str) -> Iterator[Problem]:
     if not isinstance(value, int | float) or isinstance(value, bool):
         yield from _wrong(path, "a number", value)
+    elif not math.isfinite(value):
+        yield Problem(path, "must be a finite number", structural=False)
 
 
 def int_or_string(value: Any, path: str) -> Iterator[Problem]:
     if isinstance(value, str):
         return
-    yield from (
-        integer(value, path)
-        if isinstance(value, int)
-        else _wrong(path, "an integer or a string", value)
-    )
+    if isinstance(value, int) and not isinstance(value, bool):
+        yield from integer(value, path)
+    else:
+        yield from _wrong(path, "an integer or a string", value)
 
 
 def list_of(item: Check) -> Check:

@@ -64,8 +64,8 @@ class _Worker:
         self.process: subprocess.Popen[bytes] | None = None
 
     def run(self, tasks: Sequence[RenderTask]) -> list[RenderResult]:
-        """Results in order. A stall in a template's first run in this worker is blamed at once
-        (the worker says when one starts); after any other timeout the unanswered tasks go
+        """Results in order. A stall (or death) in a template's first run in this worker is
+        blamed at once (the worker says when one starts); otherwise the unanswered tasks go
         again to a fresh worker that answers each as soon as it is done, so the one that
         stalls is the one blamed."""
         results: list[RenderResult] = []
@@ -75,10 +75,9 @@ class _Worker:
             results += done
             if stalled is None:
                 continue
-            timeout = stalled == "the time limit"
-            if eager or first or not timeout:
+            if eager or first:
                 results.append(self._failed(tasks[len(results)], stalled))
-            eager = timeout and not eager and not first
+            eager = not eager and not first
         return results
 
     def _run_until_failure(
