@@ -56,7 +56,8 @@ log = logging.getLogger(__name__)
 CALICO_SCOPE = ""  # the dirty-set entry for cluster-scoped Calico objects
 STANDINGS = ("governed", "shadowed", "excluded")
 BULK_CHUNK = 100  # scopes planned per step of a bulk re-plan
-BULK_RENDERS = 2  # bulk render requests in flight before the next bulk chunk is taken
+RENDER_GROUP = 8  # scopes per render request: their plans go out as each group is back
+BULK_RENDERS = 4  # bulk render requests in flight before the next bulk chunk is taken
 PLAN_RETRY = 5.0  # seconds before a scope whose planning or rendering failed is tried again
 DRIFT_WINDOW = 60.0  # repairs of one object closer together than this count as a fight
 FIGHT_THRESHOLD = 3  # repairs within the window before backing off
@@ -128,6 +129,7 @@ class Reconciler:
         self._rendering: set[str] = set()  # scopes waiting for their renders
         self._urgent_after: set[str] = set()  # of those, scopes an event touched meanwhile
         self._bulk_renders = 0  # bulk render requests in flight
+        self._landed: set[str] = set()  # bulk scopes whose renders are back, to plan
         self.informers: list[Informer] = []  # set by the runtime; relisted by resync()
 
     # -- events in ----------------------------------------------------------------------
@@ -352,6 +354,9 @@ class Reconciler:
             if self._dirty:
                 batch, self._dirty = self._dirty, set()
                 urgent = True
+            elif self._landed:  # bulk scopes whose renders are back: plan them, unpaced
+                batch, self._landed = self._landed, set()
+                urgent = False
             elif (
                 self._bulk
                 and len(self._queues[False]) < 2 * self.settings.workers
@@ -420,7 +425,8 @@ class Reconciler:
         self._schedule(PLAN_RETRY, scope)
 
     def _request_renders(self, scopes: set[str], urgent: bool) -> set[str]:
-        """Start rendering what ``scopes`` lack (one pool request); the scopes that must wait."""
+        """Start rendering what ``scopes`` lack (a pool request per group of scopes); the scopes
+        that must wait."""
         waiting = scopes & self._rendering
         if urgent:
             self._urgent_after |= waiting
@@ -434,10 +440,12 @@ class Reconciler:
                 continue
             if tasks:
                 requested[scope] = tasks
-        if requested:
-            self._rendering.update(requested)
+        self._rendering.update(requested)
+        scopes_requested = sorted(requested)
+        for i in range(0, len(scopes_requested), RENDER_GROUP):  # land (and write) as they come
+            group = {scope: requested[scope] for scope in scopes_requested[i : i + RENDER_GROUP]}
             self._bulk_renders += 0 if urgent else 1
-            self._spawn(self._render(requested, urgent))
+            self._spawn(self._render(group, urgent))
         return waiting | set(requested)
 
     async def _render(self, requested: dict[str, list[RenderTask]], urgent: bool) -> None:
@@ -454,7 +462,7 @@ class Reconciler:
             self.world.store_renders(tasks, results)
             for scope in requested:
                 urgent_now = urgent or scope in self._urgent_after
-                (self._dirty if urgent_now else self._bulk).add(scope)
+                (self._dirty if urgent_now else self._landed).add(scope)
         finally:
             self._rendering.difference_update(requested)
             self._urgent_after.difference_update(requested)
