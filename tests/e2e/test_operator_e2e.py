@@ -299,6 +299,17 @@ BAD_TEMPLATES = {
                  "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nspec: {}",
                  "exactly one document"),
     "escape": ("{{ ''.__class__.__mro__[1].__subclasses__() }}", "sandbox"),
+    # Issue 10.1: YAML that parses but is no NetworkPolicy: refused by the trial, field named
+    "port-int": ("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n"
+                 "spec: {egress: [{ports: [53]}]}",
+                 "spec.egress[0].ports[0]: must be a mapping, not an integer"),
+    "ingress-word": ("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n"
+                     "spec: {ingress: allow}", "spec.ingress: must be a list, not a string"),
+    "date": ("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n"
+             "spec: {podSelector: {matchLabels: {since: 2024-01-01}}}",
+             "must be a string, not a date"),
+    "binary": ("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n"
+               "spec: {podSelector: {matchLabels: {k: !!binary aGk=}}}", "not a bytes"),
 }  # fmt: skip
 
 
