@@ -241,7 +241,9 @@ def namespace_task(profile: Profile, policy: str, namespace: Namespace) -> Rende
 def restamp(obj: RenderedObject, namespace: str) -> RenderedObject:
     """A shared NetworkPolicy placed in ``namespace``: a fresh body (callers may change it)."""
     body = copy_tree(obj.body)
-    body["metadata"]["namespace"] = namespace
+    metadata = body["metadata"]
+    metadata.pop("namespace", None)
+    body["metadata"] = {"name": metadata.pop("name"), "namespace": namespace, **metadata}
     return RenderedObject(obj.key._replace(namespace=namespace), obj.policy, body, obj.spec_hash)
 
 
@@ -396,12 +398,10 @@ def stamp(
     if found:
         raise RenderError(policy, _describe(found))
     key = object_key(profile, policy, namespace or "")
-    new_meta: dict[str, Any] = {
-        "name": key.name,
-        "labels": {**(metadata.get("labels") or {}), **managed_labels(profile.name, policy)},
-    }
+    new_meta: dict[str, Any] = {"name": key.name}
     if not calico:
         new_meta["namespace"] = namespace or ""
+    new_meta["labels"] = {**(metadata.get("labels") or {}), **managed_labels(profile.name, policy)}
     if profile.uid:
         new_meta["ownerReferences"] = [owner_reference(profile)]
     body = {"apiVersion": want_api, "kind": want_kind, "metadata": new_meta, "spec": spec}

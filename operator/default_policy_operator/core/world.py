@@ -281,6 +281,8 @@ class World:
             namespace = task.namespace
             assert namespace is not None
             assert not isinstance(result, Trialled)
+            if namespace.name not in self.namespaces:
+                continue  # deleted while it rendered
             key = (task.profile.name, namespace.name)
             cached = self._rendered.get(key)
             if cached is None or cached.profile != task.profile or cached.namespace != namespace:
