@@ -3,7 +3,7 @@
 Reusable by any resilience test: after a fault and the recovery, call :func:`wait_nothing_lost`
 (or :func:`check` for a one-shot verdict). The expectation is computed offline, from the live
 namespaces and profiles only, with the operator's own pure model -- :class:`World` decides who
-governs a namespace and :class:`Renderer` produces the objects -- and compared with the live
+governs a namespace and the render pool produces the objects -- and compared with the live
 managed objects after normalisation (:func:`spec_hash`). The live side is read with the tests'
 independent client (:class:`tests.support.Api`), never the operator's.
 
@@ -35,9 +35,14 @@ from default_policy_operator.core.governance import Namespace, protected_namespa
 from default_policy_operator.core.labels import MANAGED_SELECTOR, PROFILE_LABEL
 from default_policy_operator.core.model import Flavor
 from default_policy_operator.core.normalize import spec_hash
-from default_policy_operator.core.objects import GLOBAL_NETWORK_POLICY, NETWORK_POLICY
-from default_policy_operator.core.render import RenderedObject
+from default_policy_operator.core.objects import (
+    GLOBAL_NETWORK_POLICY,
+    NETWORK_POLICY,
+    RenderedObject,
+)
 from default_policy_operator.core.world import World
+from default_policy_operator.rendering.offline import admit, render_scopes
+from default_policy_operator.rendering.pool import RenderPool
 from tests.support import GNPS, PROFILES, Api, ApiStatus
 
 NETPOLS = "/apis/networking.k8s.io/v1/networkpolicies"
@@ -164,10 +169,14 @@ def check(api: Api, *, operator_namespace: str = "dpo-system", other_kinds: bool
         annotations = dict(meta.get("annotations") or {})
         annotations.pop("kubectl.kubernetes.io/last-applied-configuration", None)
         world.set_namespace(Namespace(meta["name"], dict(meta.get("labels") or {}), annotations))
-    for body in _list_all(api, PROFILES):
-        entry = world.update_profile(body)
-        if entry.error:
-            verdict.problems.append(f"profile {entry.name} is invalid, cannot check: {entry.error}")
+    with RenderPool() as pool:  # the operator's renders, with the operator's limits
+        for body in _list_all(api, PROFILES):
+            entry = admit(world, pool, body)
+            if entry.error:
+                verdict.problems.append(
+                    f"profile {entry.name} is invalid, cannot check: {entry.error}"
+                )
+        render_scopes(world, pool, sorted(world.namespaces))
     verdict.namespaces = len(world.namespaces)
 
     live_policies: dict[str, dict[str, dict[str, Any]]] = {}
@@ -186,8 +195,8 @@ def check(api: Api, *, operator_namespace: str = "dpo-system", other_kinds: bool
                 continue
             assert namespace is not None
             verdict.governed += 1
-            data = {"name": name, "labels": namespace.labels, "annotations": namespace.annotations}
-            wanted = world.renderer.render_namespace(governor, data)
+            wanted, errors = world.wanted_in(governor, namespace) or ([], [])
+            verdict.problems += [f"render error: {name}/: {e}" for e in errors]
         _compare(verdict, f"{name}/", wanted, live_policies.get(name, {}), world)
 
     gnps = {item["metadata"]["name"]: item for item in _managed(api, GNPS)}
@@ -195,7 +204,7 @@ def check(api: Api, *, operator_namespace: str = "dpo-system", other_kinds: bool
     wanted_gnps: list[RenderedObject] = []
     for profile in world.active_profiles():
         if profile.flavor is Flavor.CALICO and profile.enforcing:
-            wanted_gnps += world.renderer.render_calico(profile, world.calico_selector(profile))
+            wanted_gnps += world.wanted_calico(profile) or []
     audit = {p.name for p in world.active_profiles() if not p.enforcing}
     gnps = {k: v for k, v in gnps.items() if v["metadata"]["labels"][PROFILE_LABEL] not in audit}
     _compare(verdict, "", wanted_gnps, gnps, world)

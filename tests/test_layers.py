@@ -1,7 +1,8 @@
 """The layers of the package, enforced: each subpackage imports only the layers below it.
 
 ``core`` decides without I/O (no kopf, no HTTP client, no asyncio, no subprocess); ``kube`` is
-the only layer that talks to the API; ``controller`` runs the operator; ``cli`` sits on top.
+the only layer that talks to the API; ``rendering`` runs templates in worker processes;
+``controller`` runs the operator; ``cli`` sits on top.
 Development tooling (``dpo_dev``) is never imported by the runtime package.
 """
 
@@ -19,8 +20,9 @@ ROOT = "default_policy_operator"
 ALLOWED = {
     "core": set(),
     "kube": {"core", "metrics"},
-    "controller": {"core", "kube", "metrics"},
-    "cli": {"core", "kube", "controller", "metrics"},
+    "rendering": {"core"},
+    "controller": {"core", "kube", "rendering", "metrics"},
+    "cli": {"core", "kube", "controller", "rendering", "metrics"},
     "metrics": set(),
 }
 #: third-party or stdlib modules that mean I/O, concurrency or a framework: never in core
@@ -75,3 +77,15 @@ def test_core_does_no_io(path: Path) -> None:
 
 def test_every_module_belongs_to_a_layer() -> None:
     assert {layer_of(p) for p in MODULES} <= set(ALLOWED)
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_private_names_of_other_libraries(path: Path) -> None:
+    """Private Jinja or CPython names (``jinja2.utils._PassArg``, ``_signal``) change without
+    notice between releases; the sandbox must rest on public API only."""
+    for name in imports_of(path):
+        parts = name.split(".")
+        if parts[0] in (ROOT, "__future__"):
+            continue
+        assert not any(part.startswith("_") for part in parts), f"{path.name} imports {name}"
+    assert "import_module(" not in path.read_text(), f"{path.name} imports by name"

@@ -1,9 +1,11 @@
 """default-policy-operator: a baseline network policy for every namespace.
 
-Four layers, each a subpackage, each importing only the ones before it:
+Five layers, each a subpackage, each importing only the ones before it:
 
-- ``core``: pure decisions (model, selectors, governance, rendering rules, plan, conditions);
+- ``core``: pure decisions (model, selectors, governance, rendering rules, validation, plan,
+  conditions);
 - ``kube``: the only code that talks to the Kubernetes API;
+- ``rendering``: the only code that runs templates, in worker processes with OS limits;
 - ``controller``: the reconcile loop, repair tracking, status, kopf handlers, the process;
 - ``cli``: the ``dpo`` command.
 

@@ -14,8 +14,8 @@ from typing import Any
 from default_policy_operator.controller.reconciler import Reconciler, Settings
 from default_policy_operator.core.governance import Namespace
 from default_policy_operator.core.labels import NAMESPACE_NAME_LABEL
-from default_policy_operator.core.world import World
 from default_policy_operator.kube.client import NETWORK_POLICIES, Resource
+from tests.inline_render import InlineWorld
 
 
 class SlowCreates:
@@ -48,7 +48,7 @@ class SlowCreates:
 
 
 async def scenario() -> tuple[bool, list[str]]:
-    world = World(frozenset())
+    world = InlineWorld(frozenset())
     world.set_namespace(Namespace("team-a", {NAMESPACE_NAME_LABEL: "team-a"}, {}))
     world.update_profile(
         {

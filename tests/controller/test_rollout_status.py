@@ -7,12 +7,13 @@ profile said Ready / Reconciled with ``managedObjects: 0`` while its namespaces 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from default_policy_operator.controller.reconciler import Reconciler, Settings
 from default_policy_operator.core.governance import Namespace
 from default_policy_operator.core.labels import NAMESPACE_NAME_LABEL
-from default_policy_operator.core.world import World
+from tests.inline_render import InlineWorld
 
 
 def body(name: str, generation: int = 1) -> dict[str, Any]:
@@ -30,7 +31,11 @@ def ready(reconciler: Reconciler, name: str) -> dict[str, Any]:
 
 
 def test_a_new_profile_is_reconciling_until_its_scopes_are_planned() -> None:
-    world = World(frozenset())
+    asyncio.run(scenario())
+
+
+async def scenario() -> None:
+    world = InlineWorld(frozenset())
     world.set_namespace(Namespace("team-a", {NAMESPACE_NAME_LABEL: "team-a"}, {}))
     reconciler = Reconciler(world, None, Settings())  # type: ignore[arg-type]
     reconciler.synced.set()  # the operator has been running for a while

@@ -25,14 +25,13 @@ from default_policy_operator.core.labels import (
     POLICY_LABEL,
 )
 from default_policy_operator.core.plan import Verb
-from default_policy_operator.core.render import Renderer
 from default_policy_operator.core.world import World
 from tests.calico_selector import CalicoSelectorError, evaluate
+from tests.inline_render import InlineWorld
 
 CALICO = "CalicoGlobalNetworkPolicy"
 GNP_HEAD = "apiVersion: crd.projectcalico.org/v1\nkind: GlobalNetworkPolicy\n"
 OPERATOR_NAMESPACE = "dpo-system"
-_RENDERER = Renderer()
 
 #: Text a template might put in spec.namespaceSelector to break out of "(ours) && (theirs)".
 ADVERSARIAL = [
@@ -90,7 +89,7 @@ def written_selectors(world: World, profile: str) -> list[str]:
 
 
 def make_world(*namespaces: Namespace) -> World:
-    world = World(protected_namespaces(OPERATOR_NAMESPACE), _RENDERER)
+    world = InlineWorld(protected_namespaces(OPERATOR_NAMESPACE))
     for namespace in namespaces:
         world.set_namespace(namespace)
     return world

@@ -27,8 +27,7 @@ import pytest
 from default_policy_operator.core.governance import Namespace, protected_namespaces
 from default_policy_operator.core.labels import EXEMPT_LABEL, NAMESPACE_NAME_LABEL
 from default_policy_operator.core.plan import Verb
-from default_policy_operator.core.render import Renderer
-from default_policy_operator.core.world import World
+from tests.inline_render import InlineWorld
 from tests.netpol import Pod, allowed, calico_allowed
 
 GOVERNED = "team-a"
@@ -36,8 +35,6 @@ OTHER = "team-b"  # exempt: a namespace no profile governs
 DNS_LABELS = {"k8s-app": "kube-dns"}
 PORTS = (("UDP", 53), ("TCP", 53), ("TCP", 8080), ("UDP", 5353))
 CALICO = "CalicoGlobalNetworkPolicy"
-
-_RENDERER = Renderer()
 
 
 @dataclass(frozen=True)
@@ -121,7 +118,7 @@ def namespaces(switches: Switches) -> dict[str, dict[str, str]]:
 def rendered(switches: Switches) -> list[dict[str, Any]]:
     """Every object the operator would create for the profile, in every namespace."""
     names = namespaces(switches)
-    world = World(protected_namespaces("dpo-system"), _RENDERER)
+    world = InlineWorld(protected_namespaces("dpo-system"))
     for name, labels in names.items():
         world.set_namespace(Namespace(name, labels))
     entry = world.update_profile(

@@ -12,7 +12,7 @@ from default_policy_operator.core.labels import PROFILE_LABEL
 from default_policy_operator.core.model import parse_profile
 from default_policy_operator.core.normalize import normalize_spec, spec_hash, state_of
 from default_policy_operator.core.objects import GLOBAL_NETWORK_POLICY, NETWORK_POLICY, ObjectKey
-from default_policy_operator.core.render import Renderer
+from tests.inline_render import render_namespace
 
 NP = NETWORK_POLICY
 
@@ -84,7 +84,7 @@ def test_every_builtin_hashes_like_its_apiserver_form() -> None:
     profile = parse_profile(
         {"metadata": {"name": "p"}, "spec": {"policies": {"allowSameNamespace": {"ingress": True}}}}
     )
-    for obj in Renderer().render_namespace(profile, {"name": "n"}):
+    for obj in render_namespace(profile, {"name": "n"}):
         spec = obj.body["spec"]
         stored: dict[str, Any] = {
             "podSelector": {},

@@ -14,9 +14,8 @@ from default_policy_operator.core.labels import (
     PROFILE_LABEL,
 )
 from default_policy_operator.core.normalize import ObjectState, spec_hash, state_of
-from default_policy_operator.core.objects import NETWORK_POLICY, ObjectKey
+from default_policy_operator.core.objects import NETWORK_POLICY, ObjectKey, RenderedObject
 from default_policy_operator.core.plan import Action, Desired, Verb, in_sync, plan, writes_first
-from default_policy_operator.core.render import RenderedObject
 
 
 def key(name: str, namespace: str = "ns") -> ObjectKey:
@@ -51,7 +50,9 @@ def body(
 
 
 def desired(name: str, **kwargs: Any) -> Desired:
-    return Desired.of(RenderedObject(key=key(name), policy=name, body=body(name, **kwargs)))
+    whole = body(name, **kwargs)
+    obj = RenderedObject(key(name), name, whole, spec_hash(NETWORK_POLICY, whole.get("spec")))
+    return Desired.of(obj)
 
 
 def stored(name: str, resource_version: str = "7", **kwargs: Any) -> ObjectState:

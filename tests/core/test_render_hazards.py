@@ -1,134 +1,93 @@
 """Render hazards the hostile-input corpus found, reproduced deterministically (issue #7, part 7).
 
-* The render deadline lives on the shared environment (``_GuardedEnvironment.deadline``), saved
-  and restored around each render, while the module promises a bounded render in any thread
-  ("as the only limit in other threads"). Two threads rendering at once restore each other's
-  deadline: a worker-thread render loses its deadline (and has no ``SIGALRM``), a main-thread
-  render inherits the other's, and a stale deadline left behind fails every later render in
-  the process ("template exceeded the time limit", built-in templates included) until a
-  restart. Seen end to end while kopf ran the sync ``profile_index`` handler (hence
-  ``Renderer.trial``) in its executor: a slow custom template plus a valid profile created
-  right after left the operator unable to render anything (2 of 4 runs). The informer rework
-  moved every render onto the event loop, which removes that trigger; any second rendering
-  thread brings it back.
-* The output of a template is capped in characters, but YAML aliases expand after parsing:
-  ~600 characters of anchors and aliases make a spec whose JSON form (what ``spec_hash``, the
-  per-namespace copy and the API request serialise) has millions of elements. The trial and the
-  render pass; the expansion then runs in the reconcile loop. End to end, one namespace and a
-  9^6 bomb took the operator from 86 to 653 MB RSS and blocked ``/healthz`` for 12 s before the
-  create failed with 413 (and each retry pays again); 9^7 did not finish within two minutes
-  offline.
-
-The failing behaviour is pinned with ``xfail(strict=True)``: the tests turn green (and must then
-lose the mark) when the renderer is fixed.
+* **Threads.** The renderer used to keep its time limit as a deadline on the shared Jinja
+  environment, saved and restored around each render: two threads rendering at once corrupted
+  each other's deadline (seen end to end while kopf ran a trial in its executor). Renders now
+  run in worker processes, each rendering one task at a time, and the limit is the pool's
+  wall-clock timeout per task: several threads (or coroutines) may use one pool at once, and a
+  slow render in one of them bounds nobody else's.
+* **YAML aliases.** The output of a template is capped in characters, but aliases expand after
+  parsing: ~600 characters of anchors and aliases make a spec whose JSON form (what
+  ``spec_hash``, the per-namespace copy and the API request serialise) has millions of
+  elements. End to end, one namespace and a 9^6 bomb took the operator from 86 to 653 MB RSS
+  and blocked ``/healthz`` for 12 s. The renderer measures the parsed document, sharing
+  included, and refuses it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 
-from default_policy_operator.core.model import parse_profile
-from default_policy_operator.core.render import Renderer, RenderError
+from default_policy_operator.core.model import Profile, parse_profile
+from default_policy_operator.core.render import RenderError, Trialled, trial_tasks
+from default_policy_operator.rendering.pool import PoolSettings, RenderPool
+from tests.inline_render import render_namespace, trial
 
 POLICY = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nspec:\n  podSelector: {}\n"
-WITH_HOOK = POLICY + "  policyTypes: {{ hook() }}\n"
-
-THREAD_RACE = (
-    "Renderer is not thread-safe: Renderer._render_text (render.py) saves and restores "
-    "env.deadline on the shared _GuardedEnvironment, so two threads rendering at once corrupt "
-    "each other's deadline (triggered in the operator by kopf's executor before the informer "
-    "rework). Fix: keep deadline and rendering in a threading.local"
+SLOW = (
+    POLICY + "  policyTypes: [Ingress]\n# {% for i in range(100000) %}{% for j in range(100000) %}"
 )
+SLOW += "{% endfor %}{% endfor %}\n"
 
 
-def _interleave(renderer: Renderer, worker_template: str, worker_context: dict[str, Any]) -> float:
-    """Main-thread render starts, a worker-thread render starts inside it, the main one ends
-    first, then the worker ends: the order a trial in kopf's executor and a reconcile render
-    take when their GIL slices interleave. Returns the worker's render time."""
-    inside, release = threading.Event(), threading.Event()
-    elapsed: list[float] = []
+def custom(name: str, template: str) -> Profile:
+    return parse_profile(
+        {"metadata": {"name": name, "uid": "u"},
+         "spec": {"customPolicies": [{"name": "c", "template": template}]}}
+    )  # fmt: skip
 
-    def worker_hook() -> list[str]:
-        inside.set()
-        release.wait(10)
-        return ["Ingress"]
 
-    def worker() -> None:
+@pytest.fixture(scope="module")
+def pool() -> Iterator[RenderPool]:
+    with RenderPool(PoolSettings(size=3, time_limit=0.5)) as pool:
+        yield pool
+
+
+def test_threads_sharing_a_pool_keep_their_own_limits(pool: RenderPool) -> None:
+    """A stuck render in one thread; quick ones in two others, started while it is stuck."""
+    outcomes: dict[str, list[object]] = {}
+    elapsed: dict[str, float] = {}
+
+    def run(name: str, template: str) -> None:
         started = time.monotonic()
-        with contextlib.suppress(RenderError):
-            renderer.render_document(
-                worker_template, "worker", {"hook": worker_hook, **worker_context}
-            )
-        elapsed.append(time.monotonic() - started)
+        outcomes[name] = list(pool.render_blocking(trial_tasks(custom(name, template))))
+        elapsed[name] = time.monotonic() - started
 
-    thread = threading.Thread(target=worker, daemon=True)
-
-    def main_hook() -> list[str]:
+    stuck = threading.Thread(target=run, args=("stuck", SLOW))
+    stuck.start()
+    time.sleep(0.1)  # (only to let the stuck render start first; no state is awaited)
+    quick = [threading.Thread(target=run, args=(f"q{i}", POLICY)) for i in range(2)]
+    for thread in quick:
         thread.start()
-        inside.wait(10)
-        return ["Ingress"]
-
-    renderer.render_document(WITH_HOOK, "main", {"hook": main_hook})
-    release.set()
-    thread.join(30)
-    assert elapsed, "the worker render did not finish within 30 s"
-    return elapsed[0]
-
-
-@pytest.mark.xfail(strict=True, reason=THREAD_RACE)
-def test_a_render_in_another_thread_leaves_no_stale_deadline_behind() -> None:
-    renderer = Renderer(time_limit=0.3)
-    _interleave(renderer, WITH_HOOK, {})
-    time.sleep(0.5)  # past the main render's deadline, which the worker restored on its way out
-    document = renderer.render_document(WITH_HOOK, "later", {"hook": lambda: ["Ingress"]})
-    assert document["spec"]["policyTypes"] == ["Ingress"]
-
-
-@pytest.mark.xfail(strict=True, reason=THREAD_RACE)
-def test_a_trial_in_a_worker_thread_keeps_its_time_limit() -> None:
-    """The main render ends while the worker's runs: the worker must still stop at its limit."""
-    renderer = Renderer(time_limit=0.3)
-    started = time.monotonic()
-
-    def tick() -> str:
-        """One slow step of a long loop; gives up by itself after 3 s (an unbounded render)."""
-        if time.monotonic() - started > 3.0:
-            raise RuntimeError("still running after 3 s")
-        time.sleep(0.001)
-        return ""
-
-    slow = WITH_HOOK + "# {% for i in range(100000) %}{{ tick() }}{% endfor %}\n"
-    elapsed = _interleave(renderer, slow, {"tick": tick})
-    assert elapsed < 2.0, f"the worker render ran {elapsed:.1f}s against a 0.3 s limit"
-
-
-@pytest.mark.xfail(strict=True, reason=THREAD_RACE)
-def test_a_main_thread_render_does_not_inherit_a_worker_deadline() -> None:
-    renderer = Renderer(time_limit=0.3)
-    inside, release = threading.Event(), threading.Event()
-
-    def hook() -> list[str]:
-        inside.set()
-        release.wait(10)
-        return ["Ingress"]
-
-    thread = threading.Thread(
-        target=lambda: renderer.render_document(WITH_HOOK, "trial", {"hook": hook}), daemon=True
+    for thread in [stuck, *quick]:
+        thread.join(30)
+    assert isinstance(outcomes["stuck"][-1], RenderError)
+    assert "time limit" in outcomes["stuck"][-1].message
+    for name in ("q0", "q1"):
+        assert all(isinstance(r, Trialled) for r in outcomes[name]), outcomes[name]
+        assert elapsed[name] < elapsed["stuck"]
+    # and later renders are unaffected: nothing is left behind
+    assert all(
+        isinstance(r, Trialled) for r in pool.render_blocking(trial_tasks(custom("x", POLICY)))
     )
-    thread.start()
-    inside.wait(10)
-    time.sleep(0.5)  # the worker's deadline has passed; it is parked in its hook
-    try:
-        document = renderer.render_document(WITH_HOOK, "main", {"hook": lambda: ["Ingress"]})
-    finally:
-        release.set()
-        thread.join(10)
-    assert document["spec"]["policyTypes"] == ["Ingress"]
+
+
+async def test_coroutines_sharing_a_pool_keep_their_own_limits(pool: RenderPool) -> None:
+    import asyncio
+
+    warm = [t for i in range(8) for t in trial_tasks(custom(f"w{i}", POLICY))]
+    await pool.render(warm, urgent=True)  # every worker started (an urgent request splits)
+    slow = asyncio.ensure_future(pool.render(trial_tasks(custom("a", SLOW)), urgent=False))
+    await asyncio.sleep(0.1)  # (only to let the slow render start first)
+    quick = await pool.render(trial_tasks(custom("b", POLICY)), urgent=True)
+    assert not slow.done(), "the quick render waited for the slow one"
+    assert all(isinstance(r, Trialled) for r in quick)
+    stalled = await slow
+    assert isinstance(stalled[-1], RenderError)
 
 
 def _alias_bomb(levels: int) -> str:
@@ -141,19 +100,17 @@ def _alias_bomb(levels: int) -> str:
     return text
 
 
-def test_yaml_aliases_cannot_expand_the_output_past_its_cap() -> None:
+def test_yaml_aliases_cannot_expand_the_output_past_its_cap(pool: RenderPool) -> None:
     template = _alias_bomb(7)  # ~650 characters of template, 4.8 million peers expanded
     assert len(template) < 1000
-    profile = parse_profile(
-        {
-            "metadata": {"name": "bomb", "uid": "u"},
-            "spec": {"customPolicies": [{"name": "bomb", "template": template}]},
-        }
-    )
-    renderer = Renderer()
+    profile = custom("bomb", template)
     started = time.monotonic()
     with pytest.raises(RenderError, match=r"alias|expan|characters"):
-        renderer.trial(profile)
+        trial(profile)
     with pytest.raises(RenderError, match=r"alias|expan|characters"):
-        renderer.render_namespace(profile, {"name": "n", "labels": {}, "annotations": {}})
+        render_namespace(profile, {"name": "n", "labels": {}, "annotations": {}})
+    *builtins, result = pool.render_blocking(trial_tasks(profile))
+    assert all(isinstance(r, Trialled) for r in builtins)
+    assert isinstance(result, RenderError)
+    assert "YAML aliases" in result.message
     assert time.monotonic() - started < 5

@@ -22,9 +22,9 @@ from default_policy_operator.core.labels import (
 from default_policy_operator.core.normalize import state_of
 from default_policy_operator.core.objects import GLOBAL_NETWORK_POLICY, NETWORK_POLICY, ObjectKey
 from default_policy_operator.core.plan import Action, Verb
-from default_policy_operator.core.render import Renderer
 from default_policy_operator.core.world import ScopePlan, World
 from tests.calico_selector import evaluate
+from tests.inline_render import InlineWorld
 
 BUILTINS = ("deny-all", "allow-dns", "allow-kube-system")
 CALICO = "CalicoGlobalNetworkPolicy"
@@ -33,8 +33,6 @@ OWNER_TEMPLATE = (
     "metadata:\n  labels:\n    owner: {{ namespace.annotations.owner }}\n"
     "spec:\n  policyTypes: [Ingress]\n"
 )
-
-_RENDERER = Renderer()  # compiled templates are cached per renderer: share one
 
 
 def profile_body(name: str, generation: int = 1, **spec: Any) -> dict[str, Any]:
@@ -51,7 +49,7 @@ def ns(name: str, annotations: dict[str, str] | None = None, **labels: str) -> N
 
 
 def make_world(*namespaces: Namespace) -> World:
-    world = World(protected_namespaces("dpo-system"), _RENDERER)
+    world = InlineWorld(protected_namespaces("dpo-system"))
     for namespace in namespaces:
         world.set_namespace(namespace)
     return world
@@ -678,6 +676,6 @@ def test_calico_selector_leaves_out_the_dns_namespace() -> None:
     )
     cal = world.profiles["cal"].profile
     assert cal is not None
-    selector = world.calico_selector(cal)
+    selector = to_text(world.calico_selector(cal))
     assert not evaluate(selector, calico_labels(world.namespaces["coredns"]))
     assert evaluate(selector, calico_labels(world.namespaces["web"]))

@@ -305,6 +305,17 @@ BAD_TEMPLATES = {
                  "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nspec: {}",
                  "exactly one document"),
     "escape": ("{{ ''.__class__.__mro__[1].__subclasses__() }}", "sandbox"),
+    # Issue 10.1: YAML that parses but is no NetworkPolicy: refused by the trial, field named
+    "port-int": ("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n"
+                 "spec: {egress: [{ports: [53]}]}",
+                 "spec.egress[0].ports[0]: must be a mapping, not an integer"),
+    "ingress-word": ("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n"
+                     "spec: {ingress: allow}", "spec.ingress: must be a list, not a string"),
+    "date": ("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n"
+             "spec: {podSelector: {matchLabels: {since: 2024-01-01}}}",
+             "must be a string, not a date"),
+    "binary": ("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n"
+               "spec: {podSelector: {matchLabels: {k: !!binary aGk=}}}", "not a bytes"),
 }  # fmt: skip
 
 
@@ -357,16 +368,17 @@ def test_namespace_data_cannot_inject_yaml(api: Api, tag: str) -> None:
          "customPolicies": [{"name": "team", "template": template}]},
     )  # fmt: skip
     wait_names(api, name, BUILTINS)
-    # The payload reached the apiserver as one label *value* (which it then refuses as invalid):
-    # it never became YAML structure, so no other kind or namespace was ever targeted.
+    # The payload stayed one label *value* (which validation then refuses, naming the field,
+    # before anything is written): it never became YAML structure, so no other kind or
+    # namespace was ever targeted.
     found = wait_for(
         lambda: (
-            (c := condition(api.get_profile(tag), "Degraded")).get("reason") == "ApplyFailed" and c
+            (c := condition(api.get_profile(tag), "Degraded")).get("reason") == "RenderError" and c
         ),
-        what="the refused write to be reported",
+        what="the refused render to be reported",
     )
-    assert f"NetworkPolicy {name}/dpo-team: create failed: 422" in found["message"]
-    assert "Invalid value" in found["message"]
+    assert "policy team: invalid object: spec.podSelector.matchLabels['team']" in found["message"]
+    assert "is not a valid label value" in found["message"]
 
 
 def test_default_policies_mean_dns_and_kube_system_only(api: Api, tag: str) -> None:

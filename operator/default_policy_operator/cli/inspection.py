@@ -29,6 +29,8 @@ from default_policy_operator.kube.client import (
     calico_resource,
 )
 from default_policy_operator.kube.credentials import load_credentials
+from default_policy_operator.rendering.offline import admit, render_scopes
+from default_policy_operator.rendering.pool import RenderPool
 
 
 @dataclass
@@ -82,8 +84,7 @@ async def _load_world(
                 meta["name"], dict(meta.get("labels") or {}), dict(meta.get("annotations") or {})
             )
         )
-    for body in await api.list_objects(PROFILES):
-        world.update_profile(body)
+    profiles = await api.list_objects(PROFILES)
     # Every policy, not only labelled ones: a foreign holder of a managed name blocks a create,
     # and an object of ours whose label was removed is still ours (by its ownerReference).
     policies = await api.list_objects(NETWORK_POLICIES)
@@ -98,6 +99,10 @@ async def _load_world(
             world.set_object(state_of(body))
         else:
             foreign.add(key_of(body))
+    with RenderPool() as pool:  # trials and per-namespace renders, as the operator does them
+        for body in profiles:
+            admit(world, pool, body)
+        render_scopes(world, pool, sorted(world.namespaces))
     return world, foreign
 
 

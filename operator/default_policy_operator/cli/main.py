@@ -47,6 +47,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         run_operator,
     )
     from default_policy_operator.kube.leader import LeaderElectionConfig
+    from default_policy_operator.rendering.pool import PoolSettings
 
     configure_logging(args.log_format, args.log_level)
     election = None
@@ -74,6 +75,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         watch_timeout=args.watch_timeout,
         workers=args.workers,
         calico_api_version=args.calico_api_version,
+        render=PoolSettings(
+            size=args.render_workers,
+            time_limit=args.render_time_limit,
+            memory_mb=args.render_memory_mb,
+        ),
         leader_election=election,
     )
     try:
@@ -90,9 +96,10 @@ def _load_profiles(path: str) -> list[dict[str, Any]]:
 
 def cmd_render(args: argparse.Namespace) -> int:
     from default_policy_operator.core.governance import Namespace
-    from default_policy_operator.core.model import Flavor, ProfileError
-    from default_policy_operator.core.render import RenderError
+    from default_policy_operator.core.model import Flavor
     from default_policy_operator.core.world import World
+    from default_policy_operator.rendering.offline import admit, render_scopes
+    from default_policy_operator.rendering.pool import RenderPool
 
     world = World(frozenset())
     namespace = Namespace(
@@ -100,29 +107,25 @@ def cmd_render(args: argparse.Namespace) -> int:
         labels={"kubernetes.io/metadata.name": args.namespace, **args.labels},
     )
     world.set_namespace(namespace)
-    documents: list[dict[str, Any]] = []
-    for body in _load_profiles(args.filename):
-        entry = world.update_profile(body)
-        if entry.error or entry.profile is None:
-            print(f"error: profile {entry.name}: {entry.error}", file=sys.stderr)
+    with RenderPool() as pool:
+        for body in _load_profiles(args.filename):
+            entry = admit(world, pool, body)
+            if entry.error or entry.profile is None:
+                print(f"error: profile {entry.name}: {entry.error}", file=sys.stderr)
+                return 1
+        governor = world.governor(namespace)
+        if governor is None:
+            print(f"namespace {args.namespace} is not governed by these profiles", file=sys.stderr)
+            return 0
+        render_scopes(world, pool, [namespace.name])
+    if governor.flavor is Flavor.CALICO:
+        objects = world.wanted_calico(governor) or []
+    else:
+        objects, errors = world.wanted_in(governor, namespace) or ([], [])
+        if errors:
+            print(f"error: {errors[0]}", file=sys.stderr)
             return 1
-    governor = world.governor(namespace)
-    if governor is None:
-        print(f"namespace {args.namespace} is not governed by any profile given", file=sys.stderr)
-        return 0
-    try:
-        if governor.flavor is Flavor.CALICO:
-            objects = world.renderer.render_calico(governor, world.calico_selector(governor))
-        else:
-            objects = world.renderer.render_namespace(
-                governor,
-                {"name": namespace.name, "labels": namespace.labels, "annotations": {}},
-            )
-    except (RenderError, ProfileError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    documents.extend(o.body for o in objects)
-    _emit(documents, args.output)
+    _emit([o.body for o in objects], args.output)
     return 0
 
 
@@ -181,6 +184,26 @@ def build_parser() -> argparse.ArgumentParser:
         default="crd.projectcalico.org/v1",
         choices=["crd.projectcalico.org/v1", "projectcalico.org/v3"],
         help="which Calico API to manage GlobalNetworkPolicies through",
+    )
+    rendering = run.add_argument_group(
+        "rendering", "templates run in worker processes with OS limits, never in the operator"
+    )
+    rendering.add_argument(
+        "--render-workers", type=int, default=2, help="worker processes (at least 2 recommended)"
+    )
+    rendering.add_argument(
+        "--render-time-limit",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="wall-clock limit of one render; the worker is killed and replaced past it",
+    )
+    rendering.add_argument(
+        "--render-memory-mb",
+        type=int,
+        default=512,
+        metavar="MB",
+        help="address-space limit of each worker process",
     )
     election = run.add_argument_group(
         "leader election", "one active replica; the others stand by (not ready) to take over"

@@ -35,6 +35,7 @@ from default_policy_operator.core.labels import (
     PROFILE_LABEL,
     VERSION,
 )
+from default_policy_operator.core.model import Profile
 from default_policy_operator.core.normalize import ObjectState, state_of
 from default_policy_operator.core.objects import (
     GLOBAL_NETWORK_POLICY,
@@ -43,7 +44,8 @@ from default_policy_operator.core.objects import (
     managed_labels,
 )
 from default_policy_operator.core.plan import Action, Verb
-from default_policy_operator.core.world import ScopePlan, World
+from default_policy_operator.core.render import RenderTask, trial_tasks
+from default_policy_operator.core.world import ProfileEntry, ScopePlan, World
 from default_policy_operator.kube.client import (
     NETWORK_POLICIES,
     PROFILES,
@@ -53,11 +55,15 @@ from default_policy_operator.kube.client import (
     calico_resource,
 )
 from default_policy_operator.kube.informers import Informer
+from default_policy_operator.rendering.pool import RenderPool
 
 log = logging.getLogger(__name__)
 
 CALICO_SCOPE = ""  # the dirty-set entry for cluster-scoped Calico objects
 BULK_CHUNK = 100  # scopes planned per step of a bulk re-plan
+RENDER_GROUP = 8  # scopes per render request: their plans go out as each group is back
+BULK_RENDERS = 4  # bulk render requests in flight before the next bulk chunk is taken
+PLAN_RETRY = 5.0  # seconds before a scope whose planning or rendering failed is tried again
 
 
 @dataclass
@@ -69,10 +75,13 @@ class Settings:
 
 
 class Reconciler:
-    def __init__(self, world: World, api: KubeApi, settings: Settings) -> None:
+    def __init__(
+        self, world: World, api: KubeApi, settings: Settings, pool: RenderPool | None = None
+    ) -> None:
         self.world = world
         self.api = api
         self.settings = settings
+        self.pool = pool or RenderPool()  # (its worker processes start on first use)
         self.calico = calico_resource(settings.calico_api_version)
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
@@ -103,6 +112,11 @@ class Reconciler:
         self._rolling: set[str] = set()
         self.status = StatusPublisher(world, api, self.progress)
         self._tasks: list[asyncio.Task[None]] = []
+        self._trials: dict[str, Profile] = {}  # profile -> the version whose trial is running
+        self._rendering: set[str] = set()  # scopes waiting for their renders
+        self._urgent_after: set[str] = set()  # of those, scopes an event touched meanwhile
+        self._bulk_renders = 0  # bulk render requests in flight
+        self._landed: set[str] = set()  # bulk scopes whose renders are back, to plan
         self.informers: list[Informer] = []  # set by the runtime; relisted by resync()
 
     # -- events in ----------------------------------------------------------------------
@@ -169,16 +183,52 @@ class Reconciler:
         # changes what the profile wants, so only those re-plan the cluster.
         before = self.world.profiles.get(name)
         entry = self.world.update_profile(body)
-        if entry.record_due:
-            entry.recorded_spec = entry.valid_spec  # one patch in flight is enough
-            self._spawn(self._record_valid_spec(entry.name, entry.valid_spec))
+        self._record_if_due(entry)
         if entry is before:
             return
         self._rolling.add(entry.name)
-        if entry.error and (before is None or before.error != entry.error):
+        self._report_error(entry, before.error if before else None)
+        if entry.trial is not None:
+            self._trials[name] = entry.trial
+            self._spawn(self._trial(entry.trial))
+        self.profile_changed()
+
+    async def _trial(self, profile: Profile) -> None:
+        """Render a new profile version's trial in the pool; it comes into force (or fails,
+        keeping the last good version) when the renders are back."""
+        try:
+            results = await self.pool.render(trial_tasks(profile), urgent=True)
+        except Exception:
+            log.exception("trial of profile %s failed; retrying", profile.name)
+            metrics.RECONCILE_ERRORS.labels(reason="render_pool").inc()
+            await asyncio.sleep(PLAN_RETRY)
+            if self._trials.get(profile.name) is profile:
+                self._spawn(self._trial(profile))
+            return
+        if self._trials.get(profile.name) is profile:
+            del self._trials[profile.name]
+        before = self.world.profiles.get(profile.name)
+        error_before = before.error if before is not None else None
+        entry = self.world.finish_trial(profile, results)
+        if entry is None:
+            return  # superseded while it rendered
+        self._record_if_due(entry)
+        self._report_error(entry, error_before)
+        if entry.trial is not None:  # the recorded last valid version, tried instead
+            self._trials[entry.name] = entry.trial
+            self._spawn(self._trial(entry.trial))
+        self.profile_changed()
+
+    def _record_if_due(self, entry: ProfileEntry) -> None:
+        if entry.record_due:
+            entry.recorded_spec = entry.valid_spec  # one patch in flight is enough
+            self._spawn(self._record_valid_spec(entry.name, entry.valid_spec))
+
+    def _report_error(self, entry: ProfileEntry, before: str | None) -> None:
+        """Log and post a Warning event when a profile becomes invalid (once per error)."""
+        if entry.error and entry.error != before:
             log.warning("profile %s: %s", entry.name, entry.error)
             self._spawn(self._profile_event(entry.name, "Warning", "InvalidSpec", entry.error))
-        self.profile_changed()
 
     async def _record_valid_spec(self, name: str, spec: str) -> None:
         """Record the spec in force on the profile, for the next process (fail static)."""
@@ -329,11 +379,18 @@ class Reconciler:
             if self._dirty:
                 batch, self._dirty = self._dirty, set()
                 urgent = True
-            elif self._bulk and len(self._queues[False]) < 2 * self.settings.workers:
+            elif self._landed:  # bulk scopes whose renders are back: plan them, unpaced
+                batch, self._landed = self._landed, set()
+                urgent = False
+            elif (
+                self._bulk
+                and len(self._queues[False]) < 2 * self.settings.workers
+                and self._bulk_renders < BULK_RENDERS
+            ):
                 batch = {self._bulk.pop() for _ in range(min(BULK_CHUNK, len(self._bulk)))}
                 urgent = False
             else:
-                if not self._bulk and not self._inflight:
+                if not (self._bulk or self._inflight or self._trials or self._rendering):
                     self.synced.set()
                     self._idle.set()
                     self._rolling.clear()
@@ -344,7 +401,7 @@ class Reconciler:
             started = time.monotonic()
             try:
                 await self.reconcile(batch, urgent=urgent)
-            except Exception:  # never let one bad batch stop the operator
+            except Exception:  # a bug here, not in one scope (those are isolated): keep going
                 log.exception("reconcile batch failed; will retry")
                 metrics.RECONCILE_ERRORS.labels(reason="unexpected").inc()
                 self._bulk |= batch
@@ -353,27 +410,94 @@ class Reconciler:
             metrics.RECONCILE_DURATION.labels(trigger=trigger).observe(time.monotonic() - started)
 
     async def reconcile(self, scopes: set[str], *, urgent: bool = True) -> None:
-        """Plan ``scopes`` and queue the resulting actions for the writers."""
+        """Plan ``scopes`` and queue the resulting actions for the writers.
+
+        Scopes that need renders first are handed to the render pool and planned when their
+        renders are back; the others are planned now. A scope whose planning fails is recorded
+        and retried on its own: it never holds up the rest of the batch.
+        """
         self.world.blocked = self.conflicts.blocked(time.monotonic())
-        for count, scope in enumerate(scopes):
+        waiting = self._request_renders(scopes, urgent)
+        for count, scope in enumerate(sorted(scopes - waiting)):
             if count % 50 == 49:
                 await asyncio.sleep(0)  # let watches, probes and writers run
-            result = (
-                self.world.plan_calico()
-                if scope == CALICO_SCOPE
-                else self.world.plan_namespace(scope)
-            )
-            if result.withheld:
-                self._replan.add(scope)  # the deletes come once the new cover has landed
-            for action, drift in self._admit(result, scope):
-                if action.key in self._inflight:
-                    self._replan.add(scope)  # decide again once that write has landed
-                    continue
-                self._inflight.add(action.key)
-                self._pending[action.profile] = self._pending.get(action.profile, 0) + 1
-                self._queues[urgent].append((action, drift))
-                self._work.set()
+            try:
+                self._plan_scope(scope, urgent)
+            except Exception as exc:  # one scope's failure is that scope's alone
+                self._plan_failed(scope, exc)
         self._status_dirty.set()
+
+    def _plan_scope(self, scope: str, urgent: bool) -> None:
+        result = (
+            self.world.plan_calico() if scope == CALICO_SCOPE else self.world.plan_namespace(scope)
+        )
+        if result.incomplete:  # changed since its renders were requested: request again
+            self.mark([scope])
+            return
+        if result.withheld:
+            self._replan.add(scope)  # the deletes come once the new cover has landed
+        for action, drift in self._admit(result, scope):
+            if action.key in self._inflight:
+                self._replan.add(scope)  # decide again once that write has landed
+                continue
+            self._inflight.add(action.key)
+            self._pending[action.profile] = self._pending.get(action.profile, 0) + 1
+            self._queues[urgent].append((action, drift))
+            self._work.set()
+
+    def _plan_failed(self, scope: str, exc: Exception) -> None:
+        log.exception("planning %s failed; retrying it in %.0fs", scope or "Calico", PLAN_RETRY)
+        metrics.RECONCILE_ERRORS.labels(reason="unexpected").inc()
+        namespace = self.world.namespaces.get(scope)
+        governor = self.world.governor(namespace) if namespace is not None else None
+        message = f"planning failed: {type(exc).__name__}: {exc}"[:300]
+        self._errors[scope] = {(governor.name if governor else "", "planning"): message}
+        self._schedule(PLAN_RETRY, scope)
+
+    def _request_renders(self, scopes: set[str], urgent: bool) -> set[str]:
+        """Start rendering what ``scopes`` lack (a pool request per group of scopes); the scopes
+        that must wait."""
+        waiting = scopes & self._rendering
+        if urgent:
+            self._urgent_after |= waiting
+        requested: dict[str, list[RenderTask]] = {}
+        for scope in scopes - waiting:
+            try:
+                tasks = self.world.missing_renders(scope) if scope != CALICO_SCOPE else []
+            except Exception as exc:
+                self._plan_failed(scope, exc)
+                waiting.add(scope)
+                continue
+            if tasks:
+                requested[scope] = tasks
+        self._rendering.update(requested)
+        scopes_requested = sorted(requested)
+        for i in range(0, len(scopes_requested), RENDER_GROUP):  # land (and write) as they come
+            group = {scope: requested[scope] for scope in scopes_requested[i : i + RENDER_GROUP]}
+            self._bulk_renders += 0 if urgent else 1
+            self._spawn(self._render(group, urgent))
+        return waiting | set(requested)
+
+    async def _render(self, requested: dict[str, list[RenderTask]], urgent: bool) -> None:
+        """Render in the pool, keep the results, then plan the scopes that waited for them."""
+        tasks = [task for scope_tasks in requested.values() for task in scope_tasks]
+        try:
+            results = await self.pool.render(tasks, urgent=urgent)
+        except Exception:
+            log.exception("render pool failed; retrying in %.0fs", PLAN_RETRY)
+            metrics.RECONCILE_ERRORS.labels(reason="render_pool").inc()
+            for scope in requested:
+                self._schedule(PLAN_RETRY, scope)
+        else:
+            self.world.store_renders(tasks, results)
+            for scope in requested:
+                urgent_now = urgent or scope in self._urgent_after
+                (self._dirty if urgent_now else self._landed).add(scope)
+        finally:
+            self._rendering.difference_update(requested)
+            self._urgent_after.difference_update(requested)
+            self._bulk_renders -= 0 if urgent else 1
+            self._wake.set()
 
     async def _writer(self) -> None:
         """One of ``--workers`` writers: urgent actions first, then bulk ones."""
@@ -394,7 +518,7 @@ class Reconciler:
             finally:
                 self._inflight.discard(action.key)
                 self._pending[action.profile] -= 1
-                self._landed(scope_of(action.key))
+                self._write_landed(scope_of(action.key))
                 async with self._written:
                     self._written.notify_all()
                 self._wake.set()  # the planner may be waiting for room, or for idleness
@@ -407,7 +531,7 @@ class Reconciler:
         for key in [k for k in self.world.conflicts if scope_of(k) == scope]:
             del self.world.conflicts[key]
 
-    def _landed(self, scope: str) -> None:
+    def _write_landed(self, scope: str) -> None:
         """A write of ``scope`` finished: re-plan what waited for it (see ``World`` handovers)."""
         waiting = set()
         if scope in self._replan:

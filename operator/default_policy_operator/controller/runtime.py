@@ -10,7 +10,7 @@ import logging
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
@@ -33,6 +33,7 @@ from default_policy_operator.kube.client import (
 from default_policy_operator.kube.credentials import load_credentials
 from default_policy_operator.kube.informers import Informer
 from default_policy_operator.kube.leader import FencedKubeApi, LeaderElectionConfig, LeaderElector
+from default_policy_operator.rendering.pool import PoolSettings, RenderPool
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class RunOptions:
     watch_timeout: int = 60
     workers: int = 32
     calico_api_version: str = "crd.projectcalico.org/v1"
+    render: PoolSettings = field(default_factory=PoolSettings)
     #: ``--leader-elect``: stand by until this replica holds the Lease (None: always act)
     leader_election: LeaderElectionConfig | None = None
 
@@ -188,6 +190,7 @@ async def run_operator(options: RunOptions, stop: asyncio.Event | None = None) -
         metrics.LEADER.set(1)  # without leader election this process is the writer
         api = KubeApi(credentials)
     world = World(protected_namespaces(options.namespace))
+    pool = RenderPool(options.render)
     reconciler = Reconciler(
         world,
         api,
@@ -196,6 +199,7 @@ async def run_operator(options: RunOptions, stop: asyncio.Event | None = None) -
             resync_period=options.resync_period,
             calico_api_version=options.calico_api_version,
         ),
+        pool,
     )
     reconciler.informers = build_informers(api, reconciler, options.watch_timeout)
     registry = build_registry(HandlerConfig(credentials=credentials), reconciler)
@@ -245,3 +249,4 @@ async def run_operator(options: RunOptions, stop: asyncio.Event | None = None) -
         for runner in runners:
             await runner.cleanup()
         await api.close()
+        pool.close()

@@ -13,9 +13,8 @@ from enum import StrEnum
 from typing import Any
 
 from default_policy_operator.core.labels import PROFILE_LABEL
-from default_policy_operator.core.normalize import ObjectState, spec_hash
-from default_policy_operator.core.objects import ObjectKey
-from default_policy_operator.core.render import RenderedObject
+from default_policy_operator.core.normalize import ObjectState
+from default_policy_operator.core.objects import ObjectKey, RenderedObject
 
 
 class Verb(StrEnum):
@@ -44,7 +43,7 @@ class Desired:
             policy=obj.policy,
             profile=meta["labels"][PROFILE_LABEL],
             body=obj.body,
-            spec_hash=obj.spec_hash or spec_hash(obj.key.kind, obj.body.get("spec")),
+            spec_hash=obj.spec_hash,
             owner_uid=owners[0].get("uid", ""),
         )
 

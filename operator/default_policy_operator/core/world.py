@@ -1,10 +1,16 @@
 """The operator's in-memory model of the cluster, and the planning it drives.
 
-Indexes of namespaces (names, labels, annotations), profiles (last good version and current
-error) and managed objects (names, labels, hashes: never whole objects). Every question the
-reconciler asks -- who governs this namespace, what should exist there, what must change, what
-does a profile's status say -- is answered here without I/O, so it is unit-tested directly and
-the same code serves ``dpo render``, ``dpo diff`` and ``dpo audit``.
+Indexes of namespaces (names, labels, annotations), profiles (last good version, its trial
+renders and current error) and managed objects (names, labels, hashes: never whole objects).
+Every question the reconciler asks -- who governs this namespace, what should exist there, what
+must change, what does a profile's status say -- is answered here without I/O, so it is
+unit-tested directly and the same code serves ``dpo render``, ``dpo diff`` and ``dpo audit``.
+
+The world never runs a template. Rendering happens in worker processes; the world says what it
+needs rendered (:meth:`World.pending_trials`, :meth:`World.missing_renders`) and is handed the
+results (:meth:`World.finish_trial`, :meth:`World.store_renders`). A profile's
+namespace-independent objects come from its trial; the others are cached per namespace, keyed by
+the profile version and the namespace's name, labels and annotations (all a template may read).
 """
 
 from __future__ import annotations
@@ -15,7 +21,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from default_policy_operator.core.calico_selector import Compare, Has, InSet, Node, conjoin
+from default_policy_operator.core.calico_selector import (
+    Compare,
+    Has,
+    InSet,
+    Node,
+    conjoin,
+    parse,
+    to_text,
+)
 from default_policy_operator.core.governance import (
     Namespace,
     Standing,
@@ -38,15 +52,27 @@ from default_policy_operator.core.model import (
     ProfileError,
     parse_profile,
 )
-from default_policy_operator.core.normalize import ObjectState
+from default_policy_operator.core.normalize import ObjectState, spec_hash
 from default_policy_operator.core.objects import (
     GLOBAL_NETWORK_POLICY,
     ObjectKey,
+    RenderedObject,
     calico_policy_name,
+    copy_tree,
     object_key,
 )
 from default_policy_operator.core.plan import Action, Desired, merge_desired, plan, writes_first
-from default_policy_operator.core.render import RenderedObject, Renderer, RenderError
+from default_policy_operator.core.render import (
+    ProfileRender,
+    RenderError,
+    RenderResult,
+    RenderTask,
+    Trialled,
+    namespace_task,
+    restamp,
+    trial_result,
+    trial_tasks,
+)
 from default_policy_operator.core.selector import to_calico_tree
 
 
@@ -61,6 +87,15 @@ class ProfileEntry:
 
     name: str
     profile: Profile | None = None
+    #: the trial renders of ``profile`` (set together with it)
+    render: ProfileRender | None = None
+    #: a newer version that parsed and awaits its trial render; ``profile`` stays in force
+    trial: Profile | None = None
+    #: canonical spec of ``trial``, and whether it is the version recorded on the profile
+    trial_spec: str = ""
+    trial_recorded: bool = False
+    #: the profile's metadata, to admit the recorded version later (see ``_try_recorded``)
+    metadata: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     generation: int = 0
     deleting: bool = False
@@ -96,6 +131,17 @@ class ScopePlan:
     desired_keys: set[ObjectKey] = field(default_factory=set)
     #: deletes held back until this scope's (or another scope's) new cover has landed
     withheld: bool = False
+    #: renders the plan needs are missing (see World.missing_renders): nothing was planned
+    incomplete: bool = False
+
+
+@dataclass
+class _NamespaceRenders:
+    """A namespace's renders of one profile version's namespace-dependent policies."""
+
+    profile: Profile
+    namespace: Namespace
+    results: dict[str, RenderedObject | RenderError] = field(default_factory=dict)
 
 
 @dataclass
@@ -109,10 +155,9 @@ class ProfileCounts:
 
 
 class World:
-    def __init__(self, protected: frozenset[str], renderer: Renderer | None = None) -> None:
+    def __init__(self, protected: frozenset[str]) -> None:
         #: the fixed protected set (system and operator namespaces); see :attr:`protected`
         self.base_protected = protected
-        self.renderer = renderer or Renderer()
         self.namespaces: dict[str, Namespace] = {}
         self.profiles: dict[str, ProfileEntry] = {}
         self.objects: dict[ObjectKey, ObjectState] = {}
@@ -125,6 +170,8 @@ class World:
         self.audit_findings: dict[str, dict[ObjectKey, str]] = {}
         #: Calico keys that several profiles wanted at the last plan, with those profiles
         self.calico_clashes: dict[ObjectKey, tuple[str, ...]] = {}
+        #: (profile, namespace) -> renders of the profile's namespace-dependent policies
+        self._rendered: dict[tuple[str, str], _NamespaceRenders] = {}
         self._sorted: list[Profile] | None = None
         self._protected: frozenset[str] | None = None
         #: per Calico profile, the namespaces its last planned selector covered (handovers)
@@ -143,6 +190,8 @@ class World:
 
     def remove_namespace(self, name: str) -> None:
         self.namespaces.pop(name, None)
+        for profile in self.profiles:
+            self._rendered.pop((profile, name), None)
 
     def set_profile(self, entry: ProfileEntry) -> None:
         self.profiles[entry.name] = entry
@@ -182,38 +231,65 @@ class World:
         )
         entry.recorded_spec = recorded
         entry.valid_spec = previous.valid_spec if previous else ""
+        entry.metadata = dict(meta)
         try:
-            entry.profile = self._admit(body)
-            entry.valid_spec = canonical_spec(spec)
+            entry.trial = parse_profile(body)
+            entry.trial_spec = canonical_spec(spec)
         except ProfileError as exc:
             entry.error = f"invalid spec: {exc}"
-        except RenderError as exc:
-            entry.error = f"invalid template: {exc}"
-        if entry.profile is None and recorded:
-            entry.profile, entry.valid_spec = self._recorded_version(meta, recorded)
+            self._try_recorded(entry)
         self.set_profile(entry)
         return entry
 
-    def _admit(self, body: Mapping[str, Any]) -> Profile:
-        profile = parse_profile(body)
-        self.renderer.trial(profile)
-        return profile
-
-    def _recorded_version(
-        self, meta: Mapping[str, Any], recorded: str
-    ) -> tuple[Profile | None, str]:
-        """The last valid spec recorded on the profile, if it still validates (a restart or a
-        new leader with an invalid profile keeps exactly what was in force)."""
+    def _try_recorded(self, entry: ProfileEntry) -> None:
+        """No valid version in force (a restart, a new leader) and the current spec is invalid:
+        the last valid spec recorded on the profile goes to its trial instead, so the
+        namespaces keep exactly what was in force."""
+        if entry.profile is not None or not entry.recorded_spec:
+            return
         try:
-            spec = json.loads(recorded)
-            return self._admit({"metadata": meta, "spec": spec}), recorded
-        except (ValueError, ProfileError, RenderError):
-            return None, ""
+            spec = json.loads(entry.recorded_spec)
+            entry.trial = parse_profile({"metadata": entry.metadata, "spec": spec})
+        except (ValueError, ProfileError):
+            return
+        entry.trial_spec, entry.trial_recorded = entry.recorded_spec, True
+
+    def pending_trials(self) -> list[tuple[Profile, list[RenderTask]]]:
+        """Profile versions waiting for their trial, with the renders the trial needs."""
+        return [(e.trial, trial_tasks(e.trial)) for e in self.profiles.values() if e.trial]
+
+    def finish_trial(self, candidate: Profile, results: list[RenderResult]) -> ProfileEntry | None:
+        """Judge ``candidate``'s trial renders: it comes into force, or the last good version
+        stays and the error says which template failed where. None when ``candidate`` was
+        superseded (or its profile removed) while it rendered."""
+        entry = self.profiles.get(candidate.name)
+        if entry is None or entry.trial is not candidate:
+            return None
+        entry.trial, recorded, entry.trial_recorded = None, entry.trial_recorded, False
+        try:
+            render = trial_result(candidate, results)
+        except RenderError as exc:
+            if not recorded:
+                entry.error = f"invalid template: {exc}"
+                self._try_recorded(entry)
+        else:
+            entry.profile, entry.render = candidate, render
+            entry.valid_spec = entry.trial_spec
+            if not recorded:
+                entry.error = None
+            self._forget_renders(candidate.name)
+        self.set_profile(entry)
+        return entry
 
     def remove_profile(self, name: str) -> None:
         self.profiles.pop(name, None)
         self.audit_findings.pop(name, None)
+        self._forget_renders(name)
         self._sorted = self._protected = None
+
+    def _forget_renders(self, profile: str) -> None:
+        for key in [k for k in self._rendered if k[0] == profile]:
+            del self._rendered[key]
 
     def set_object(self, state: ObjectState) -> None:
         self.objects[state.key] = state
@@ -271,6 +347,41 @@ class World:
             return entry.deletion_policy is DeletionPolicy.DELETE
         return entry.profile is not None and entry.profile.enforcing
 
+    # -- rendering: what the pool must render, and its results ---------------------------
+
+    def missing_renders(self, scope: str) -> list[RenderTask]:
+        """The renders :meth:`plan_namespace` needs before it can plan ``scope``."""
+        namespace = self.namespaces.get(scope)
+        governor = self.governor(namespace) if namespace is not None else None
+        if governor is None or governor.flavor is not Flavor.NETWORK_POLICY:
+            return []
+        assert namespace is not None
+        render = self.profiles[governor.name].render
+        cached = self._renders_of(governor, namespace)
+        have = cached.results if cached is not None else {}
+        dependent = render.dependent if render is not None else ()
+        return [namespace_task(governor, p, namespace) for p in dependent if p not in have]
+
+    def store_renders(self, tasks: list[RenderTask], results: list[RenderResult]) -> None:
+        """Keep per-namespace renders; one made for an older version is simply never used."""
+        for task, result in zip(tasks, results, strict=True):
+            namespace = task.namespace
+            assert namespace is not None
+            assert not isinstance(result, Trialled)
+            if namespace.name not in self.namespaces:
+                continue  # deleted while it rendered
+            key = (task.profile.name, namespace.name)
+            cached = self._rendered.get(key)
+            if cached is None or cached.profile != task.profile or cached.namespace != namespace:
+                cached = self._rendered[key] = _NamespaceRenders(task.profile, namespace)
+            cached.results[task.policy] = result
+
+    def _renders_of(self, profile: Profile, namespace: Namespace) -> _NamespaceRenders | None:
+        cached = self._rendered.get((profile.name, namespace.name))
+        if cached is None or cached.profile is not profile or cached.namespace != namespace:
+            return None
+        return cached
+
     # -- planning ------------------------------------------------------------------------
 
     def plan_namespace(self, name: str) -> ScopePlan:
@@ -291,7 +402,14 @@ class World:
         held: set[str] = set()
         if governor is not None and governor.flavor is Flavor.NETWORK_POLICY:
             assert namespace is not None
-            desired, held = self._render_namespace(governor, namespace, result)
+            wanted = self.wanted_in(governor, namespace)
+            if wanted is None:
+                result.incomplete = True
+                return result
+            objects, errors = wanted
+            desired = {o.key: Desired.of(o) for o in objects}
+            held = {e.policy for e in errors}
+            result.errors.extend((governor.name, e) for e in errors)
         if governor is not None and not governor.enforcing:
             # Audit: compute what Enforce would do, execute nothing in this namespace.
             result.audit_findings = plan(
@@ -333,18 +451,38 @@ class World:
         wanted = [object_key(profile, policy, namespace) for policy in profile.policy_names()]
         return all(k in self.objects and self.objects[k].profile == profile.name for k in wanted)
 
-    def _render_namespace(
-        self, profile: Profile, namespace: Namespace, result: ScopePlan
-    ) -> tuple[dict[ObjectKey, Desired], set[str]]:
-        """Desired objects, and the policies that failed to render (held: kept, not written)."""
-        data = {
-            "name": namespace.name,
-            "labels": namespace.labels,
-            "annotations": namespace.annotations,
-        }
-        rendered, errors = self.renderer.render_namespace_partial(profile, data)
-        result.errors.extend((profile.name, error) for error in errors)
-        return {o.key: Desired.of(o) for o in rendered}, {e.policy for e in errors}
+    def wanted_in(
+        self, profile: Profile, namespace: Namespace
+    ) -> tuple[list[RenderedObject], list[RenderError]] | None:
+        """The NetworkPolicies ``profile`` wants in ``namespace``, and the policies that failed
+        to render there; None while a namespace-dependent render is missing."""
+        render = self.profiles[profile.name].render
+        cached = self._renders_of(profile, namespace)
+        if render is None or (render.dependent and cached is None):
+            return None
+        objects: list[RenderedObject] = []
+        errors: list[RenderError] = []
+        for policy in profile.policy_names():
+            shared = render.shared.get(policy)
+            if shared is not None:
+                objects.append(restamp(shared, namespace.name))
+                continue
+            found = cached.results.get(policy) if cached is not None else None
+            if found is None:
+                return None
+            if isinstance(found, RenderError):
+                errors.append(found)
+            else:
+                objects.append(found)
+        return objects, errors
+
+    def wanted_calico(self, profile: Profile) -> list[RenderedObject] | None:
+        """The GlobalNetworkPolicies ``profile`` wants (None before its trial passed)."""
+        render = self.profiles[profile.name].render
+        if render is None:
+            return None
+        selector = self.calico_selector(profile)
+        return [with_namespace_selector(obj, selector) for obj in render.shared.values()]
 
     def calico_selector(self, profile: Profile) -> Node:
         """A Calico namespaceSelector matching exactly the namespaces ``profile`` governs.
@@ -399,10 +537,8 @@ class World:
                 continue
             if not profile.enforcing:
                 audit_profiles.add(profile.name)
-            try:
-                rendered = self.renderer.render_calico(profile, self.calico_selector(profile))
-            except RenderError as exc:
-                result.errors.append((profile.name, exc))
+            rendered = self.wanted_calico(profile)
+            if rendered is None:
                 held_profiles.add(profile.name)
                 continue
             wanted.extend(Desired.of(o) for o in rendered)
@@ -544,3 +680,15 @@ class World:
             p.namespace_selector.matches(namespace.labels) for p in self.active_profiles()
         )
         return "excluded" if selected else "uncovered"
+
+
+def with_namespace_selector(obj: RenderedObject, governed: Node) -> RenderedObject:
+    """A GlobalNetworkPolicy limited to the namespaces its profile governs: the template's own
+    ``namespaceSelector`` (checked when it was stamped) ANDed with ``governed`` as syntax trees,
+    so it can narrow the governed set but never widen it. Done at planning, outside the render
+    workers, because ``governed`` changes with every namespace event."""
+    body = copy_tree(obj.body)
+    spec = body["spec"]
+    own = parse(spec.get("namespaceSelector") or "")
+    spec["namespaceSelector"] = to_text(conjoin(governed, own))
+    return RenderedObject(obj.key, obj.policy, body, spec_hash(obj.key.kind, spec))
