@@ -32,7 +32,24 @@ def _convergence_ratio(r: dict[str, Any]) -> str:
 
 def _memory(r: dict[str, Any]) -> str:
     m = r["memory"]
-    return f"{m['peak_mb']:.0f} / {m['rss_mb_converged']:.0f} / {m['mb_per_1000_namespaces']:.1f}"
+    return f"{m['peak_mb']:.0f} / {m['rss_mb_converged']:.0f} / {m['rss_mb_ready_empty']:.0f}"
+
+
+def _per_1000(r: dict[str, Any]) -> str:
+    m = r["memory"]
+    return f"{m['mb_per_1000_namespaces']:.1f} ({m['mb_per_1000_namespaces_above_empty']:.1f})"
+
+
+def sizing(results: list[dict[str, Any]]) -> str | None:
+    """With two sizes or more: the peak's slope per 1,000 namespaces between the extremes."""
+    if len(results) < 2:
+        return None
+    low, high = (min(results, key=lambda r: r["namespaces"]),
+                 max(results, key=lambda r: r["namespaces"]))  # fmt: skip
+    rise = high["memory"]["peak_mb"] - low["memory"]["peak_mb"]
+    run = high["memory"]["namespaces_at_peak"] - low["memory"]["namespaces_at_peak"]
+    base = low["memory"]["peak_mb"] - rise / run * low["memory"]["namespaces_at_peak"]
+    return f"sizing: peak RSS ~ {base:.0f} MB + {rise / run * 1000:.1f} MB per 1,000 namespaces"
 
 
 ROWS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
@@ -56,7 +73,8 @@ ROWS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
      lambda r: f"{r['drift_burst']['count']} / {r['drift_burst']['all_repaired_seconds']:.2f}"),
     ("  writes per repair np/ev/other +refused",
      lambda r: _per(r["drift_burst"]["writes_per_repair"])),
-    ("peak RSS one process / converged / MB per 1k ns", _memory),
+    ("RSS MB: peak (VmHWM, one process) / converged / empty", _memory),
+    ("  peak MB per 1k namespaces (above empty)", _per_1000),
     ("CPU converging (s) / idle (%)",
      lambda r: f"{r['convergence']['cpu_seconds']:.1f} / {r['cpu_idle_percent']:.1f}"),
     ("Calico: GNPs present / hand-back (s)",
@@ -71,4 +89,5 @@ def table(results: list[dict[str, Any]]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
     skipped = {r["W"].get("skipped") for r in results} - {None}
     notes = [f"note: client-go floor skipped: {s}; ratios to W_py only" for s in skipped]
+    notes += [line for line in (sizing(results),) if line]
     return "\n".join(lines + notes)

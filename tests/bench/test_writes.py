@@ -70,8 +70,18 @@ def test_attribute_subtracts_own_writes_and_keeps_refused_apart() -> None:
         "events": 4,
         "other": 3,
         "refused": 1,
+        "apiserver_own": 0,
         "by_resource": {"defaultpolicyprofiles/status": 2, "events": 4, "leases": 1,
                         "networkpolicies": 2},
         "refused_by": {"networkpolicies 409": 1},
     }  # fmt: skip
     assert per(writes, 2) == {"networkpolicies": 1.0, "events": 2.0, "other": 1.5, "refused": 0.5}
+
+
+def test_the_apiservers_own_endpoint_writes_are_neither_other_nor_refused() -> None:
+    """kube-apiserver reconciles the `kubernetes` Service's endpoints itself (refused, 422, on a
+    loopback address); the operator has no RBAC for them, so they are reported apart."""
+    after = Counter({("endpoints", "", "PUT", "422"): 2, ("endpointslices", "", "PUT", "200"): 1})
+    writes = attribute(after, Counter(), Counter())
+    assert (writes["other"], writes["refused"], writes["apiserver_own"]) == (0, 0, 3)
+    assert writes["refused_by"] == {"endpoints 422": 2}
