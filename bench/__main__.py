@@ -428,6 +428,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
+    load_at_start = os.getloadavg()
     binary = floor_binary(args)
     results = []
     with tempfile.TemporaryDirectory(prefix="dpo-bench-") as tmp:
@@ -436,7 +437,7 @@ def main() -> int:
             results.append(asyncio.run(run_size(n, args, Path(tmp), binary)))
     report = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": machine(),
+        "machine": {**machine(), "load_average_at_start": load_at_start},
         "command": " ".join(["python -m bench", *sys.argv[1:]]),
         "args": {k: v for k, v in vars(args).items() if k != "out"},
         "results": results,
