@@ -49,6 +49,8 @@ demo: binaries
 	$(BIN)/python -m dpo_dev.demo
 
 # BENCH_ARGS="--sizes 1000" for a shorter run; --profile adds a py-spy flame graph.
+# The client-go floor (bench/floor, a Go module) is built into the binary cache on first use,
+# keyed by its source hash; `make test`'s smoke run uses it only if already built.
 bench: binaries
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	$(BIN)/python -m bench $(BENCH_ARGS)

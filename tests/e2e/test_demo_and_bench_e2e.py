@@ -8,8 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from bench.harness import NETPOL, Client, netpol
 
-from dpo_dev.cluster import down
+from dpo_dev.cluster import ControlPlane, down
+from tests.support import Api, ApiStatus
 
 pytestmark = pytest.mark.e2e
 
@@ -39,6 +41,41 @@ def test_demo_shows_the_operator_at_work(tmp_path: Path) -> None:
     assert down(tmp_path) is False, "the demo left its control plane running"
 
 
+async def test_bench_counts_others_writes_from_the_apiserver_not_its_own(
+    control_plane: ControlPlane, api: Api, unique_name: str
+) -> None:
+    """The bench's write figures are apiserver_request_total minus what the bench sent itself:
+    another client's creates, Events and refused attempts show; the bench's own do not."""
+    api.namespace(unique_name)
+    path = f"{NETPOL}/namespaces/{unique_name}/networkpolicies"
+    client = Client(control_plane)
+    try:
+        before = await client.mark()
+        for name in ("own-1", "own-2"):
+            await client.call("POST", path, netpol(name))
+        with pytest.raises(RuntimeError, match="409"):
+            await client.call("POST", path, netpol("own-1"))
+        api.create(path, netpol("other-1"))
+        with pytest.raises(ApiStatus):
+            api.create(path, netpol("other-1"))
+        api.create(f"/api/v1/namespaces/{unique_name}/events", event(unique_name))
+        writes = await client.writes_since(before)
+    finally:
+        await client.close()
+    assert (writes["networkpolicies"], writes["events"]) == (1, 1)
+    assert writes["refused_by"] == {"networkpolicies 409": 1}
+
+
+def event(namespace: str) -> dict[str, object]:
+    return {
+        "metadata": {"generateName": "bench-"},
+        "involvedObject": {"kind": "Pod", "namespace": namespace, "name": "p"},
+        "reason": "Bench",
+        "message": "counted",
+        "type": "Normal",
+    }
+
+
 def test_bench_smoke_run_prints_and_writes_figures(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)],
@@ -52,11 +89,19 @@ def test_bench_smoke_run_prints_and_writes_figures(tmp_path: Path) -> None:
     (report,) = tmp_path.glob("bench-*-quick.json")
     data = json.loads(report.read_text())
     (run,) = data["results"]
-    assert run["W"]["W"] > 0
+    assert run["W_py"]["W"] > 0
+    floor = run["W"]
+    assert (floor["W"] is None and "skipped" in floor) or floor["W"] > 0, floor
     assert run["convergence"]["objects"] == 3 * run["namespaces"]
-    assert run["writes_first_convergence"]["networkpolicies"] == 3 * run["namespaces"]
-    assert run["writes_first_convergence"]["namespaces"] == 0
+    first = run["writes_first_convergence"]
+    assert first["networkpolicies"] == 3 * run["namespaces"]
+    assert "namespaces" not in first["by_resource"]
     assert run["writes_noop_resync"]["networkpolicies"] == 0
     assert run["writes_restart"]["networkpolicies"] == 0
-    assert run["drift"]["writes_per_repair"] == 1.0
+    assert run["drift"]["writes_per_repair"]["networkpolicies"] == 1.0
+    assert run["drift_burst"]["count"] == 100
+    assert run["drift_burst"]["writes_per_repair"]["networkpolicies"] == 1.0
+    memory = run["memory"]
+    assert memory["peak_mb"] >= max(memory["peak_by_phase"].values()) > 0
+    assert memory["peak_mb"] >= memory["rss_mb_converged"]
     assert "converge 3N objects" in result.stdout

@@ -1,0 +1,318 @@
+"""The bench's instruments: an API client that tallies its own writes, the operator as a child
+process with its footprint from /proc, and a watch that timestamps managed policies."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import aiohttp
+
+from bench.writes import Key, attribute, own_key, parse_request_totals
+from dpo_dev.cluster import ControlPlane
+
+MANAGED = "app.kubernetes.io/managed-by=default-policy-operator"
+NETPOL = "/apis/networking.k8s.io/v1"
+
+
+def log(text: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class Mark:
+    """The apiserver's write counters and the bench's own tally at one moment."""
+
+    totals: Counter[Key]
+    own: Counter[Key]
+
+
+class Client:
+    """A plain aiohttp client with the admin token: the Python floor and the bench's eyes.
+
+    Every write it sends is tallied by the key the apiserver counts it under, so the writes
+    between two marks can be attributed to everyone else (the operator).
+    """
+
+    def __init__(self, plane: ControlPlane) -> None:
+        self.server = plane.server
+        self.headers = {"Authorization": f"Bearer {plane.admin_token}"}
+        context = ssl.create_default_context(cafile=str(plane.ca_file))
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=context, limit=128),
+            timeout=aiohttp.ClientTimeout(total=120),
+        )
+        self.own: Counter[Key] = Counter()
+
+    async def close(self) -> None:
+        await self.session.close()
+
+    async def call(self, method: str, path: str, body: Any = None, patch: bool = False) -> Any:
+        headers = dict(self.headers)
+        if patch:
+            headers["Content-Type"] = "application/merge-patch+json"
+        async with self.session.request(
+            method, self.server + path, json=body, headers=headers
+        ) as response:
+            key = own_key(method, path, response.status)
+            if key is not None:
+                self.own[key] += 1
+            data = await response.json(content_type=None)
+            if response.status >= 300:
+                raise RuntimeError(f"{method} {path}: {response.status} {data}")
+            return data
+
+    async def count(self, path: str, selector: str = MANAGED) -> int:
+        """Objects matching ``selector`` (metadata only, paginated: cheap for the apiserver)."""
+        headers = {
+            **self.headers,
+            "Accept": "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1",
+        }
+        total, token = 0, ""
+        while True:
+            query = f"?labelSelector={selector}&limit=500" + (f"&continue={token}" if token else "")
+            async with self.session.get(self.server + path + query, headers=headers) as response:
+                page = await response.json(content_type=None)
+            total += len(page.get("items") or [])
+            token = (page.get("metadata") or {}).get("continue") or ""
+            if not token:
+                return total
+
+    async def mark(self) -> Mark:
+        async with self.session.get(self.server + "/metrics", headers=self.headers) as response:
+            text = await response.text()
+        return Mark(parse_request_totals(text), Counter(self.own))
+
+    async def writes_since(self, before: Mark) -> dict[str, Any]:
+        """Writes since ``before`` that the bench did not send (see bench.writes.attribute)."""
+        now = await self.mark()
+        return attribute(now.totals, before.totals, now.own - before.own)
+
+
+async def gather_limited(coros: list[Awaitable[Any]], limit: int) -> None:
+    semaphore = asyncio.Semaphore(limit)
+
+    async def run(coro: Awaitable[Any]) -> None:
+        async with semaphore:
+            await coro
+
+    await asyncio.gather(*(run(c) for c in coros))
+
+
+def netpol(name: str) -> dict[str, Any]:
+    """Deny-all; bench/floor/main.go's denyAll is the same object."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": name},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]},
+    }
+
+
+def profile(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "defaultpolicy.dev/v1alpha1",
+        "kind": "DefaultPolicyProfile",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+def namespace(name: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
+
+
+@dataclass
+class Operator:
+    """``dpo run`` as a child process, with its footprint read from /proc."""
+
+    kubeconfig: Path
+    log_path: Path
+    resync: float
+    metrics_port: int = 0
+    health_port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+    extra: list[str] = field(default_factory=list)
+
+    def start(self) -> float:
+        self.metrics_port, self.health_port = free_port(), free_port()
+        started = time.monotonic()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "default_policy_operator.cli", "run",
+             "--kubeconfig", str(self.kubeconfig), "--bind-address", "127.0.0.1",
+             "--metrics-port", str(self.metrics_port), "--health-port", str(self.health_port),
+             "--resync-period", str(self.resync), "--log-level", "WARNING", *self.extra],
+            stdout=self.log_path.open("ab"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        while not self.http("/readyz", self.health_port):
+            if self.process.poll() is not None:
+                raise RuntimeError(f"operator exited; see {self.log_path}")
+            time.sleep(0.1)
+        return time.monotonic() - started
+
+    def http(self, path: str, port: int) -> str:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+                return str(r.read().decode())
+        except OSError:
+            return ""
+
+    def metric(self, name: str, **labels: str) -> float:
+        text = self.http("/metrics", self.metrics_port)
+        return sum(
+            float(line.rpartition(" ")[2])
+            for line in text.splitlines()
+            if line.split("{")[0].split(" ")[0] == name
+            and all(f'{k}="{v}"' in line for k, v in labels.items())
+        )
+
+    def memory_mb(self, field_name: str) -> float:
+        """``VmRSS`` (now) or ``VmHWM`` (the process's peak so far) from /proc, in MB."""
+        assert self.process is not None
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith(f"{field_name}:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def cpu_seconds(self) -> float:
+        assert self.process is not None
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def wait_until(
+    probe: Callable[[], Awaitable[bool]], limit: float, what: str, interval: float = 0.1
+) -> float:
+    started = time.monotonic()
+    while not await probe():
+        if time.monotonic() - started > limit:
+            raise TimeoutError(what)
+        await asyncio.sleep(interval)
+    return time.monotonic() - started
+
+
+Predicate = Callable[[str, str, str, dict[str, Any]], bool]
+
+
+class PolicyWatch:
+    """Watches managed NetworkPolicies and records when each (namespace, name) event arrives."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.seen: dict[str, set[str]] = {}
+        self.waiters: list[tuple[Predicate, asyncio.Future[float]]] = []
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        listing = await self.client.call("GET", f"{NETPOL}/networkpolicies?labelSelector={MANAGED}")
+        for item in listing["items"]:
+            meta = item["metadata"]
+            self.seen.setdefault(meta["namespace"], set()).add(meta["name"])
+        version = listing["metadata"]["resourceVersion"]
+        self.task = asyncio.create_task(self._run(version))
+
+    async def _run(self, version: str) -> None:
+        url = (f"{self.client.server}{NETPOL}/networkpolicies?watch=true&labelSelector={MANAGED}"
+               f"&resourceVersion={version}&allowWatchBookmarks=true")  # fmt: skip
+        async with self.client.session.get(
+            url, headers=self.client.headers, timeout=aiohttp.ClientTimeout(total=None)
+        ) as response:
+            async for line in response.content:
+                now = time.monotonic()
+                event = json.loads(line)
+                if event["type"] == "BOOKMARK":
+                    continue
+                meta = event["object"]["metadata"]
+                ns, name = meta["namespace"], meta["name"]
+                if event["type"] == "DELETED":
+                    self.seen.get(ns, set()).discard(name)
+                else:
+                    self.seen.setdefault(ns, set()).add(name)
+                for predicate, future in list(self.waiters):
+                    if not future.done() and predicate(event["type"], ns, name, event["object"]):
+                        future.set_result(now)
+                        self.waiters.remove((predicate, future))
+
+    def expect(self, predicate: Predicate) -> asyncio.Future[float]:
+        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self.waiters.append((predicate, future))
+        return future
+
+    async def stop(self) -> None:
+        if self.task:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.task
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summary(values: list[float], target_p50: float | None, target_p99: float) -> dict[str, Any]:
+    p50, p99 = percentile(values, 50), percentile(values, 99)
+    return {
+        "count": len(values), "p50": p50, "p99": p99, "max": max(values, default=float("nan")),
+        "mean": statistics.fmean(values) if values else float("nan"),
+        "target_p50": target_p50, "target_p99": target_p99,
+        "met": (target_p50 is None or p50 <= target_p50) and p99 <= target_p99,
+    }  # fmt: skip
+
+
+PY_SPY = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+
+
+def start_profiler(operator: Operator, path: Path) -> subprocess.Popen[bytes]:
+    """py-spy on the operator while it converges (``pip install py-spy``)."""
+    assert operator.process is not None
+    return subprocess.Popen(
+        [PY_SPY, "record", "--pid", str(operator.process.pid), "--rate", "50",
+         "--output", str(path), "--nonblocking"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def stop_profiler(profiler: subprocess.Popen[bytes], keep: Path) -> str:
+    profiler.send_signal(signal.SIGINT)
+    profiler.wait(timeout=60)
+    source = Path(str(cast(list[str], profiler.args)[-2]))
+    keep.parent.mkdir(parents=True, exist_ok=True)
+    if source.exists():
+        keep.write_bytes(source.read_bytes())
+        return str(keep)
+    return "py-spy produced nothing"

@@ -1,0 +1,93 @@
+"""The bench's table: one row per figure, one column per size; ratios against the Go floor W."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+Row = tuple[str, ...]
+
+
+def _num(value: float | None, fmt: str = ".0f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _ms(summary: dict[str, Any], keys: tuple[str, ...] = ("p50", "p99", "max")) -> str:
+    return "/".join(f"{summary[k] * 1000:.0f}" for k in keys)
+
+
+def _writes(w: dict[str, Any]) -> str:
+    """NetworkPolicies / Events / other resources, and refused attempts after a plus."""
+    return f"{w['networkpolicies']}/{w['events']}/{w['other']} +{w['refused']} refused"
+
+
+def _per(w: dict[str, float]) -> str:
+    return f"{w['networkpolicies']:.2f}/{w['events']:.2f}/{w['other']:.2f} +{w['refused']:.2f}"
+
+
+def _convergence_ratio(r: dict[str, Any]) -> str:
+    c = r["convergence"]
+    return f"{_num(c['ratio_to_W'], '.2f')} (W_py: {c['ratio_to_W_py']:.2f})"
+
+
+def _memory(r: dict[str, Any]) -> str:
+    m = r["memory"]
+    return f"{m['peak_mb']:.0f} / {m['rss_mb_converged']:.0f} / {m['rss_mb_ready_empty']:.0f}"
+
+
+def _per_1000(r: dict[str, Any]) -> str:
+    m = r["memory"]
+    return f"{m['mb_per_1000_namespaces']:.1f} ({m['mb_per_1000_namespaces_above_empty']:.1f})"
+
+
+def sizing(results: list[dict[str, Any]]) -> str | None:
+    """With two sizes or more: the peak's slope per 1,000 namespaces between the extremes."""
+    if len(results) < 2:
+        return None
+    low, high = (min(results, key=lambda r: r["namespaces"]),
+                 max(results, key=lambda r: r["namespaces"]))  # fmt: skip
+    rise = high["memory"]["peak_mb"] - low["memory"]["peak_mb"]
+    run = high["memory"]["namespaces_at_peak"] - low["memory"]["namespaces_at_peak"]
+    base = low["memory"]["peak_mb"] - rise / run * low["memory"]["namespaces_at_peak"]
+    return f"sizing: peak RSS ~ {base:.0f} MB + {rise / run * 1000:.1f} MB per 1,000 namespaces"
+
+
+ROWS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
+    ("W client-go floor (creates/s, best workers)",
+     lambda r: f"{_num(r['W']['W'])} ({r['W'].get('best_workers', 'skipped')})"),
+    ("W_py Python floor (creates/s)", lambda r: f"{r['W_py']['W']:.0f}"),
+    ("converge 3N objects (s)", lambda r: f"{r['convergence']['seconds']:.1f}"),
+    ("  target 1.5*objects/W+2 (s)", lambda r: _num(r["convergence"]["target_seconds"], ".1f")),
+    ("  ratio to objects/W (to objects/W_py)", _convergence_ratio),
+    ("writes: np/events/other +refused", lambda r: ""),
+    ("  first convergence", lambda r: _writes(r["writes_first_convergence"])),
+    ("  no-op resync", lambda r: _writes(r["writes_noop_resync"])),
+    ("  restart", lambda r: _writes(r["writes_restart"])),
+    ("restart to ready (s)", lambda r: f"{r['restart_seconds_to_ready']:.1f}"),
+    ("new ns -> policies p50/p99 (ms)", lambda r: _ms(r["latency_create"], ("p50", "p99"))),
+    ("relabel -> policies p50/p99 (ms)", lambda r: _ms(r["latency_relabel"], ("p50", "p99"))),
+    ("drift one at a time p50/p99/max (ms)", lambda r: _ms(r["drift"])),
+    ("  writes per repair np/ev/other +refused", lambda r: _per(r["drift"]["writes_per_repair"])),
+    ("drift burst p50/p99/max (ms)", lambda r: _ms(r["drift_burst"])),
+    ("  burst size / all repaired (s)",
+     lambda r: f"{r['drift_burst']['count']} / {r['drift_burst']['all_repaired_seconds']:.2f}"),
+    ("  writes per repair np/ev/other +refused",
+     lambda r: _per(r["drift_burst"]["writes_per_repair"])),
+    ("RSS MB: peak (VmHWM, one process) / converged / empty", _memory),
+    ("  peak MB per 1k namespaces (above empty)", _per_1000),
+    ("CPU converging (s) / idle (%)",
+     lambda r: f"{r['convergence']['cpu_seconds']:.1f} / {r['cpu_idle_percent']:.1f}"),
+    ("Calico: GNPs present / hand-back (s)",
+     lambda r: f"{r['calico']['gnp_seconds']:.1f} / {r['calico']['handback_seconds']:.1f}"),
+]  # fmt: skip
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    rows: list[Row] = [("figure", *(f"N={r['namespaces']}" for r in results))]
+    rows += [(label, *(fn(r) for r in results)) for label, fn in ROWS]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    skipped = {r["W"].get("skipped") for r in results} - {None}
+    notes = [f"note: client-go floor skipped: {s}; ratios to W_py only" for s in skipped]
+    notes += [line for line in (sizing(results),) if line]
+    return "\n".join(lines + notes)
