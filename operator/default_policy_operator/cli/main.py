@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -160,8 +160,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_run(sub.add_parser)
+    _add_render(sub.add_parser)
+    _add_cluster_commands(sub.add_parser)
+    return parser
 
-    run = sub.add_parser("run", help="run the operator (in-cluster or with a kubeconfig)")
+
+#: ``add_parser`` of the subcommands (argparse's type for it is private)
+AddParser = Callable[..., argparse.ArgumentParser]
+
+
+def _add_run(add_parser: AddParser) -> None:
+    run = add_parser("run", help="run the operator (in-cluster or with a kubeconfig)")
     run.add_argument("--kubeconfig", help="default: $KUBECONFIG, ~/.kube/config, in-cluster")
     run.add_argument("--namespace", help="the operator's own namespace (always protected)")
     run.add_argument("--metrics-port", type=int, default=8080)
@@ -185,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["crd.projectcalico.org/v1", "projectcalico.org/v3"],
         help="which Calico API to manage GlobalNetworkPolicies through",
     )
+    run.set_defaults(func=cmd_run)
+    _add_rendering_flags(run)
+    _add_election_flags(run)
+
+
+def _add_rendering_flags(run: argparse.ArgumentParser) -> None:
     rendering = run.add_argument_group(
         "rendering", "templates run in worker processes with OS limits, never in the operator"
     )
@@ -205,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MB",
         help="address-space limit of each worker process",
     )
+
+
+def _add_election_flags(run: argparse.ArgumentParser) -> None:
     election = run.add_argument_group(
         "leader election", "one active replica; the others stand by (not ready) to take over"
     )
@@ -241,16 +260,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="between attempts to acquire or renew",
     )
-    run.set_defaults(func=cmd_run)
 
-    render = sub.add_parser("render", help="print the objects a profile produces (offline)")
+
+def _add_render(add_parser: AddParser) -> None:
+    render = add_parser("render", help="print the objects a profile produces (offline)")
     render.add_argument("-f", "--filename", required=True, help="profile YAML file, or -")
     render.add_argument("--namespace", default="example", help="namespace to render for")
     render.add_argument("--labels", type=_labels, default={}, help="namespace labels k=v,...")
     render.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
     render.set_defaults(func=cmd_render)
 
-    # The cluster commands take kubectl's connection flags, so `kubectl dpo ...` reads alike.
+
+def _add_cluster_commands(add_parser: AddParser) -> None:
+    """diff, audit and status take kubectl's connection flags: `kubectl dpo ...` reads alike."""
     cluster = argparse.ArgumentParser(add_help=False)
     cluster.add_argument("--kubeconfig", help="default: $KUBECONFIG, ~/.kube/config, in-cluster")
     cluster.add_argument("--context", help="kubeconfig context (default: its current-context)")
@@ -259,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("diff", "what the operator would change in the live cluster (writes nothing)"),
         ("audit", "every namespace's coverage; exits 1 if any is uncovered or drifted"),
     ):
-        inspect = sub.add_parser(name, help=text, parents=[cluster])
+        inspect = add_parser(name, help=text, parents=[cluster])
         inspect.add_argument("--calico-api-version", default="crd.projectcalico.org/v1")
         inspect.add_argument(
             "--namespace",
@@ -267,12 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
             help="the operator's own namespace, protected as by `dpo run` (default: dpo-system)",
         )
         inspect.set_defaults(func=cmd_inspect)
-    status = sub.add_parser(
+    status = add_parser(
         "status", help="one line per profile: governed, shadowed, drifted, ready", parents=[cluster]
     )
     status.set_defaults(func=cmd_status)
-
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -179,6 +179,38 @@ def build_informers(api: KubeApi, reconciler: Reconciler, watch_timeout: int) ->
     ]  # fmt: skip
 
 
+def _build_reconciler(options: RunOptions, api: KubeApi, pool: RenderPool) -> Reconciler:
+    settings = Settings(
+        workers=options.workers,
+        resync_period=options.resync_period,
+        calico_api_version=options.calico_api_version,
+    )
+    world = World(protected_namespaces(options.namespace))
+    reconciler = Reconciler(world, api, settings, pool)
+    reconciler.informers = build_informers(api, reconciler, options.watch_timeout)
+    return reconciler
+
+
+async def _run_with_kopf(
+    reconciler: Reconciler, registry: kopf.OperatorRegistry, stop: asyncio.Event | None
+) -> None:
+    """The reconciler's loops beside kopf (the profile finalizer), until kopf stops."""
+    loops = asyncio.create_task(reconciler.run(), name="dpo-reconciler")
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop_reconciler(**_: Any) -> None:
+        # First thing when kopf stops (SIGTERM): otherwise kopf waits 5 s for these tasks as
+        # "hung" ones, and a standby waits that much longer for the released Lease.
+        await _cancel(loops)
+        if stop is not None:
+            stop.set()  # ends kopf's own waiter on the flag (else also "hung" for 5 s)
+
+    try:
+        await kopf.operator(registry=registry, clusterwide=True, standalone=True, stop_flag=stop)
+    finally:
+        await _cancel(loops)
+
+
 async def run_operator(options: RunOptions, stop: asyncio.Event | None = None) -> None:
     credentials = await load_credentials(options.kubeconfig)
     elector = None
@@ -189,19 +221,8 @@ async def run_operator(options: RunOptions, stop: asyncio.Event | None = None) -
     else:
         metrics.LEADER.set(1)  # without leader election this process is the writer
         api = KubeApi(credentials)
-    world = World(protected_namespaces(options.namespace))
     pool = RenderPool(options.render)
-    reconciler = Reconciler(
-        world,
-        api,
-        Settings(
-            workers=options.workers,
-            resync_period=options.resync_period,
-            calico_api_version=options.calico_api_version,
-        ),
-        pool,
-    )
-    reconciler.informers = build_informers(api, reconciler, options.watch_timeout)
+    reconciler = _build_reconciler(options, api, pool)
     registry = build_registry(HandlerConfig(credentials=credentials), reconciler)
     runners = [
         await _serve(metrics_app(), options.bind_address, options.metrics_port),
@@ -224,25 +245,7 @@ async def run_operator(options: RunOptions, stop: asyncio.Event | None = None) -
             if not await elector.acquire(stop):
                 return
             reconciler.last_loop = time.monotonic()  # liveness counts from taking over
-        loops = asyncio.create_task(reconciler.run(), name="dpo-reconciler")
-
-        @kopf.on.cleanup(registry=registry)
-        async def stop_reconciler(**_: Any) -> None:
-            # First thing when kopf stops (SIGTERM): otherwise kopf waits 5 s for these tasks as
-            # "hung" ones, and a standby waits that much longer for the released Lease.
-            await _cancel(loops)
-            if stop is not None:
-                stop.set()  # ends kopf's own waiter on the flag (else also "hung" for 5 s)
-
-        try:
-            await kopf.operator(
-                registry=registry,
-                clusterwide=True,
-                standalone=True,
-                stop_flag=stop,
-            )
-        finally:
-            await _cancel(loops)
+        await _run_with_kopf(reconciler, registry, stop)
     finally:
         if elector is not None:  # everything that writes has stopped: hand over now
             await elector.release()
