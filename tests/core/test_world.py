@@ -341,6 +341,21 @@ def test_invalid_edit_keeps_the_last_valid_profile(
     assert verbs(world.plan_namespace("dev")) == [(Verb.CREATE, f"dpo-{p}") for p in BUILTINS]
 
 
+def test_the_last_good_version_keeps_planning_while_an_edit_awaits_its_trial(
+    world: World,
+) -> None:
+    """Found by the full suite: an edit dropped the renders of the version in force, so until
+    the new version's trial came back (forever, for an invalid one) every scope planned as
+    'renders missing' and was re-marked at once: a hot loop, and nothing planned."""
+    converge(world)
+    entry = World.update_profile(world, profile_body("base", generation=2, priority=3))
+    assert entry.trial is not None  # the trial has not run yet
+    result = world.plan_namespace("team-a")
+    assert not result.incomplete
+    assert result.actions == []
+    assert world.missing_renders("team-a") == []
+
+
 def test_the_last_valid_spec_survives_a_restart_as_a_recorded_annotation() -> None:
     """Fail static across restarts: a new process meets the profile already invalid."""
     good_spec = {"policies": {"allowDNS": {"enabled": False}}}

@@ -431,8 +431,12 @@ class Reconciler:
         result = (
             self.world.plan_calico() if scope == CALICO_SCOPE else self.world.plan_namespace(scope)
         )
-        if result.incomplete:  # changed since its renders were requested: request again
-            self.mark([scope])
+        if result.incomplete:
+            if self.world.missing_renders(scope):  # changed since its renders were requested
+                self.mark([scope])
+            else:  # nothing to render would complete it: never spin, look again later
+                log.warning("planning %s lacks renders it cannot request", scope)
+                self._schedule(PLAN_RETRY, scope)
             return
         if result.withheld:
             self._replan.add(scope)  # the deletes come once the new cover has landed

@@ -219,6 +219,7 @@ class World:
         entry = ProfileEntry(
             name=name,
             profile=previous.profile if previous else None,
+            render=previous.render if previous else None,
             generation=generation,
             deleting=deleting,
             deletion_policy=(
