@@ -97,10 +97,15 @@ def test_relabelled_policy_is_restored(api: Api, governed: tuple[str, str]) -> N
 
 
 def test_unlabelled_policy_becomes_a_reported_conflict(api: Api, governed: tuple[str, str]) -> None:
-    """Without our managed-by label the object is no longer ours: reported, not taken over."""
+    """Without our managed-by label and our ownerReference the object is no longer ours:
+    reported, not taken over (with the ownerReference it is still ours and repaired in place,
+    see test_resync_e2e)."""
     profile, namespace = governed
     path = api.policy_path(namespace, "dpo-deny-all")
-    api.patch(path, {"metadata": {"labels": {"app.kubernetes.io/managed-by": None}}})
+    api.patch(
+        path,
+        {"metadata": {"labels": {"app.kubernetes.io/managed-by": None}, "ownerReferences": None}},
+    )
     found = wait_for(
         lambda: (
             (c := condition(api.get_profile(profile), "Degraded")).get("reason") == "Conflict" and c

@@ -38,6 +38,7 @@ from typing import Any
 import pytest
 
 from default_policy_operator.core.normalize import spec_hash
+from default_policy_operator.core.objects import calico_policy_name
 from dpo_dev.cluster import ControlPlane
 from tests.nothing_lost import wait_nothing_lost
 from tests.resilience import HealthPoller, http_status
@@ -183,7 +184,10 @@ def test_operator_down_removes_nothing(cluster: Api, operator: OperatorProcess) 
     wait_for(lambda: api.get_profile("cal") is None, timeout=60, what="cal's finalizer")
     verdict = wait_nothing_lost(api, timeout=60)
     after = managed(api)
-    kept = {k: v for k, v in before.items() if not k.startswith("fs-9/") and "dpo-cal-" not in k}
+    cal_names = {
+        calico_policy_name("cal", p) for p in ("deny-all", "allow-dns", "allow-kube-system")
+    }
+    kept = {k: v for k, v in before.items() if not k.startswith("fs-9/") and k not in cal_names}
     assert {k: after.get(k) for k in kept} == kept, "the restart rewrote or re-created objects"
     print(f"\n  namespace created while down covered {covered:.1f}s after the restart")
     print(f"  {len(kept)} objects untouched across stop and restart: {verdict.summary()}")

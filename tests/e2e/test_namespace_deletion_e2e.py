@@ -19,11 +19,11 @@ import pytest
 
 from default_policy_operator.controller.reconciler import Reconciler, Settings
 from default_policy_operator.core.governance import Namespace, protected_namespaces
-from default_policy_operator.core.world import World
 from default_policy_operator.kube.client import KubeApi
 from default_policy_operator.kube.credentials import load_credentials
 from default_policy_operator.metrics import REGISTRY
 from dpo_dev.cluster import ControlPlane
+from tests.inline_render import InlineWorld
 from tests.support import MANAGED, Api, OperatorProcess, condition, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -141,7 +141,7 @@ async def _reconcile_with(
     namespace: Namespace, plane: ControlPlane, plane_api: Api, profile: str
 ) -> dict[str, Any]:
     """Run a reconciler whose only view of the namespace is ``namespace``; its final status."""
-    world = World(protected_namespaces(None))
+    world = InlineWorld(protected_namespaces(None))
     world.update_profile(plane_api.get_profile(profile))
     world.set_namespace(namespace)
     async with KubeApi(await load_credentials(str(plane.kubeconfig))) as api:

@@ -44,7 +44,7 @@ from default_policy_operator.core.objects import (
     managed_labels,
 )
 from default_policy_operator.core.plan import Action, Verb
-from default_policy_operator.core.render import RenderTask, trial_tasks
+from default_policy_operator.core.render import RenderResult, RenderTask, trial_tasks
 from default_policy_operator.core.world import ProfileEntry, ScopePlan, World
 from default_policy_operator.kube.client import (
     NETWORK_POLICIES,
@@ -113,6 +113,7 @@ class Reconciler:
         self.status = StatusPublisher(world, api, self.progress)
         self._tasks: list[asyncio.Task[None]] = []
         self._trials: dict[str, Profile] = {}  # profile -> the version whose trial is running
+        self._trialled = asyncio.Condition()  # notified whenever a trial finishes
         self._rendering: set[str] = set()  # scopes waiting for their renders
         self._urgent_after: set[str] = set()  # of those, scopes an event touched meanwhile
         self._bulk_renders = 0  # bulk render requests in flight
@@ -205,6 +206,13 @@ class Reconciler:
             if self._trials.get(profile.name) is profile:
                 self._spawn(self._trial(profile))
             return
+        try:
+            self._trial_done(profile, results)
+        finally:
+            async with self._trialled:
+                self._trialled.notify_all()
+
+    def _trial_done(self, profile: Profile, results: list[RenderResult]) -> None:
         if self._trials.get(profile.name) is profile:
             del self._trials[profile.name]
         before = self.world.profiles.get(profile.name)
@@ -347,6 +355,10 @@ class Reconciler:
         try:
             await asyncio.gather(*(informer.listed.wait() for informer in self.informers))
             self.listed.set()
+            # Nor before the profiles listed have been trialled: until then a profile has no
+            # version in force, and a lower-priority one would take its namespaces over.
+            async with self._trialled:
+                await self._trialled.wait_for(lambda: not self._trials)
             self.mark_all()
             self._tasks += [
                 asyncio.create_task(self._reconcile_loop(), name="dpo-reconcile"),
@@ -723,7 +735,12 @@ class Reconciler:
     # -- status ------------------------------------------------------------------------
 
     async def _status_loop(self) -> None:
-        """Publish statuses at most once per ``status_interval``, when something moved."""
+        """Publish statuses at most once per ``status_interval``, when something moved.
+
+        Not before the first full pass: a restart would otherwise publish "Reconciling" and then
+        "Ready" again, two writes where nothing changed.
+        """
+        await self.synced.wait()
         while True:
             await self._status_dirty.wait()
             self._status_dirty.clear()
