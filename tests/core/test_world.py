@@ -223,6 +223,36 @@ def test_handover_to_a_calico_profile_keeps_network_policies_until_calico_covers
     assert {v for v, _ in verbs(world.plan_namespace("team-a"))} == {Verb.DELETE}
 
 
+def test_handover_to_a_calico_profile_that_dropped_a_policy_completes(world: World) -> None:
+    """Review find: a policy a Calico profile no longer has stayed among the objects its cover
+    check waited for, so NetworkPolicies of a namespace handed to it later were withheld for
+    ever (the check waited for a GlobalNetworkPolicy that had been deleted)."""
+    nowhere = {"matchLabels": {"env": "nowhere"}}
+    world.update_profile(profile_body("cal", priority=5, flavor=CALICO, namespaceSelector=nowhere))
+    converge(world)
+    world.update_profile(
+        profile_body(
+            "cal",
+            generation=2,
+            priority=5,
+            flavor=CALICO,
+            namespaceSelector=nowhere,
+            policies={"allowKubeSystem": {"ingress": False}},
+        )
+    )
+    converge(world)
+    converge(world)  # its allow-kube-system GlobalNetworkPolicy is gone now
+    world.update_profile(
+        profile_body(
+            "cal", generation=3, priority=5, flavor=CALICO,
+            policies={"allowKubeSystem": {"ingress": False}},
+        )
+    )  # fmt: skip
+    for _ in range(3):
+        converge(world)
+    assert world.objects_in("team-a") == {}
+
+
 def test_handover_from_calico_keeps_the_namespace_selected_until_its_policies_land(
     world: World,
 ) -> None:

@@ -584,6 +584,8 @@ class World:
                 or (self._still_covering(profile, governor, n.name) and n.name in previous)
             )
         )
+        for key in [k for k, owner in self._calico_owner.items() if owner == profile.name]:
+            del self._calico_owner[key], self._calico_hashes[key]  # policies it no longer has
         for obj in rendered:
             self._calico_hashes[obj.key] = Desired.of(obj).spec_hash
             self._calico_owner[obj.key] = profile.name
