@@ -101,6 +101,12 @@ API_ERRORS = Counter(
     ["verb", "code"],
     registry=REGISTRY,
 )
+API_CONCURRENCY = Gauge(
+    "dpo_api_concurrency_limit",
+    "Requests the operator lets be in flight to the API server at once: halved when the "
+    "server throttles (429), grown back by one per round of successes.",
+    registry=REGISTRY,
+)
 LEADER = Gauge(
     "dpo_leader",
     "1 while this replica is the active writer: it holds the leader-election Lease "

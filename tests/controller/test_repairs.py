@@ -6,6 +6,8 @@ from default_policy_operator.controller.repairs import (
     CONFLICT_FIRST_RETRY,
     CONFLICT_MAX_RETRY,
     FIGHT_THRESHOLD,
+    MAX_BACKOFF,
+    THROTTLED_RETRY,
     ConflictTracker,
     RepairTracker,
 )
@@ -65,6 +67,15 @@ def test_failed_writes_back_off_and_a_success_resets() -> None:
     assert [tracker.failed(KEY) for _ in range(3)] == [2.0, 4.0, 8.0]
     tracker.succeeded(KEY)
     assert tracker.failed(KEY) == 2.0
+
+
+def test_a_write_refused_for_load_is_retried_soon_however_often_it_was_refused() -> None:
+    tracker = RepairTracker()
+    delays = [tracker.failed(KEY, throttled=True) for _ in range(10)]
+    assert delays[:2] == [2.0, THROTTLED_RETRY]
+    assert max(delays) == THROTTLED_RETRY
+    # The same object failing for its own reasons (403, 422, a webhook's 500) backs off far.
+    assert tracker.failed(KEY) == MAX_BACKOFF
 
 
 def test_state_of_a_deleted_namespace_is_dropped() -> None:

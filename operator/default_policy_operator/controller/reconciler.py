@@ -528,9 +528,10 @@ class Reconciler:
                 continue
             try:
                 await self._execute(action, drift)
-            except Exception:
+            except Exception:  # the write's fate is unknown: look at its scope again later
                 log.exception("%s %s failed unexpectedly", action.verb, action.key)
                 metrics.RECONCILE_ERRORS.labels(reason="unexpected").inc()
+                self._schedule(PLAN_RETRY, scope_of(action.key))
             finally:
                 self._inflight.discard(action.key)
                 self._pending[action.profile] -= 1
@@ -692,7 +693,7 @@ class Reconciler:
         self._errors.setdefault(scope, {})[action.profile, str(key)] = (
             f"{action.verb} failed: {exc.status} {exc.reason}: {exc.message}"[:300]
         )
-        self._schedule(self.repairs.failed(key), scope)
+        self._schedule(self.repairs.failed(key, throttled=exc.status == 429), scope)
 
     async def _check_conflict(self, action: Action) -> None:
         """A create hit an existing object: ours (index lagging) or someone else's (conflict)."""

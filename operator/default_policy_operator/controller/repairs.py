@@ -20,6 +20,7 @@ from default_policy_operator.core.plan import Action, Verb
 DRIFT_WINDOW = 60.0  # repairs of one object closer together than this count as a fight
 FIGHT_THRESHOLD = 3  # repairs within the window before backing off
 MAX_BACKOFF = 300.0
+THROTTLED_RETRY = 4.0  # a write refused for load is planned again this soon, at the latest
 CONFLICT_FIRST_RETRY = 1.0  # a foreign object often goes soon (a migration, a typo fixed)
 CONFLICT_MAX_RETRY = 60.0
 
@@ -136,10 +137,15 @@ class RepairTracker:
             and profile_of(key) == profile
         ]
 
-    def failed(self, key: ObjectKey) -> float:
-        """A write failed: how long to wait before planning its scope again."""
+    def failed(self, key: ObjectKey, *, throttled: bool = False) -> float:
+        """A write failed: how long to wait before planning its scope again.
+
+        Throttling (429) says the server is busy, not that this object is wrong: the client
+        already sends fewer requests, so the write goes back in line soon rather than waiting
+        out a backoff that grows with every rejection it had no part in.
+        """
         failures = self._failures[key] = self._failures.get(key, 0) + 1
-        return min(MAX_BACKOFF, 2.0**failures)
+        return min(THROTTLED_RETRY if throttled else MAX_BACKOFF, 2.0**failures)
 
     def succeeded(self, key: ObjectKey) -> None:
         self._failures.pop(key, None)

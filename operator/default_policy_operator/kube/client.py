@@ -7,9 +7,11 @@ metrics. kopf's own client is internal API. aiohttp is already here because kopf
 
 Every request retries 429 / 5xx / connection errors with capped exponential backoff, honouring
 ``Retry-After``, and once more right away after a 401 with credentials loaded again (a rotated
-token); everything else surfaces as :class:`ApiError` for the caller to decide. Where the server
-is and how to authenticate come from :mod:`default_policy_operator.kube.credentials`, asked per
-request: TLS context, header and proxy may all change while the process runs.
+token); a 429 also lowers how many requests the client keeps in flight
+(:mod:`default_policy_operator.kube.throttle`). Everything else surfaces as :class:`ApiError` for
+the caller to decide. Where the server is and how to authenticate come from
+:mod:`default_policy_operator.kube.credentials`, asked per request: TLS context, header and proxy
+may all change while the process runs.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import asyncio
 import datetime
 import json
 import logging
+import random
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +30,7 @@ import aiohttp
 from default_policy_operator import metrics
 from default_policy_operator.core.labels import GROUP, PLURAL, VERSION
 from default_policy_operator.kube.credentials import Auth, Credentials, CredentialsError
+from default_policy_operator.kube.throttle import AdaptiveLimit
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +95,8 @@ class KubeApi:
         self.max_backoff = max_backoff
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._connections = connections
+        #: requests in flight (watches aside, which hold no seat while idle): fewer when throttled
+        self.limit = AdaptiveLimit(connections)
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> KubeApi:
@@ -137,18 +143,24 @@ class KubeApi:
             delay: float | None
             try:
                 auth = await self.credentials.current()
-                async with self._get_session().request(
-                    method,
-                    auth.server + path,
-                    params=params,
-                    data=data,
-                    **self._wire(auth, headers),
-                ) as response:
+                async with (
+                    self.limit.slot() as epoch,
+                    self._get_session().request(
+                        method,
+                        auth.server + path,
+                        params=params,
+                        data=data,
+                        **self._wire(auth, headers),
+                    ) as response,
+                ):
                     if response.status < 300:
+                        self.limit.succeeded()
                         return await response.json(content_type=None)
                     text = await response.text()
                     code = response.status
                     retry_after = response.headers.get("Retry-After")
+                    if code == 429:
+                        self.limit.throttled(epoch)
                 metrics.API_ERRORS.labels(verb=verb, code=str(code)).inc()
                 if code == 401 and not reauthenticated:
                     self.credentials.invalidate(auth)  # a rotated token: load and try again
@@ -164,7 +176,9 @@ class KubeApi:
                     raise error from exc
                 delay = None
             backoff = min(self.max_backoff, 0.1 * 2**attempt)
-            wait = max(delay or 0.0, backoff)
+            # Jittered upwards (Retry-After is a minimum): requests refused together must not
+            # all come back together, only to be refused together again.
+            wait = max(delay or 0.0, backoff) * random.uniform(1.0, 1.5)
             log.debug("retrying %s %s in %.1fs (attempt %d)", method, path, wait, attempt + 1)
             await asyncio.sleep(wait)
             attempt += 1
