@@ -29,6 +29,12 @@ GNPS = "/apis/crd.projectcalico.org/v1/globalnetworkpolicies"
 MANAGED = "app.kubernetes.io/managed-by=default-policy-operator"
 
 
+def calico_policy_path(namespace: str, name: str = "") -> str:
+    """Where Calico's namespaced NetworkPolicies (or one of them) live in the v1 CRD."""
+    path = f"/apis/crd.projectcalico.org/v1/namespaces/{namespace}/networkpolicies"
+    return f"{path}/{name}" if name else path
+
+
 class ApiStatus(Exception):
     def __init__(self, code: int, body: str) -> None:
         self.code = code
@@ -125,6 +131,12 @@ class Api:
 
     def policy_path(self, namespace: str, name: str) -> str:
         return f"/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies/{name}"
+
+    def calico_policies(self, namespace: str, selector: str = "") -> dict[str, dict[str, Any]]:
+        """Calico's namespaced NetworkPolicies in ``namespace`` (the v1 CRD)."""
+        query = f"?labelSelector={urllib.parse.quote(selector)}" if selector else ""
+        items = self.request("GET", f"{calico_policy_path(namespace)}{query}")["items"]
+        return {item["metadata"]["name"]: item for item in items}
 
     def gnps(self, profile: str) -> dict[str, dict[str, Any]]:
         query = urllib.parse.quote(f"defaultpolicy.dev/profile={profile}")

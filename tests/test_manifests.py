@@ -102,6 +102,7 @@ def test_cluster_role_is_least_privilege() -> None:
     assert granted == {
         ("", "namespaces"),
         ("networking.k8s.io", "networkpolicies"),
+        ("crd.projectcalico.org", "networkpolicies"),
         ("crd.projectcalico.org", "globalnetworkpolicies"),
         ("defaultpolicy.dev", "defaultpolicyprofiles"),
         ("defaultpolicy.dev", "defaultpolicyprofiles/status"),

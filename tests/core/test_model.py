@@ -26,7 +26,14 @@ TEMPLATE = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nspec: {}\n"
 
 
 def profile(spec: dict[str, Any] | None = None, **metadata: Any) -> Profile:
-    return parse_profile({"metadata": {"name": "p", **metadata}, "spec": spec or {}})
+    # An operator configured for the API version the profile names (they must agree).
+    calico = (spec or {}).get("calico")
+    api = calico.get("apiVersion") if isinstance(calico, dict) else None
+    if api not in ("crd.projectcalico.org/v1", "projectcalico.org/v3"):
+        api = "crd.projectcalico.org/v1"
+    return parse_profile(
+        {"metadata": {"name": "p", **metadata}, "spec": spec or {}}, calico_api_version=api
+    )
 
 
 def problems(spec: dict[str, Any]) -> list[str]:
@@ -385,10 +392,26 @@ def test_allow_same_namespace_needs_the_network_policy_flavor(
             "policies": {"allowSameNamespace": same_namespace},
         }
     )
-    assert "allowSameNamespace needs flavor NetworkPolicy" in found
+    assert "allowSameNamespace needs a namespaced flavor" in found
 
 
 def test_calico_flavor_without_same_namespace_is_fine() -> None:
     p = profile({"flavor": "CalicoGlobalNetworkPolicy", "policies": {"allowSameNamespace": {}}})
     assert p.flavor is Flavor.CALICO
     assert p.policy_names() == ("deny-all", "allow-dns", "allow-kube-system")
+
+
+def test_the_operator_decides_the_calico_api_version() -> None:
+    """Issue #12, item 3: a profile naming another Calico API than the operator's flag made
+    every write fail with 400; now the flag decides and a disagreeing profile is explained."""
+    body = {"metadata": {"name": "p"}, "spec": {"flavor": "CalicoGlobalNetworkPolicy"}}
+    assert parse_profile(body, calico_api_version="projectcalico.org/v3").calico_api_version == (
+        "projectcalico.org/v3"
+    )
+    body["spec"]["calico"] = {"apiVersion": "projectcalico.org/v3"}
+    with pytest.raises(ProfileError) as info:
+        parse_profile(body, calico_api_version="crd.projectcalico.org/v1")
+    assert "spec.calico.apiVersion is projectcalico.org/v3" in str(info.value)
+    assert "--calico-api-version" in str(info.value)
+    agreeing = parse_profile(body, calico_api_version="projectcalico.org/v3")
+    assert agreeing.calico_api_version == "projectcalico.org/v3"

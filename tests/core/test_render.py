@@ -65,7 +65,9 @@ def pool() -> Iterator[RenderPool]:
 
 def make(name: str = "base", uid: str = "uid-1", **spec: Any) -> Profile:
     metadata = {"name": name, **({"uid": uid} if uid else {})}
-    return parse_profile({"metadata": metadata, "spec": spec})
+    # An operator configured for the API version the profile names (they must agree).
+    api = (spec.get("calico") or {}).get("apiVersion", "crd.projectcalico.org/v1")
+    return parse_profile({"metadata": metadata, "spec": spec}, calico_api_version=api)
 
 
 def custom(template: str, name: str = "custom", **spec: Any) -> Profile:
@@ -447,8 +449,11 @@ def test_custom_template_errors(renderer: Renderer, template: str, message: str)
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ("spec:\n  selector: all()\n", "a GlobalNetworkPolicy must list spec.types explicitly"),
-        ("spec:\n  types: []\n", "a GlobalNetworkPolicy must list spec.types explicitly"),
+        (
+            "spec:\n  selector: all()\n",
+            "a Calico GlobalNetworkPolicy must list spec.types explicitly",
+        ),
+        ("spec:\n  types: []\n", "a Calico GlobalNetworkPolicy must list spec.types explicitly"),
         ("spec:\n  types: [Ingress]\n  doNotTrack: true\n", "spec may not set doNotTrack"),
         ("spec:\n  types: [Ingress]\n  preDNAT: true\n", "spec may not set preDNAT"),
         ("spec:\n  types: [Ingress]\n  applyOnForward: true\n", "spec may not set applyOnForward"),

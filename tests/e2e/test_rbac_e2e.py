@@ -24,7 +24,16 @@ import yaml
 
 from default_policy_operator.core.objects import calico_policy_name
 from dpo_dev.cluster import ControlPlane
-from tests.support import GNPS, MANAGED, Api, ApiStatus, OperatorProcess, condition, wait_for
+from tests.support import (
+    GNPS,
+    MANAGED,
+    Api,
+    ApiStatus,
+    OperatorProcess,
+    calico_policy_path,
+    condition,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -36,6 +45,7 @@ USER = f"system:serviceaccount:{NAMESPACE}:{ACCOUNT}"
 #: operator's, and the negative checks' 403s are intended.
 TEST_AGENT = "dpo-rbac-test"
 BUILTINS = {"dpo-deny-all", "dpo-allow-dns", "dpo-allow-kube-system"}
+CALICO_BUILTINS = {f"default.{name}" for name in BUILTINS}
 
 AUDIT_POLICY = {
     "apiVersion": "audit.k8s.io/v1",
@@ -167,6 +177,48 @@ def _selector(tag: str) -> dict[str, Any]:
     return {"matchLabels": {"dpo-test": tag}}
 
 
+def _wait_calico_names(api: Api, namespace: str, names: set[str]) -> None:
+    wait_for(
+        lambda: set(api.calico_policies(namespace, MANAGED)) == names,
+        timeout=30,
+        what=f"Calico NetworkPolicies {sorted(names)} in {namespace}",
+    )
+
+
+def _calico_namespaced_scenario(admin: Api, tag: str) -> None:
+    """Calico's namespaced flavor: create next to a foreign object in a managed name (get),
+    edit (update), then switch the flavor to NetworkPolicy (delete, after the handover)."""
+    profile, namespace = f"{tag}-cnp", f"{tag}-cnp-ns"
+    admin.namespace(namespace, {"dpo-test": profile})
+    admin.create(
+        calico_policy_path(namespace),
+        {
+            "apiVersion": "crd.projectcalico.org/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"name": "default.dpo-allow-dns", "namespace": namespace},
+            "spec": {"selector": "all()", "types": ["Ingress"]},
+        },
+    )
+    admin.profile(
+        profile, {"namespaceSelector": _selector(profile), "flavor": "CalicoNetworkPolicy"}
+    )
+    _wait_calico_names(admin, namespace, CALICO_BUILTINS - {"default.dpo-allow-dns"})
+    _wait_ready(admin, profile, conflicts=1)
+    admin.patch_profile(profile, {"calico": {"order": 2500}})
+    wait_for(
+        lambda: (
+            {p["spec"]["order"] for p in admin.calico_policies(namespace, MANAGED).values()}
+            == {2500}
+        ),
+        timeout=30,
+        what="Calico NetworkPolicies at order 2500",
+    )
+    admin.patch_profile(profile, {"flavor": "NetworkPolicy"})
+    _wait_names(admin, namespace, BUILTINS)
+    _wait_calico_names(admin, namespace, set())
+    assert set(admin.calico_policies(namespace)) == {"default.dpo-allow-dns"}  # foreign, kept
+
+
 @pytest.fixture(scope="module")
 def scenario(admin: Api, operator: OperatorProcess) -> str:
     """Drive the operator through everything it does; return the tag its objects carry."""
@@ -275,9 +327,16 @@ def scenario(admin: Api, operator: OperatorProcess) -> str:
     assert _gnps(admin, calico) == {}
     assert admin.get(f"{GNPS}/{foreign}") is not None  # the foreign one stays
 
-    # Orphan, in both flavors: the objects stay, released (patched).
-    for flavor in ("NetworkPolicy", "CalicoGlobalNetworkPolicy"):
-        name = f"{tag}-orphan-{'np' if flavor == 'NetworkPolicy' else 'gnp'}"
+    _calico_namespaced_scenario(admin, tag)
+
+    # Orphan, in every flavor: the objects stay, released (patched).
+    short = {
+        "NetworkPolicy": "np",
+        "CalicoNetworkPolicy": "cnp",
+        "CalicoGlobalNetworkPolicy": "gnp",
+    }
+    for flavor in short:
+        name = f"{tag}-orphan-{short[flavor]}"
         namespace = f"{name}-ns"
         admin.namespace(namespace, {"dpo-test": name})
         admin.profile(
@@ -286,6 +345,8 @@ def scenario(admin: Api, operator: OperatorProcess) -> str:
         )
         if flavor == "NetworkPolicy":
             _wait_names(admin, namespace, BUILTINS)
+        elif flavor == "CalicoNetworkPolicy":
+            _wait_calico_names(admin, namespace, CALICO_BUILTINS)
         else:
             wait_for(lambda: len(_gnps(admin, name)) == 3, timeout=30, what="GNPs")  # noqa: B023
         admin.delete_profile(name)
@@ -293,6 +354,9 @@ def scenario(admin: Api, operator: OperatorProcess) -> str:
         if flavor == "NetworkPolicy":
             kept = admin.policies(namespace)
             assert set(kept) == BUILTINS, sorted(kept)
+        elif flavor == "CalicoNetworkPolicy":
+            kept = admin.calico_policies(namespace)
+            assert set(kept) == CALICO_BUILTINS, sorted(kept)
         else:
             kept = {
                 f"default.{p}": admin.get(
@@ -437,7 +501,7 @@ FORBIDDEN = [
     ("defaultpolicy.dev", "defaultpolicyprofiles", "create", ""),
     ("defaultpolicy.dev", "defaultpolicyprofiles", "delete", ""),
     ("defaultpolicy.dev", "defaultpolicyprofiles", "update", ""),
-    ("crd.projectcalico.org", "networkpolicies", "create", "default"),
+    ("crd.projectcalico.org", "networksets", "create", "default"),
     ("crd.projectcalico.org", "tiers", "create", ""),
     # Leases: only in dpo-system, only get/create/update (kube-node-lease: node heartbeats).
     ("coordination.k8s.io", "leases", "update", "kube-node-lease"),

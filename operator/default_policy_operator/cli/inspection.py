@@ -26,6 +26,7 @@ from default_policy_operator.kube.client import (
     PROFILES,
     ApiError,
     KubeApi,
+    calico_namespaced_resource,
     calico_resource,
 )
 from default_policy_operator.kube.credentials import load_credentials
@@ -75,7 +76,7 @@ async def _load_world(
     api: KubeApi, calico_api_version: str, operator_namespace: str
 ) -> tuple[World, set[ObjectKey]]:
     """The World the operator would build, and the keys of policies it did not create."""
-    world = World(protected_namespaces(operator_namespace))
+    world = World(protected_namespaces(operator_namespace), calico_api_version=calico_api_version)
     print("listing namespaces, profiles and policies...", file=sys.stderr)
     for body in await api.list_objects(NAMESPACES):
         meta = body["metadata"]
@@ -88,11 +89,12 @@ async def _load_world(
     # Every policy, not only labelled ones: a foreign holder of a managed name blocks a create,
     # and an object of ours whose label was removed is still ours (by its ownerReference).
     policies = await api.list_objects(NETWORK_POLICIES)
-    try:
-        policies += await api.list_objects(calico_resource(calico_api_version))
-    except ApiError as exc:
-        if exc.status != 404:
-            raise
+    for calico in (calico_namespaced_resource, calico_resource):
+        try:
+            policies += await api.list_objects(calico(calico_api_version))
+        except ApiError as exc:
+            if exc.status != 404:  # Calico is not installed
+                raise
     foreign = set()
     for body in policies:
         if is_managed(body):

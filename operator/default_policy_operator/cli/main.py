@@ -101,7 +101,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     from default_policy_operator.rendering.offline import admit, render_scopes
     from default_policy_operator.rendering.pool import RenderPool
 
-    world = World(frozenset())
+    world = World(frozenset(), calico_api_version=args.calico_api_version)
     namespace = Namespace(
         name=args.namespace,
         labels={"kubernetes.io/metadata.name": args.namespace, **args.labels},
@@ -193,7 +193,8 @@ def _add_run(add_parser: AddParser) -> None:
         "--calico-api-version",
         default="crd.projectcalico.org/v1",
         choices=["crd.projectcalico.org/v1", "projectcalico.org/v3"],
-        help="which Calico API to manage GlobalNetworkPolicies through",
+        help="the Calico API the Calico flavors' objects are written in and read through "
+        "(a profile's spec.calico.apiVersion must agree or be left out)",
     )
     run.set_defaults(func=cmd_run)
     _add_rendering_flags(run)
@@ -268,6 +269,12 @@ def _add_render(add_parser: AddParser) -> None:
     render.add_argument("--namespace", default="example", help="namespace to render for")
     render.add_argument("--labels", type=_labels, default={}, help="namespace labels k=v,...")
     render.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
+    render.add_argument(
+        "--calico-api-version",
+        default="crd.projectcalico.org/v1",
+        choices=["crd.projectcalico.org/v1", "projectcalico.org/v3"],
+        help="as the operator's flag: the API version of rendered Calico objects",
+    )
     render.set_defaults(func=cmd_render)
 
 

@@ -38,8 +38,10 @@ from default_policy_operator.core.labels import (
 from default_policy_operator.core.model import Profile
 from default_policy_operator.core.normalize import ObjectState, state_of
 from default_policy_operator.core.objects import (
+    CALICO_NETWORK_POLICY,
     GLOBAL_NETWORK_POLICY,
     ObjectKey,
+    body_kind,
     is_managed,
     managed_labels,
 )
@@ -52,6 +54,7 @@ from default_policy_operator.kube.client import (
     ApiError,
     KubeApi,
     Resource,
+    calico_namespaced_resource,
     calico_resource,
 )
 from default_policy_operator.kube.informers import Informer
@@ -83,6 +86,7 @@ class Reconciler:
         self.settings = settings
         self.pool = pool or RenderPool()  # (its worker processes start on first use)
         self.calico = calico_resource(settings.calico_api_version)
+        self.calico_namespaced = calico_namespaced_resource(settings.calico_api_version)
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self._bulk: set[str] = set()  # scopes to re-plan in bulk (profile change, resync)
@@ -327,8 +331,9 @@ class Reconciler:
         }
         selector = f"{MANAGED_SELECTOR},{PROFILE_LABEL}={profile}"
         bodies = await self.api.list_objects(NETWORK_POLICIES, label_selector=selector)
-        with contextlib.suppress(ApiError):  # Calico may not be installed
-            bodies += await self.api.list_objects(self.calico, label_selector=selector)
+        for calico in (self.calico_namespaced, self.calico):
+            with contextlib.suppress(ApiError):  # Calico may not be installed
+                bodies += await self.api.list_objects(calico, label_selector=selector)
         for body in bodies:
             key = state_of(body).key
             try:
@@ -632,7 +637,11 @@ class Reconciler:
     # -- executing ----------------------------------------------------------------------
 
     def _resource(self, key: ObjectKey) -> Resource:
-        return self.calico if key.kind == GLOBAL_NETWORK_POLICY else NETWORK_POLICIES
+        if key.kind == GLOBAL_NETWORK_POLICY:
+            return self.calico
+        if key.kind == CALICO_NETWORK_POLICY:
+            return self.calico_namespaced
+        return NETWORK_POLICIES
 
     async def _execute(self, action: Action, drift: Drift | None = None) -> None:
         resource = self._resource(action.key)
@@ -706,7 +715,7 @@ class Reconciler:
                 return
             raise
         if is_managed(live):
-            live.setdefault("kind", key.kind)
+            live.setdefault("kind", body_kind(key.kind))
             self.world.set_object(state_of(live))
             self.mark([scope_of(key)])
             return

@@ -22,7 +22,11 @@ from default_policy_operator.controller.handlers import HandlerConfig, build_reg
 from default_policy_operator.controller.reconciler import Reconciler, Settings
 from default_policy_operator.core.governance import protected_namespaces
 from default_policy_operator.core.labels import MANAGED_SELECTOR
-from default_policy_operator.core.objects import GLOBAL_NETWORK_POLICY, NETWORK_POLICY
+from default_policy_operator.core.objects import (
+    CALICO_NETWORK_POLICY,
+    GLOBAL_NETWORK_POLICY,
+    NETWORK_POLICY,
+)
 from default_policy_operator.core.world import World
 from default_policy_operator.kube.client import (
     NAMESPACES,
@@ -176,6 +180,9 @@ def build_informers(api: KubeApi, reconciler: Reconciler, watch_timeout: int) ->
         informer(reconciler.calico, label_selector=MANAGED_SELECTOR, optional=True,
                  on_list=functools.partial(reconciler.objects_listed, GLOBAL_NETWORK_POLICY),
                  on_event=reconciler.object_event),
+        informer(reconciler.calico_namespaced, label_selector=MANAGED_SELECTOR, optional=True,
+                 on_list=functools.partial(reconciler.objects_listed, CALICO_NETWORK_POLICY),
+                 on_event=reconciler.object_event),
     ]  # fmt: skip
 
 
@@ -185,7 +192,9 @@ def _build_reconciler(options: RunOptions, api: KubeApi, pool: RenderPool) -> Re
         resync_period=options.resync_period,
         calico_api_version=options.calico_api_version,
     )
-    world = World(protected_namespaces(options.namespace))
+    world = World(
+        protected_namespaces(options.namespace), calico_api_version=options.calico_api_version
+    )
     reconciler = Reconciler(world, api, settings, pool)
     reconciler.informers = build_informers(api, reconciler, options.watch_timeout)
     return reconciler

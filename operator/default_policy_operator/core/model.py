@@ -36,8 +36,21 @@ class DeletionPolicy(StrEnum):
 
 
 class Flavor(StrEnum):
+    """What a profile writes: objects in each governed namespace, or cluster-scoped ones."""
+
     NETWORK_POLICY = "NetworkPolicy"
+    CALICO_NAMESPACED = "CalicoNetworkPolicy"
     CALICO = "CalicoGlobalNetworkPolicy"
+
+    @property
+    def namespaced(self) -> bool:
+        """Objects in each governed namespace (planned per namespace, handed over in place)."""
+        return self is not Flavor.CALICO
+
+    @property
+    def calico(self) -> bool:
+        """Calico's own kinds: ``order``, ``action``, Calico selectors, its API version."""
+        return self is not Flavor.NETWORK_POLICY
 
 
 CALICO_API_VERSIONS = ("crd.projectcalico.org/v1", "projectcalico.org/v3")
@@ -287,20 +300,32 @@ def _parse_priority(reader: _Reader, priority: Any) -> int:
     return priority
 
 
-def _parse_calico(reader: _Reader, spec: Mapping[str, Any]) -> tuple[float, str]:
-    """``spec.calico``: the order and the API version of Calico objects."""
+def _parse_calico(reader: _Reader, spec: Mapping[str, Any], api_version: str) -> float:
+    """``spec.calico``: the order of Calico objects.
+
+    The API version is the operator's (``--calico-api-version``): it is where the operator
+    reads and writes, so an object of another version would be refused (400) on every write.
+    ``spec.calico.apiVersion`` is accepted only when it says the same, and otherwise explained.
+    """
     calico = reader.mapping(spec.get("calico"), "spec.calico")
-    order = calico.get("order", 2000)
-    if not isinstance(order, int | float) or isinstance(order, bool) or order < 0:
+    order: float = 2000  # an int stays an int: 2000.0 would differ from what the API returns
+    given = calico.get("order", order)
+    if isinstance(given, int | float) and not isinstance(given, bool) and given >= 0:
+        order = given
+    else:
         reader.problems.append("spec.calico.order must be a non-negative number")
-        order = 2000
-    api_version = calico.get("apiVersion", CALICO_API_VERSIONS[0])
-    if api_version not in CALICO_API_VERSIONS:
+    written = calico.get("apiVersion", api_version)
+    if written not in CALICO_API_VERSIONS:
         reader.problems.append(
             f"spec.calico.apiVersion must be one of {', '.join(CALICO_API_VERSIONS)}"
         )
-        api_version = CALICO_API_VERSIONS[0]
-    return order, str(api_version)
+    elif written != api_version:
+        reader.problems.append(
+            f"spec.calico.apiVersion is {written}, but the operator talks to Calico as "
+            f"{api_version} (its --calico-api-version flag, which decides): remove the field "
+            "or change the flag"
+        )
+    return order
 
 
 def _parse_allow_dns(reader: _Reader, policies: Mapping[str, Any], default: AllowDNS) -> AllowDNS:
@@ -325,10 +350,13 @@ def _parse_allow_dns(reader: _Reader, policies: Mapping[str, Any], default: Allo
     )
 
 
-def parse_profile(obj: Mapping[str, Any]) -> Profile:
+def parse_profile(
+    obj: Mapping[str, Any], *, calico_api_version: str = CALICO_API_VERSIONS[0]
+) -> Profile:
     """Turn a DefaultPolicyProfile into a :class:`Profile`, or raise :class:`ProfileError`.
 
     Every problem is collected before raising, so one status message lists them all.
+    ``calico_api_version`` is the operator's setting, the one Calico objects are written in.
     """
     reader = _Reader()
     metadata = reader.mapping(obj.get("metadata"), "metadata")
@@ -338,15 +366,16 @@ def parse_profile(obj: Mapping[str, Any]) -> Profile:
         raise ProfileError(["metadata.name is missing"])
     defaults = Profile(name=name)
     flavor = Flavor(reader.enum(spec, "flavor", [f.value for f in Flavor], Flavor.NETWORK_POLICY))
-    order, api_version = _parse_calico(reader, spec)
+    order = _parse_calico(reader, spec, calico_api_version)
     policies = reader.mapping(spec.get("policies"), "spec.policies")
     same_namespace = reader.directions(
         policies, "allowSameNamespace", defaults.allow_same_namespace, "spec.policies"
     )
     if flavor is Flavor.CALICO and same_namespace.enabled:
         reader.problems.append(
-            "spec.policies.allowSameNamespace needs flavor NetworkPolicy: a Calico "
-            "GlobalNetworkPolicy cannot say 'the pod's own namespace'"
+            "spec.policies.allowSameNamespace needs a namespaced flavor (NetworkPolicy or "
+            "CalicoNetworkPolicy): a Calico GlobalNetworkPolicy cannot say 'the pod's own "
+            "namespace'"
         )
 
     profile = Profile(
@@ -362,7 +391,7 @@ def parse_profile(obj: Mapping[str, Any]) -> Profile:
         ),
         flavor=flavor,
         calico_order=order,
-        calico_api_version=api_version,
+        calico_api_version=calico_api_version,
         deny_all=reader.directions(policies, "denyAll", defaults.deny_all, "spec.policies"),
         allow_dns=_parse_allow_dns(reader, policies, defaults.allow_dns),
         allow_kube_system=reader.directions(

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from default_policy_operator.core.labels import PROFILE_LABEL
-from default_policy_operator.core.objects import NETWORK_POLICY, ObjectKey
+from default_policy_operator.core.objects import NETWORK_POLICY, ObjectKey, key_of
 
 
 def _prune(value: Any) -> Any:
@@ -81,12 +81,12 @@ class ObjectState:
 
 def state_of(body: Mapping[str, Any]) -> ObjectState:
     meta = body.get("metadata") or {}
-    kind = str(body.get("kind", ""))
+    key = key_of(body)
     return ObjectState(
-        key=ObjectKey(kind, meta.get("namespace") or "", meta.get("name", "")),
+        key=key,
         uid=meta.get("uid", ""),
         resource_version=meta.get("resourceVersion", ""),
         labels=dict(meta.get("labels") or {}),
         owner_uids=tuple(ref.get("uid", "") for ref in meta.get("ownerReferences") or []),
-        spec_hash=spec_hash(kind, body.get("spec")),
+        spec_hash=spec_hash(key.kind, body.get("spec")),
     )

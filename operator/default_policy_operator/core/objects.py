@@ -7,6 +7,7 @@ managed-by label") trustworthy.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -23,6 +24,10 @@ from default_policy_operator.core.model import Flavor, Profile
 
 NETWORK_POLICY = "NetworkPolicy"
 GLOBAL_NETWORK_POLICY = "GlobalNetworkPolicy"
+#: Calico's namespaced ``NetworkPolicy``: the same ``kind`` as Kubernetes' in the body, so keys
+#: (and everything keyed by them) tell the two apart by this name instead.
+CALICO_NETWORK_POLICY = "CalicoNetworkPolicy"
+CALICO_GROUPS = ("crd.projectcalico.org", "projectcalico.org")
 #: Calico 3.29-3.31 store default-tier policies under a tier-prefixed name; using that form
 #: ourselves means the name we write is the name Calico keeps, in both the v1 CRD and the v3 API
 #: (3.32 dropped the prefix rule and keeps any name as written, so the same name stays valid).
@@ -30,7 +35,7 @@ CALICO_TIER_PREFIX = "default."
 
 
 class ObjectKey(NamedTuple):
-    kind: str  # NETWORK_POLICY or GLOBAL_NETWORK_POLICY
+    kind: str  # NETWORK_POLICY, CALICO_NETWORK_POLICY or GLOBAL_NETWORK_POLICY
     namespace: str  # "" for cluster-scoped objects
     name: str
 
@@ -88,16 +93,41 @@ def calico_policy_name(profile: str, policy: str) -> str:
     return f"{CALICO_TIER_PREFIX}dpo-{len(profile)}{dots}-{profile.replace('.', '-')}-{policy}"
 
 
+def calico_namespaced_name(policy: str) -> str:
+    """``default.dpo-<policy>``: the NetworkPolicy flavor's name behind the tier prefix that
+    Calico 3.29-3.31 store default-tier policies under (see :data:`CALICO_TIER_PREFIX`). A
+    Kubernetes NetworkPolicy of the same name shows in Calico as ``knp.default.dpo-...``, so
+    the two flavors can stand side by side in a namespace during a handover."""
+    return f"{CALICO_TIER_PREFIX}{network_policy_name(policy)}"
+
+
 def object_key(profile: Profile, policy: str, namespace: str | None) -> ObjectKey:
     if profile.flavor is Flavor.CALICO:
         return ObjectKey(GLOBAL_NETWORK_POLICY, "", calico_policy_name(profile.name, policy))
     assert namespace is not None
+    if profile.flavor is Flavor.CALICO_NAMESPACED:
+        return ObjectKey(CALICO_NETWORK_POLICY, namespace, calico_namespaced_name(policy))
     return ObjectKey(NETWORK_POLICY, namespace, network_policy_name(policy))
 
 
-def key_of(body: dict[str, Any]) -> ObjectKey:
+def key_kind(body: Mapping[str, Any]) -> str:
+    """The key kind of an object as the API returns it: Calico's namespaced ``NetworkPolicy``
+    is told from Kubernetes' by its API group."""
+    kind = str(body.get("kind", ""))
+    group = str(body.get("apiVersion", "")).partition("/")[0]
+    if kind == NETWORK_POLICY and group in CALICO_GROUPS:
+        return CALICO_NETWORK_POLICY
+    return kind
+
+
+def body_kind(kind: str) -> str:
+    """The ``kind`` an object of key kind ``kind`` carries in its body."""
+    return NETWORK_POLICY if kind == CALICO_NETWORK_POLICY else kind
+
+
+def key_of(body: Mapping[str, Any]) -> ObjectKey:
     meta = body.get("metadata") or {}
-    return ObjectKey(str(body.get("kind", "")), meta.get("namespace") or "", meta.get("name", ""))
+    return ObjectKey(key_kind(body), meta.get("namespace") or "", meta.get("name", ""))
 
 
 def managed_labels(profile: str, policy: str) -> dict[str, str]:

@@ -50,7 +50,9 @@ from default_policy_operator.core.objects import (
 )
 from default_policy_operator.core.selector import to_calico
 from default_policy_operator.core.validate import (
+    Check,
     Problem,
+    calico_namespaced_spec,
     calico_spec,
     labels,
     network_policy_spec,
@@ -73,6 +75,8 @@ CALICO_SPEC_KEYS = frozenset(
     {"order", "selector", "namespaceSelector", "serviceAccountSelector", "types"}
     | {"ingress", "egress"}
 )
+#: A namespaced Calico policy selects endpoints of its own namespace only: no namespaceSelector.
+CALICO_NAMESPACED_SPEC_KEYS = CALICO_SPEC_KEYS - {"namespaceSelector"}
 
 
 class RenderError(Exception):
@@ -270,7 +274,7 @@ class Renderer:
                 "params": params,
             }
             if task.namespace is None:  # the trial
-                if profile.flavor is Flavor.NETWORK_POLICY and uses_namespace:
+                if profile.flavor.namespaced and uses_namespace:
                     context["namespace"] = _SAMPLE
                     document = self.render_document(source, policy, context)
                     stamp(profile, policy, document, TRIAL_NAMESPACE, sample=True)
@@ -375,42 +379,79 @@ def stamp(
     per namespace later (:func:`restamp`). ``sample``: a trial render against the sample
     namespace, where only structural problems count (values may come from namespace data).
     """
-    calico = profile.flavor is Flavor.CALICO
-    want_kind = GLOBAL_NETWORK_POLICY if calico else NETWORK_POLICY
-    want_api = profile.calico_api_version if calico else "networking.k8s.io/v1"
-    metadata = _check_envelope(policy, document, want_api, want_kind)
-    _check_namespace(policy, metadata, namespace, calico)
+    output = _output_of(profile)
+    metadata = _check_envelope(policy, document, output.api_version, output.kind)
+    _check_namespace(policy, metadata, namespace, output.namespaced)
     spec = document["spec"]
-    allowed = CALICO_SPEC_KEYS if calico else NETWORK_POLICY_SPEC_KEYS
-    extra = set(spec) - allowed
+    extra = set(spec) - output.spec_keys
     if extra:
         raise RenderError(policy, f"spec may not set {', '.join(sorted(map(str, extra)))}")
-    if calico:
-        try:
-            calico_selector.check_policy_selectors(spec)
-        except calico_selector.CalicoSelectorError as exc:
-            raise RenderError(policy, str(exc)) from None
-        spec.setdefault("order", profile.calico_order)
-        spec.setdefault("selector", "all()")
-        if not spec.get("types"):
-            # Calico infers Ingress-only for a rule-less policy: always be explicit.
-            raise RenderError(policy, "a GlobalNetworkPolicy must list spec.types explicitly")
+    if profile.flavor.calico:
+        _calico_defaults(profile, policy, spec, output.kind)
     else:
         spec.setdefault("podSelector", {})
-    found = problems(calico_spec if calico else network_policy_spec, spec)
+    found = problems(output.schema, spec)
     found += problems(labels, metadata.get("labels") or {}, "metadata.labels")
     found = [p for p in found if p.structural or not sample]
     if found:
         raise RenderError(policy, _describe(found))
     key = object_key(profile, policy, namespace or "")
     new_meta: dict[str, Any] = {"name": key.name}
-    if not calico:
+    if output.namespaced:
         new_meta["namespace"] = namespace or ""
     new_meta["labels"] = {**(metadata.get("labels") or {}), **managed_labels(profile.name, policy)}
     if profile.uid:
         new_meta["ownerReferences"] = [owner_reference(profile)]
-    body = {"apiVersion": want_api, "kind": want_kind, "metadata": new_meta, "spec": spec}
-    return RenderedObject(key, policy, body, spec_hash(want_kind, spec))
+    body = {"apiVersion": output.api_version, "kind": output.kind, "metadata": new_meta}
+    body["spec"] = spec
+    return RenderedObject(key, policy, body, spec_hash(key.kind, spec))
+
+
+@dataclass(frozen=True)
+class _Output:
+    """What a flavor may render: the one kind, where it lives, and the spec it may hold."""
+
+    api_version: str
+    kind: str
+    namespaced: bool
+    spec_keys: frozenset[str]
+    schema: Check
+
+
+def _output_of(profile: Profile) -> _Output:
+    flavor = profile.flavor
+    if flavor is Flavor.NETWORK_POLICY:
+        return _Output(
+            "networking.k8s.io/v1",
+            NETWORK_POLICY,
+            True,
+            NETWORK_POLICY_SPEC_KEYS,
+            network_policy_spec,
+        )
+    if flavor is Flavor.CALICO_NAMESPACED:
+        return _Output(
+            profile.calico_api_version,
+            NETWORK_POLICY,
+            True,
+            CALICO_NAMESPACED_SPEC_KEYS,
+            calico_namespaced_spec,
+        )
+    return _Output(
+        profile.calico_api_version, GLOBAL_NETWORK_POLICY, False, CALICO_SPEC_KEYS, calico_spec
+    )
+
+
+def _calico_defaults(profile: Profile, policy: str, spec: dict[str, Any], kind: str) -> None:
+    """Selectors Calico accepts, the profile's order, and explicit types."""
+    try:
+        calico_selector.check_policy_selectors(spec)
+    except calico_selector.CalicoSelectorError as exc:
+        raise RenderError(policy, str(exc)) from None
+    spec.setdefault("order", profile.calico_order)
+    spec.setdefault("selector", "all()")
+    if not spec.get("types"):
+        # Calico infers Ingress-only for a rule-less policy: always be explicit.
+        raise RenderError(policy, f"a Calico {kind} must list spec.types explicitly")
 
 
 def _describe(found: Sequence[Problem]) -> str:
@@ -448,12 +489,12 @@ def _check_envelope(policy: str, document: Any, want_api: str, want_kind: str) -
 
 
 def _check_namespace(
-    policy: str, metadata: Mapping[str, Any], namespace: str | None, calico: bool
+    policy: str, metadata: Mapping[str, Any], namespace: str | None, namespaced: bool
 ) -> None:
     if "namespace" not in metadata or (metadata["namespace"] == namespace and namespace):
         return
     written = metadata["namespace"]
-    if calico:
+    if not namespaced:
         target = "no namespace (cluster-scoped)"
     elif namespace is None:
         target = "the namespace it is rendered for ({{ namespace.name }})"
@@ -467,7 +508,11 @@ def _check_namespace(
 
 @functools.cache
 def _builtin_source(template_dir: Path, flavor: Flavor, policy: str) -> str:
-    folder = "calico" if flavor is Flavor.CALICO else "networkpolicy"
+    folder = {
+        Flavor.NETWORK_POLICY: "networkpolicy",
+        Flavor.CALICO_NAMESPACED: "calico-namespaced",
+        Flavor.CALICO: "calico",
+    }[flavor]
     return (template_dir / folder / f"{policy}.yaml.j2").read_text()
 
 
@@ -493,7 +538,7 @@ def _params(profile: Profile, policy: str) -> dict[str, Any]:
         return {"policyTypes": types, "types": types, **calico}
     if policy == "allow-dns":
         dns = profile.allow_dns
-        calico_dns = profile.flavor is Flavor.CALICO
+        calico_dns = profile.flavor.calico
         return {
             "namespace": dns.namespace,
             "namespaceSelector": f"projectcalico.org/name == {json.dumps(dns.namespace)}",

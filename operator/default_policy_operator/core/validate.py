@@ -293,7 +293,7 @@ network_policy_spec = mapping(
 )
 
 
-# -- Calico GlobalNetworkPolicy (the CRD's schema) -----------------------------------------------
+# -- Calico NetworkPolicy and GlobalNetworkPolicy (the CRDs' schemas) ------------------------------
 
 
 def _bounded(low: int, high: int) -> Check:
@@ -340,17 +340,17 @@ calico_rule = mapping(
     },
     required=("action",),
 )
-calico_spec = mapping(
-    {
-        "order": number,
-        "selector": string,
-        "namespaceSelector": string,
-        "serviceAccountSelector": string,
-        "types": list_of(one_of(_POLICY_TYPES)),
-        "ingress": list_of(calico_rule),
-        "egress": list_of(calico_rule),
-    }
-)
+_calico_namespaced_fields: dict[str, Check] = {
+    "order": number,
+    "selector": string,
+    "serviceAccountSelector": string,
+    "types": list_of(one_of(_POLICY_TYPES)),
+    "ingress": list_of(calico_rule),
+    "egress": list_of(calico_rule),
+}
+#: Calico's namespaced NetworkPolicy: a GlobalNetworkPolicy without the namespaceSelector
+calico_namespaced_spec = mapping(_calico_namespaced_fields)
+calico_spec = mapping({**_calico_namespaced_fields, "namespaceSelector": string})
 
 
 def problems(check: Check, value: Any, path: str = "spec") -> list[Problem]:

@@ -45,6 +45,7 @@ from default_policy_operator.core.labels import (
     POLICY_LABEL,
 )
 from default_policy_operator.core.model import (
+    CALICO_API_VERSIONS,
     DNS1123_LABEL,
     DeletionPolicy,
     Flavor,
@@ -155,9 +156,13 @@ class ProfileCounts:
 
 
 class World:
-    def __init__(self, protected: frozenset[str]) -> None:
+    def __init__(
+        self, protected: frozenset[str], *, calico_api_version: str = CALICO_API_VERSIONS[0]
+    ) -> None:
         #: the fixed protected set (system and operator namespaces); see :attr:`protected`
         self.base_protected = protected
+        #: the operator's Calico API: every profile's Calico objects are written in it
+        self.calico_api_version = calico_api_version
         self.namespaces: dict[str, Namespace] = {}
         self.profiles: dict[str, ProfileEntry] = {}
         self.objects: dict[ObjectKey, ObjectState] = {}
@@ -234,7 +239,7 @@ class World:
         entry.valid_spec = previous.valid_spec if previous else ""
         entry.metadata = dict(meta)
         try:
-            entry.trial = parse_profile(body)
+            entry.trial = parse_profile(body, calico_api_version=self.calico_api_version)
             entry.trial_spec = canonical_spec(spec)
         except ProfileError as exc:
             entry.error = f"invalid spec: {exc}"
@@ -250,7 +255,10 @@ class World:
             return
         try:
             spec = json.loads(entry.recorded_spec)
-            entry.trial = parse_profile({"metadata": entry.metadata, "spec": spec})
+            entry.trial = parse_profile(
+                {"metadata": entry.metadata, "spec": spec},
+                calico_api_version=self.calico_api_version,
+            )
         except (ValueError, ProfileError):
             return
         entry.trial_spec, entry.trial_recorded = entry.recorded_spec, True
@@ -354,7 +362,7 @@ class World:
         """The renders :meth:`plan_namespace` needs before it can plan ``scope``."""
         namespace = self.namespaces.get(scope)
         governor = self.governor(namespace) if namespace is not None else None
-        if governor is None or governor.flavor is not Flavor.NETWORK_POLICY:
+        if governor is None or not governor.flavor.namespaced:
             return []
         assert namespace is not None
         render = self.profiles[governor.name].render
@@ -386,7 +394,7 @@ class World:
     # -- planning ------------------------------------------------------------------------
 
     def plan_namespace(self, name: str) -> ScopePlan:
-        """Plan the NetworkPolicy objects of one namespace.
+        """Plan the namespaced objects (NetworkPolicies, Calico NetworkPolicies) of one namespace.
 
         A terminating namespace gets an empty plan: the namespace controller deletes our
         objects there (a deletion that is not drift) and admission would refuse any create, so
@@ -401,7 +409,7 @@ class World:
         governor = self.governor(namespace) if namespace is not None else None
         desired: dict[ObjectKey, Desired] = {}
         held: set[str] = set()
-        if governor is not None and governor.flavor is Flavor.NETWORK_POLICY:
+        if governor is not None and governor.flavor.namespaced:
             assert namespace is not None
             wanted = self.wanted_in(governor, namespace)
             if wanted is None:
@@ -438,7 +446,7 @@ class World:
 
         True once the last Calico plan put the namespace in the profile's selector and every one
         of the profile's objects is live with the spec that plan wanted: only then may the
-        namespace's NetworkPolicies go (a flavor handover never leaves it without a deny-all).
+        namespace's own policies go (a flavor handover never leaves it without a deny-all).
         """
         if namespace not in self.calico_covered.get(profile.name, frozenset()):
             return False
@@ -448,14 +456,14 @@ class World:
         )
 
     def network_policies_cover(self, profile: Profile, namespace: str) -> bool:
-        """Whether every NetworkPolicy ``profile`` wants in ``namespace`` is live and its own."""
+        """Whether every namespaced policy ``profile`` wants in ``namespace`` is live and owned."""
         wanted = [object_key(profile, policy, namespace) for policy in profile.policy_names()]
         return all(k in self.objects and self.objects[k].profile == profile.name for k in wanted)
 
     def wanted_in(
         self, profile: Profile, namespace: Namespace
     ) -> tuple[list[RenderedObject], list[RenderError]] | None:
-        """The NetworkPolicies ``profile`` wants in ``namespace``, and the policies that failed
+        """The namespaced policies ``profile`` wants in ``namespace``, and the policies that failed
         to render there; None while a namespace-dependent render is missing."""
         render = self.profiles[profile.name].render
         cached = self._renders_of(profile, namespace)
@@ -515,10 +523,10 @@ class World:
         )
 
     def _still_covering(self, profile: Profile, governor: Profile, namespace: str) -> bool:
-        """A namespace handed from Calico ``profile`` to a NetworkPolicy-flavor ``governor``
+        """A namespace handed from Calico ``profile`` to a namespaced-flavor ``governor``
         stays selected until the governor's policies are in place there (no gap)."""
         return (
-            governor.flavor is Flavor.NETWORK_POLICY
+            governor.flavor.namespaced
             and namespace in self.calico_covered.get(profile.name, frozenset())
             and not self.network_policies_cover(governor, namespace)
         )
@@ -592,11 +600,11 @@ class World:
 
     def _calico_cover_released(self, profile: str) -> bool:
         """A leaving Calico profile's objects go only once the namespaces they covered that now
-        belong to a NetworkPolicy-flavor profile hold that profile's policies."""
+        belong to a namespaced-flavor profile hold that profile's policies."""
         for name in self.calico_covered.get(profile, frozenset()):
             namespace = self.namespaces.get(name)
             governor = self.governor(namespace) if namespace is not None else None
-            if governor is None or governor.flavor is not Flavor.NETWORK_POLICY:
+            if governor is None or not governor.flavor.namespaced:
                 continue
             if not self.network_policies_cover(governor, name):
                 self.calico_waiting_for.add(name)

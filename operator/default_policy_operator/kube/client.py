@@ -75,6 +75,11 @@ def calico_resource(api_version: str) -> Resource:
     return Resource(group, version, "globalnetworkpolicies", False)
 
 
+def calico_namespaced_resource(api_version: str) -> Resource:
+    group, version = api_version.split("/")
+    return Resource(group, version, "networkpolicies", True)
+
+
 # -- the client -------------------------------------------------------------------------------
 
 

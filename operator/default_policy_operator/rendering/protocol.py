@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, BinaryIO
 
-from default_policy_operator.core.objects import RenderedObject, object_key
+from default_policy_operator.core.objects import RenderedObject, key_kind, object_key
 from default_policy_operator.core.render import RenderError, RenderResult, RenderTask, Trialled
 
 HEADER = struct.Struct(">I")
@@ -123,7 +123,7 @@ def _checked(task: RenderTask, data: dict[str, Any], namespace: str | None) -> R
     meta = body["metadata"]
     if (
         data["policy"] != task.policy
-        or body.get("kind") != key.kind
+        or key_kind(body) != key.kind
         or meta.get("name") != key.name
         or meta.get("namespace", "") != key.namespace
     ):

@@ -1,0 +1,210 @@
+"""End-to-end: the CalicoNetworkPolicy flavor and switches between every pair of flavors
+(issue #12, items 1, 2 and 6), against the real Calico CRDs (crd.projectcalico.org/v1, from the
+Calico module the control plane installs them from).
+
+A switch is checked exactly, not by sampling: the test watches the three kinds of policy from
+one resourceVersion on, and every resourceVersion of one etcd is a point in a single history,
+so merging the three event streams by resourceVersion replays the cluster's history of the
+profile's objects in the order it happened. After every event of that history the namespace
+must hold a deny-all in force (a NetworkPolicy or Calico NetworkPolicy in it, or a
+GlobalNetworkPolicy whose namespaceSelector selects it).
+
+Here the writers usually land a plan's creates before its deletes anyway, so this test alone
+would rarely catch a broken ordering rule; ``tests/core/test_flavor_handover.py`` checks the
+rule against every order of writes. This one shows the real API and operator keep to it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import urllib.parse
+import urllib.request
+from typing import Any
+
+import pytest
+
+from default_policy_operator.core.objects import calico_policy_name
+from tests.calico_selector import evaluate
+from tests.support import GNPS, MANAGED, Api, OperatorProcess, calico_policy_path, wait_for
+
+pytestmark = pytest.mark.e2e
+
+FLAVORS = ("NetworkPolicy", "CalicoNetworkPolicy", "CalicoGlobalNetworkPolicy")
+BUILTINS = ("deny-all", "allow-dns", "allow-kube-system")
+
+
+@pytest.fixture
+def tag(unique_name: str, api: Api, operator_process: OperatorProcess) -> str:
+    return unique_name
+
+
+def np_path(namespace: str) -> str:
+    return f"/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies"
+
+
+class History:
+    """Every change to the profile's objects of the three kinds from one point on, in order."""
+
+    def __init__(self, api: Api, tag: str, namespace: str) -> None:
+        self.api, self.tag, self.namespace = api, tag, namespace
+        self.paths = (np_path(namespace), calico_policy_path(namespace), GNPS)
+        self.selector = urllib.parse.quote(f"defaultpolicy.dev/profile={tag}")
+        self.live: dict[tuple[str, str], dict[str, Any]] = {}
+        listed = [api.request("GET", f"{p}?labelSelector={self.selector}") for p in self.paths]
+        self.start = max(int(page["metadata"]["resourceVersion"]) for page in listed)
+        for path, page in zip(self.paths, listed, strict=True):
+            for item in page["items"]:
+                self.live[path, item["metadata"]["name"]] = item
+        self.events: list[tuple[int, str, str, dict[str, Any]]] = []
+        self._lock = threading.Lock()
+        self._ended = {path: threading.Event() for path in self.paths}
+        self._threads = [
+            threading.Thread(target=self._watch, args=(path,), daemon=True) for path in self.paths
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _watch(self, path: str) -> None:
+        query = f"watch=true&resourceVersion={self.start}&labelSelector={self.selector}"
+        request = urllib.request.Request(f"{self.api.server}{path}?{query}&timeoutSeconds=120")
+        request.add_header("Authorization", f"Bearer {self.api.token}")
+        with urllib.request.urlopen(request, context=self.api.context, timeout=150) as stream:
+            for line in stream:
+                event = json.loads(line)
+                body = event["object"]
+                if body["metadata"]["name"].startswith("marker-"):
+                    self._ended[path].set()
+                    return
+                with self._lock:
+                    version = int(body["metadata"]["resourceVersion"])
+                    self.events.append((version, event["type"], path, body))
+
+    def end(self) -> None:
+        """Mark the end of each stream with an object of its kind, and wait for the marks."""
+        labels = {"defaultpolicy.dev/profile": self.tag}
+        meta = {"name": f"marker-{self.tag}", "labels": labels}
+        self.api.create(self.paths[0], {"apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy", "metadata": meta,
+            "spec": {"podSelector": {"matchLabels": {"none": "none"}}}})  # fmt: skip
+        calico = {"selector": "has(none)", "types": ["Ingress"]}
+        self.api.create(self.paths[1], {"apiVersion": "crd.projectcalico.org/v1",
+            "kind": "NetworkPolicy", "metadata": meta, "spec": calico})  # fmt: skip
+        self.api.create(self.paths[2], {"apiVersion": "crd.projectcalico.org/v1",
+            "kind": "GlobalNetworkPolicy", "metadata": meta, "spec": calico})  # fmt: skip
+        for ended in self._ended.values():
+            assert ended.wait(60), "a watch never delivered its end mark"
+        self.api.delete(f"{self.paths[2]}/marker-{self.tag}")
+
+    def uncovered(self) -> tuple[int, list[int]]:
+        """Replay the history: (events replayed, resourceVersions after which nothing denied)."""
+        gaps = []
+        for version, kind, path, body in sorted(self.events, key=lambda e: e[0]):
+            key = (path, body["metadata"]["name"])
+            if kind == "DELETED":
+                self.live.pop(key, None)
+            else:
+                self.live[key] = body
+            if not self.covered():
+                gaps.append(version)
+        return len(self.events), gaps
+
+    def covered(self) -> bool:
+        nps, cnps, gnps = self.paths
+        if (nps, "dpo-deny-all") in self.live or (cnps, "default.dpo-deny-all") in self.live:
+            return True
+        deny = self.live.get((gnps, calico_policy_name(self.tag, "deny-all")))
+        labels = {"dpo-test": self.tag, "projectcalico.org/name": self.namespace}
+        return deny is not None and evaluate(deny["spec"]["namespaceSelector"], labels)
+
+
+def flavor_in_place(api: Api, tag: str, namespace: str, flavor: str) -> bool:
+    """Exactly ``flavor``'s built-ins, and nothing of the other flavors."""
+    nps = set(api.policies(namespace, MANAGED))
+    cnps = set(api.calico_policies(namespace, MANAGED))
+    gnps = set(api.gnps(tag))
+    want = {
+        "NetworkPolicy": ({f"dpo-{p}" for p in BUILTINS}, set(), set()),
+        "CalicoNetworkPolicy": (set(), {f"default.dpo-{p}" for p in BUILTINS}, set()),
+        "CalicoGlobalNetworkPolicy": (set(), set(), {calico_policy_name(tag, p) for p in BUILTINS}),
+    }[flavor]
+    return (nps, cnps, gnps) == want
+
+
+def test_calico_network_policies_land_in_exactly_the_governed_namespaces(
+    api: Api, tag: str
+) -> None:
+    api.namespace(f"{tag}-in", {"dpo-test": tag})
+    api.namespace(f"{tag}-exempt", {"dpo-test": tag, "defaultpolicy.dev/exempt": "true"})
+    api.namespace(f"{tag}-out", {"other": tag})
+    api.profile(
+        tag,
+        {
+            "namespaceSelector": {"matchLabels": {"dpo-test": tag}},
+            "flavor": "CalicoNetworkPolicy",
+            "policies": {"allowSameNamespace": {"ingress": True}},
+            "customPolicies": [{"name": "allow-redis", "template": REDIS}],
+        },
+    )
+    names = {f"default.dpo-{p}" for p in (*BUILTINS, "allow-same-namespace", "allow-redis")}
+    wait_for(
+        lambda: set(api.calico_policies(f"{tag}-in", MANAGED)) == names,
+        what="Calico NetworkPolicies in the governed namespace",
+    )
+    stored = api.calico_policies(f"{tag}-in", MANAGED)
+    assert stored["default.dpo-deny-all"]["spec"]["types"] == ["Ingress", "Egress"]
+    assert stored["default.dpo-deny-all"]["spec"]["order"] == 2000
+    assert stored["default.dpo-allow-redis"]["spec"]["selector"] == "service == 'redis'"
+    assert stored["default.dpo-allow-same-namespace"]["spec"]["ingress"] == [
+        {"action": "Allow", "source": {"selector": "all()"}}
+    ]
+    for namespace in (f"{tag}-exempt", f"{tag}-out", "kube-system"):
+        assert api.calico_policies(namespace, MANAGED) == {}
+    assert api.policies(f"{tag}-in", MANAGED) == {}, "the Calico flavor writes no NetworkPolicy"
+    # Drift on the Calico kind is repaired like on the others.
+    api.delete(calico_policy_path(f"{tag}-in", "default.dpo-deny-all"))
+    wait_for(
+        lambda: "default.dpo-deny-all" in api.calico_policies(f"{tag}-in", MANAGED),
+        what="the deleted Calico deny-all to come back",
+    )
+
+
+REDIS = """\
+apiVersion: crd.projectcalico.org/v1
+kind: NetworkPolicy
+spec:
+  selector: service == 'redis'
+  types: [Ingress]
+  ingress:
+    - action: Allow
+      protocol: TCP
+      source:
+        selector: service == 'nodejs'
+      destination:
+        ports: [6379]
+"""
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    list(itertools.permutations(FLAVORS, 2)),
+    ids=[f"{a}->{b}" for a, b in itertools.permutations(FLAVORS, 2)],
+)
+def test_a_flavor_switch_keeps_a_deny_all_in_force(
+    api: Api, tag: str, before: str, after: str
+) -> None:
+    namespace = f"{tag}-ns"
+    api.namespace(namespace, {"dpo-test": tag})
+    spec: dict[str, Any] = {"namespaceSelector": {"matchLabels": {"dpo-test": tag}}}
+    api.profile(tag, {**spec, "flavor": before})
+    wait_for(lambda: flavor_in_place(api, tag, namespace, before), what=f"{before} in place")
+    history = History(api, tag, namespace)
+    assert history.covered()
+    api.patch_profile(tag, {"flavor": after})
+    wait_for(lambda: flavor_in_place(api, tag, namespace, after), what=f"{after} in place")
+    history.end()
+    replayed, gaps = history.uncovered()
+    print(f"\n{before} -> {after}: {replayed} events replayed, {len(gaps)} without a deny-all")
+    assert replayed >= 6, "the switch should have created and deleted three objects each"
+    assert gaps == [], f"no deny-all in force after resourceVersion(s) {gaps}"
