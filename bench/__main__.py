@@ -61,9 +61,11 @@ from bench.harness import (
     summary,
     wait_until,
 )
+from bench.phases import Phases
 from bench.report import table
 from bench.writes import per
 from dpo_dev.cluster import ControlPlane
+from dpo_dev.progress import Progress
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BENCH_LABEL = {"bench": "yes"}
@@ -84,6 +86,7 @@ class Bench:
     client: Client
     operator: Operator
     watch: PolicyWatch
+    phases: Phases
 
     @property
     def apps(self) -> list[str]:
@@ -93,11 +96,13 @@ class Bench:
         return self.operator.memory_mb("VmHWM")
 
 
-async def measure_w_py(client: Client, quick: bool) -> dict[str, Any]:
+async def measure_w_py(client: Client, quick: bool, phases: Phases) -> dict[str, Any]:
     """Create throughput of a plain async Python loop at several concurrencies; best wins."""
     rates: dict[str, float] = {}
-    for concurrency in (1, 8, 32, 64):
-        count = (60 if concurrency == 1 else 300) if quick else (400 if concurrency == 1 else 3000)
+    counts = {c: (60 if c == 1 else 300) if quick else (400 if c == 1 else 3000)
+              for c in (1, 8, 32, 64)}  # fmt: skip
+    progress = phases.begin("W_py", unit="creates", total=sum(counts.values()))
+    for concurrency, count in counts.items():
         ns = f"bench-w-{concurrency}"
         await client.call("POST", "/api/v1/namespaces", namespace(ns, {}))
         started = time.monotonic()
@@ -107,36 +112,45 @@ async def measure_w_py(client: Client, quick: bool) -> dict[str, Any]:
                 for i in range(count)
             ],
             concurrency,
+            progress,
         )
         rates[str(concurrency)] = count / (time.monotonic() - started)
         log(f"W_py at concurrency {concurrency}: {rates[str(concurrency)]:.0f} creates/s")
     return {"by_concurrency": rates, "W": max(rates.values())}
 
 
-async def measure_floor(plane: ControlPlane, binary: Path | None, args: argparse.Namespace) -> Any:
+async def measure_floor(
+    plane: ControlPlane, binary: Path | None, args: argparse.Namespace, phases: Phases
+) -> Any:
     """The client-go floor at each worker count (fresh namespace each); W is the best rate."""
     if binary is None:
+        phases.begin("W client-go")
         log("client-go floor skipped (binary not built; `make bench` builds it)")
         return {"W": None, "skipped": "bench/floor binary not built (--floor build builds it)"}
+    worker_counts = [int(w) for w in args.floor_workers.split(",")]
+    progress = phases.begin("W client-go", unit="runs", total=len(worker_counts))
     runs: dict[str, Any] = {}
-    for workers in (int(w) for w in args.floor_workers.split(",")):
+    for workers in worker_counts:
         runs[str(workers)] = await asyncio.to_thread(
             run_floor, binary, plane.kubeconfig, f"bench-floor-{workers}", args.floor_count,
             workers,
         )  # fmt: skip
         log(f"W (client-go) at {workers} workers: {runs[str(workers)]['rate']:.0f} creates/s")
+        progress.advance()
     best = max(runs, key=lambda k: runs[k]["rate"])
     return {"by_workers": runs, "W": runs[best]["rate"], "best_workers": int(best),
             "binary": binary.name}  # fmt: skip
 
 
 async def create_namespaces(b: Bench) -> None:
+    progress = b.phases.begin("namespaces", unit="created", total=b.n + b.extra)
     log(f"creating {b.n} namespaces (+{2 * b.extra} for the latency runs)")
     await gather_limited(
         [b.client.call("POST", "/api/v1/namespaces", namespace(ns, BENCH_LABEL)) for ns in b.apps]
         + [b.client.call("POST", "/api/v1/namespaces", namespace(f"late-{i:05d}", {}))
            for i in range(b.extra)],
         32,
+        progress,
     )  # fmt: skip
 
 
@@ -150,11 +164,13 @@ async def phase_converge(b: Bench, result: dict[str, Any]) -> None:
         if b.args.profile
         else None
     )
-    await b.client.call("POST", PROFILES, profile("bench", spec))
     objects = 3 * b.n
+    progress = b.phases.begin("converge", unit="objects present", total=objects)
+    await b.client.call("POST", PROFILES, profile("bench", spec))
     seconds = await wait_until(
-        lambda: _count_is(b.client, f"{NETPOL}/networkpolicies", objects), 3600, "convergence", 0.5
-    )
+        lambda: _count_is(b.client, f"{NETPOL}/networkpolicies", objects, progress),
+        3600, "convergence", 0.5,
+    )  # fmt: skip
     if profiler is not None:
         result["profile"] = stop_profiler(profiler, b.args.out / f"profile-converge-{b.n}.svg")
     result["memory"]["rss_mb_converged"] = b.operator.memory_mb("VmRSS")
@@ -176,6 +192,7 @@ async def phase_converge(b: Bench, result: dict[str, Any]) -> None:
 
 
 async def phase_noop_resync(b: Bench, result: dict[str, Any]) -> None:
+    b.phases.begin("no-op resync")
     log("no-op full resync")
     before = await b.client.mark()
     name = "dpo_last_full_resync_timestamp_seconds"
@@ -189,14 +206,15 @@ async def phase_noop_resync(b: Bench, result: dict[str, Any]) -> None:
 
 async def phase_latency(b: Bench, result: dict[str, Any]) -> None:
     rate = b.args.rate
+    progress = b.phases.begin("latency", unit="namespaces with their policies", total=2 * b.extra)
     log(f"latency: namespaces created at {rate}/s for {b.args.duration}s")
     created = await arrival_latency(
-        b.watch, [f"new-{i:05d}" for i in range(b.extra)], rate,
+        b.watch, [f"new-{i:05d}" for i in range(b.extra)], rate, progress,
         lambda name: b.client.call("POST", "/api/v1/namespaces", namespace(name, BENCH_LABEL)),
     )  # fmt: skip
     log(f"latency: namespaces relabelled at {rate}/s for {b.args.duration}s")
     relabelled = await arrival_latency(
-        b.watch, [f"late-{i:05d}" for i in range(b.extra)], rate,
+        b.watch, [f"late-{i:05d}" for i in range(b.extra)], rate, progress,
         lambda name: b.client.call("PATCH", f"/api/v1/namespaces/{name}",
                                    {"metadata": {"labels": BENCH_LABEL}}, patch=True),
     )  # fmt: skip
@@ -205,7 +223,7 @@ async def phase_latency(b: Bench, result: dict[str, Any]) -> None:
 
 
 async def arrival_latency(
-    watch: PolicyWatch, names: list[str], rate: float, act: Any
+    watch: PolicyWatch, names: list[str], rate: float, progress: Progress, act: Any
 ) -> list[float]:
     """Perform ``act`` on each name at ``rate``/s; time until its namespace holds 3 policies."""
     latencies: list[float] = []
@@ -217,6 +235,7 @@ async def arrival_latency(
         started = time.monotonic()
         await act(name)
         latencies.append(await asyncio.wait_for(future, 60) - started)
+        progress.advance()
 
     tasks = []
     begin = time.monotonic()
@@ -245,6 +264,7 @@ def edit_undone(ns: str, name: str) -> Predicate:
 async def phase_drift_single(b: Bench, result: dict[str, Any]) -> None:
     """Random deletions and edits, one at a time; time until the watch shows the repair."""
     count = b.args.drift
+    progress = b.phases.begin("drift", unit="repairs", total=count)
     log(f"drift: {count} random deletions and edits, one at a time")
     metric0 = b.operator.metric("dpo_api_writes_total", resource="networkpolicies")
     before = await b.client.mark()
@@ -262,6 +282,7 @@ async def phase_drift_single(b: Bench, result: dict[str, Any]) -> None:
             started = time.monotonic()
             await b.client.call("PATCH", path, {"spec": {"podSelector": EDITED}}, patch=True)
         latencies.append(await asyncio.wait_for(future, 30) - started)
+        progress.advance()
         await asyncio.sleep(0.05)
     await asyncio.sleep(SETTLE)
     writes = await b.client.writes_since(before)
@@ -277,10 +298,13 @@ async def phase_drift_burst(b: Bench, result: dict[str, Any]) -> None:
     """``--burst`` managed policies deleted at once; each repair timed from its own DELETE."""
     pairs = [(ns, name) for ns in b.apps for name in POLICY_NAMES]
     victims = random.Random(7).sample(pairs, min(b.args.burst, len(pairs)))
+    progress = b.phases.begin("drift burst", unit="repairs", total=len(victims))
     log(f"drift: burst of {len(victims)} deletions at once")
     before = await b.client.mark()
     starts: dict[tuple[str, str], float] = {}
     futures = {(ns, name): b.watch.expect(added(ns, name)) for ns, name in victims}
+    for future in futures.values():
+        future.add_done_callback(lambda _: progress.advance())
 
     async def delete(ns: str, name: str) -> None:
         starts[(ns, name)] = time.monotonic()
@@ -299,6 +323,7 @@ async def phase_drift_burst(b: Bench, result: dict[str, Any]) -> None:
 
 async def phase_calico(b: Bench, result: dict[str, Any]) -> None:
     """The Calico flavor takes over (priority), then hands back when its profile goes."""
+    progress = b.phases.begin("Calico", unit="NetworkPolicies present")
     log("Calico flavor")
     governed = 3 * (b.n + 2 * b.extra)
     spec = {"namespaceSelector": {"matchLabels": BENCH_LABEL}, "priority": 10,
@@ -306,18 +331,20 @@ async def phase_calico(b: Bench, result: dict[str, Any]) -> None:
     await b.client.call("POST", PROFILES, profile("bench-calico", spec))
     gnp = await wait_until(lambda: _count_is(b.client, GNPS, 3), 600, "Calico objects")
     handover = await wait_until(
-        lambda: _count_is(b.client, f"{NETPOL}/networkpolicies", 0), 3600, "handed over"
+        lambda: _count_is(b.client, f"{NETPOL}/networkpolicies", 0, progress), 3600, "handed over"
     )
     log("Calico profile deleted: NetworkPolicies come back")
     await b.client.call("DELETE", f"{PROFILES}/bench-calico")
     handback = await wait_until(
-        lambda: _count_is(b.client, f"{NETPOL}/networkpolicies", governed), 3600, "handed back"
-    )
+        lambda: _count_is(b.client, f"{NETPOL}/networkpolicies", governed, progress),
+        3600, "handed back",
+    )  # fmt: skip
     result["calico"] = {"gnp_seconds": gnp, "networkpolicy_cleanup_seconds": handover + gnp,
                         "deleted_objects": governed, "handback_seconds": handback}  # fmt: skip
 
 
 async def phase_restart(b: Bench, result: dict[str, Any]) -> None:
+    b.phases.begin("restart")
     log("operator restart")
     before = await b.client.mark()
     b.operator.stop()
@@ -330,6 +357,7 @@ async def phase_restart(b: Bench, result: dict[str, Any]) -> None:
 async def run_phases(b: Bench, result: dict[str, Any]) -> None:
     """Every phase on one operator process, its peak RSS read after each; restart last."""
     await create_namespaces(b)
+    b.phases.begin("operator start")
     result["startup_seconds_empty"] = b.operator.start()
     memory = result["memory"] = {"rss_mb_ready_empty": b.operator.memory_mb("VmRSS")}
     peaks: dict[str, float] = {}
@@ -352,20 +380,22 @@ async def run_phases(b: Bench, result: dict[str, Any]) -> None:
         "Calico hand-over and hand-back (the restart phase runs after the peak is read)",
     )  # fmt: skip
     await phase_restart(b, result)
+    b.phases.end()
 
 
 async def run_size(
-    n: int, args: argparse.Namespace, workdir: Path, binary: Path | None
+    n: int, args: argparse.Namespace, workdir: Path, binary: Path | None, phases: Phases
 ) -> dict[str, Any]:
     result: dict[str, Any] = {"namespaces": n}
     plane = ControlPlane(workdir / f"plane-{n}")
     plane.start()
     client = Client(plane)
     operator = Operator(plane.kubeconfig, workdir / f"operator-{n}.log", resync=args.resync)
-    b = Bench(n, int(args.rate * args.duration), args, plane, client, operator, PolicyWatch(client))
+    b = Bench(n, int(args.rate * args.duration), args, plane, client, operator,
+              PolicyWatch(client), phases)  # fmt: skip
     try:
-        result["W_py"] = await measure_w_py(client, args.quick)
-        result["W"] = await measure_floor(plane, binary, args)
+        result["W_py"] = await measure_w_py(client, args.quick, phases)
+        result["W"] = await measure_floor(plane, binary, args, phases)
         await run_phases(b, result)
     finally:
         await b.watch.stop()
@@ -379,8 +409,12 @@ async def _async(value: bool) -> bool:
     return value
 
 
-async def _count_is(client: Client, path: str, want: int) -> bool:
-    return await client.count(path) == want
+async def _count_is(client: Client, path: str, want: int, progress: Progress | None = None) -> bool:
+    """Whether ``want`` objects are present; the count goes to ``progress`` as well."""
+    count = await client.count(path)
+    if progress is not None:
+        progress.update(count)
+    return count == want
 
 
 async def _profile_ready(client: Client, name: str) -> bool:
@@ -431,10 +465,13 @@ def main() -> int:
     load_at_start = os.getloadavg()
     binary = floor_binary(args)
     results = []
+    sizes = [int(s) for s in args.sizes.split(",")]
+    phases = Phases(sizes)
     with tempfile.TemporaryDirectory(prefix="dpo-bench-") as tmp:
-        for n in (int(s) for s in args.sizes.split(",")):
+        for n in sizes:
             log(f"=== N = {n} ===")
-            results.append(asyncio.run(run_size(n, args, Path(tmp), binary)))
+            phases.n = n
+            results.append(asyncio.run(run_size(n, args, Path(tmp), binary, phases)))
     report = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {**machine(), "load_average_at_start": load_at_start},

@@ -26,13 +26,14 @@ import aiohttp
 
 from bench.writes import Key, attribute, own_key, parse_request_totals
 from dpo_dev.cluster import ControlPlane
+from dpo_dev.progress import Progress, say
 
 MANAGED = "app.kubernetes.io/managed-by=default-policy-operator"
 NETPOL = "/apis/networking.k8s.io/v1"
 
 
 def log(text: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+    say(f"[bench {time.strftime('%H:%M:%S')}] {text}")
 
 
 @dataclass(frozen=True)
@@ -105,12 +106,17 @@ class Client:
         return attribute(now.totals, before.totals, now.own - before.own)
 
 
-async def gather_limited(coros: list[Awaitable[Any]], limit: int) -> None:
+async def gather_limited(
+    coros: list[Awaitable[Any]], limit: int, progress: Progress | None = None
+) -> None:
+    """Await ``coros``, ``limit`` at a time, counting each one done on ``progress``."""
     semaphore = asyncio.Semaphore(limit)
 
     async def run(coro: Awaitable[Any]) -> None:
         async with semaphore:
             await coro
+        if progress is not None:
+            progress.advance()
 
     await asyncio.gather(*(run(c) for c in coros))
 

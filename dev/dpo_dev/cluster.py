@@ -50,6 +50,8 @@ from typing import Any
 
 import yaml
 
+from dpo_dev.progress import Progress, numbered, run_reporting, say
+
 KUBERNETES_VERSION = "v1.36.3"
 ETCD_VERSION = "v3.6.16"
 ETCD_MODULE = "go.etcd.io/etcd/server/v3"
@@ -93,7 +95,7 @@ Log = Callable[[str], None]
 
 def _stderr_log(message: str) -> None:
     """Progress goes to stderr so that stdout stays clean for ``eval $(dpo cluster up)``."""
-    print(message, file=sys.stderr, flush=True)
+    say(message, sys.stderr)
 
 
 class ClusterError(RuntimeError):
@@ -198,9 +200,9 @@ def ensure_binaries(log: Log = _stderr_log) -> Binaries:
             stale.unlink(missing_ok=True)
         k8s = [name for name in missing if name in KUBERNETES_COMMANDS]
         if k8s:
-            _build_kubernetes({name: _path_of(binaries, name) for name in k8s}, log)
-        if "etcd" in missing:
-            _build_etcd(binaries.etcd, log)
+            _build_kubernetes({name: _path_of(binaries, name) for name in k8s}, len(missing), log)
+        if "etcd" in missing:  # always the last one missing
+            _build_etcd(binaries.etcd, (len(missing), len(missing)), log)
     still_missing = _missing(binaries)
     if still_missing:
         raise BuildError(f"binaries still missing after the build: {', '.join(still_missing)}")
@@ -249,13 +251,19 @@ def _tail(text: str, limit: int = 4000) -> str:
     return text if len(text) <= limit else "..." + text[-limit:]
 
 
-def _run_go(args: Sequence[str], cwd: Path) -> str:
-    """Run a go command; on failure raise with the command line and the tail of its output."""
+def _run_go(args: Sequence[str], cwd: Path, progress: Progress | None = None) -> str:
+    """Run a go command; on failure raise with the command line and the tail of its output.
+
+    With ``progress``, each line of its output is fed to it while it runs.
+    """
     command = ["go", *args]
     try:
-        result = subprocess.run(
-            command, cwd=cwd, env=_go_env(), capture_output=True, text=True, check=False
-        )
+        if progress is None:
+            result = subprocess.run(
+                command, cwd=cwd, env=_go_env(), capture_output=True, text=True, check=False
+            )
+        else:
+            result = run_reporting(command, cwd, _go_env(), progress)
     except FileNotFoundError as exc:
         raise BuildError(
             "the Go toolchain (go >= 1.26) is needed once to build kube-apiserver, kubectl "
@@ -322,7 +330,7 @@ def _kubernetes_wrapper(log: Log) -> Path:
         # Getting every command package (not just the module) records every go.sum entry the
         # builds need, whichever of them is built first.
         commands = [f"k8s.io/kubernetes/cmd/{n}@{KUBERNETES_VERSION}" for n in KUBERNETES_COMMANDS]
-        _run_go(["get", *commands], staging)
+        _go_get(commands, staging, f"Kubernetes {KUBERNETES_VERSION}", log)
         (staging / ".complete").write_text(f"k8s.io/kubernetes@{KUBERNETES_VERSION}\n")
         shutil.rmtree(target, ignore_errors=True)
         os.replace(staging, target)
@@ -331,7 +339,8 @@ def _kubernetes_wrapper(log: Log) -> Path:
     return target
 
 
-def _build_kubernetes(targets: Mapping[str, Path], log: Log) -> None:
+def _build_kubernetes(targets: Mapping[str, Path], of: int, log: Log) -> None:
+    """Build ``targets`` in the wrapper module: the first of the ``of`` binaries to build."""
     work = _kubernetes_wrapper(log)
     minor = KUBERNETES_VERSION.split(".")[1]
     ldflags = (
@@ -340,7 +349,7 @@ def _build_kubernetes(targets: Mapping[str, Path], log: Log) -> None:
         " -X k8s.io/component-base/version.gitMajor=1"
         f" -X k8s.io/component-base/version.gitMinor={minor}"
     )
-    for name, out in targets.items():
+    for index, (name, out) in enumerate(targets.items(), start=1):
         version_args = ["version", "--client"] if name == "kubectl" else ["--version"]
         _build_binary(
             name,
@@ -351,16 +360,19 @@ def _build_kubernetes(targets: Mapping[str, Path], log: Log) -> None:
             work,
             version_args,
             log,
+            step=(index, of),
         )
 
 
-def _build_etcd(out: Path, log: Log) -> None:
+def _build_etcd(out: Path, step: tuple[int, int], log: Log) -> None:
     with tempfile.TemporaryDirectory(prefix="dpo-etcd-build-") as tmp:
         work = Path(tmp)
         _run_go(["mod", "init", "dpo-etcd-build"], work)
-        _run_go(["get", f"{ETCD_MODULE}@{ETCD_VERSION}"], work)
+        _go_get([f"{ETCD_MODULE}@{ETCD_VERSION}"], work, "etcd", log)
         # The module root of go.etcd.io/etcd/server/v3 is the etcd main package.
-        _build_binary("etcd", ETCD_MODULE, ETCD_VERSION, "-s -w", out, work, ["--version"], log)
+        _build_binary(
+            "etcd", ETCD_MODULE, ETCD_VERSION, "-s -w", out, work, ["--version"], log, step=step
+        )
 
 
 def helm_path() -> Path:
@@ -385,11 +397,46 @@ def ensure_helm(log: Log = _stderr_log) -> Path:
         if not _is_executable(out):  # another process may have built it meanwhile
             work = Path(tmp)
             _run_go(["mod", "init", "dpo-helm-build"], work)
-            _run_go(["get", f"{HELM_MODULE}/cmd/helm@{HELM_VERSION}"], work)
+            _go_get([f"{HELM_MODULE}/cmd/helm@{HELM_VERSION}"], work, "helm", log)
             ldflags = f"-s -w -X {HELM_MODULE}/internal/version.version={HELM_VERSION}"
             package = f"{HELM_MODULE}/cmd/helm"
             _build_binary("helm", package, HELM_VERSION, ldflags, out, work, ["version"], log)
     return out
+
+
+def _go_get(packages: Sequence[str], work: Path, what: str, log: Log) -> None:
+    """``go get``, counting the modules it downloads (none when the module cache has them)."""
+    progress = Progress(
+        f"fetching the modules of {what}",
+        unit="modules downloaded",
+        counts=lambda line: line.startswith("go: downloading "),
+    )
+    try:
+        _run_go(["get", *packages], work, progress)
+    finally:
+        fetched = progress.finish()
+    if progress.count:
+        log(fetched)
+
+
+#: What ``go list`` says of a main package whose binary the build cache already holds: ``go
+#: build`` links it from the cache and compiles nothing for it.
+_CACHED_BINARY = "not installed but available in build cache"
+
+
+def _to_compile(package: str, flags: Sequence[str], work: Path) -> tuple[int, frozenset[str]]:
+    """How many packages ``package`` links, and which of them ``go build`` will compile.
+
+    ``go list`` asks the build cache without compiling anything (about a second for
+    kube-apiserver): a package is stale when the cache has no result for its exact inputs.
+    """
+    template = "{{.ImportPath}}\t{{.Stale}}\t{{.StaleReason}}"
+    rows = [
+        line.split("\t")
+        for line in _run_go(["list", "-deps", *flags, "-f", template, package], work).splitlines()
+    ]
+    stale = (path for path, flag, reason in rows if flag == "true" and reason != _CACHED_BINARY)
+    return len(rows), frozenset(stale)
 
 
 def _build_binary(
@@ -401,13 +448,25 @@ def _build_binary(
     work: Path,
     version_args: Sequence[str],
     log: Log,
+    *,
+    step: tuple[int, int] = (1, 1),
 ) -> None:
-    """Build one binary, check it reports the expected version, then publish it atomically."""
-    log(f"building {name} {version} (first time, ~10-20 min on 2 cores)...")
-    started = time.monotonic()
+    """Build one binary, check it reports the expected version, then publish it atomically.
+
+    ``go build -v`` names each package as it compiles it; counted against the stale packages
+    ``go list`` found, that is how far along the build is (see :mod:`dpo_dev.progress`).
+    ``step`` is (this binary, binaries to build) in the caller's run.
+    """
+    flags = ["-trimpath", "-ldflags", ldflags]
+    linked, stale = _to_compile(package, flags, work)
+    label = numbered(f"building {name} {version}", *step)
+    log(f"{label}: {len(stale)} of its {linked} packages to compile...")
+    progress = Progress(
+        label, unit="packages compiled", total=len(stale), counts=stale.__contains__
+    )
     partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
     try:
-        _run_go(["build", "-trimpath", "-ldflags", ldflags, "-o", str(partial), package], work)
+        _run_go(["build", "-v", *flags, "-o", str(partial), package], work, progress)
         check = subprocess.run(
             [str(partial), *version_args], capture_output=True, text=True, check=False
         )
@@ -418,8 +477,10 @@ def _build_binary(
             )
         os.replace(partial, out)
     finally:
+        progress.finish()
         partial.unlink(missing_ok=True)
-    log(f"built {name} {version} in {time.monotonic() - started:.0f} s -> {out}")
+    compiled = f"{progress.count} packages compiled"
+    log(f"built {name} {version} in {progress.elapsed:.0f} s ({compiled}) -> {out}")
 
 
 def calico_crd_files(log: Log = _stderr_log, fallback_dir: Path | None = None) -> list[Path]:

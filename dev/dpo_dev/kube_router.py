@@ -18,6 +18,7 @@ from dpo_dev.cluster import (
     Log,
     _build_binary,
     _exclusive_lock,
+    _go_get,
     _is_executable,
     _run_go,
     _stderr_log,
@@ -51,7 +52,7 @@ def _build(out: Path, log: Log) -> None:
         work = Path(tmp)
         _run_go(["mod", "init", "dpo-kube-router-build"], work)
         package = f"{KUBE_ROUTER_MODULE}/cmd/kube-router"
-        _run_go(["get", f"{package}@{KUBE_ROUTER_VERSION}"], work)
+        _go_get([f"{package}@{KUBE_ROUTER_VERSION}"], work, "kube-router", log)
         ldflags = f"-s -w -X {_VERSION_PACKAGE}.Version={KUBE_ROUTER_VERSION}"
         _build_binary(
             "kube-router", package, KUBE_ROUTER_VERSION, ldflags, out, work, ["--version"], log

@@ -9,6 +9,8 @@ rejecting bad objects, authentication and authorization being enforced, and star
 from __future__ import annotations
 
 import json
+import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -358,3 +360,46 @@ def test_kubernetes_wrapper_directives() -> None:
         "replace k8s.io/client-go => k8s.io/client-go v0.36.3",
         "replace k8s.io/kubectl => k8s.io/kubectl v0.36.3",
     ]
+
+
+def _tiny_module(root: Path, token: str) -> list[str]:
+    """A main package importing two packages of its own, each with ``token`` in its source so
+    that the Go build cache has never seen them; returns the module's own import paths."""
+    (root / "a").mkdir()
+    (root / "b").mkdir()
+    (root / "go.mod").write_text("module example.com/tiny\n\ngo 1.26\n")
+    (root / "a" / "a.go").write_text(f'package a\n\nconst Token = "{token}"\n')
+    (root / "b" / "b.go").write_text(
+        'package b\n\nimport "example.com/tiny/a"\n\nfunc Token() string { return a.Token }\n'
+    )
+    (root / "main.go").write_text(
+        'package main\n\nimport (\n\t"os"\n\n\t"example.com/tiny/b"\n)\n\nvar version = "dev"\n\n'
+        'func main() {\n\tif len(os.Args) > 1 {\n\t\tos.Stdout.WriteString(version + " "'
+        ' + b.Token() + "\\n")\n\t}\n}\n'
+    )
+    return ["example.com/tiny", "example.com/tiny/a", "example.com/tiny/b"]
+
+
+@pytest.mark.skipif(shutil.which("go") is None, reason="needs the Go toolchain")
+def test_a_build_reports_the_packages_it_compiles(tmp_path: Path) -> None:
+    """The build's count is go's own: the stale packages `go list` names, each counted when
+    `go build -v` compiles it; afterwards nothing is left to compile."""
+    work, out = tmp_path / "tiny", tmp_path / "bin" / "tiny"
+    work.mkdir()
+    out.parent.mkdir()
+    own = _tiny_module(work, secrets.token_hex(8))
+    flags = ["-trimpath", "-ldflags", "-s -w -X main.version=v1.2.3"]
+    linked, stale = cluster._to_compile(".", flags, work)
+    assert set(own) <= stale  # the standard library's packages are stale too if never built
+    log: list[str] = []
+    cluster._build_binary("tiny", ".", "v1.2.3", flags[2], out, work, ["-v"], log.append,
+                          step=(2, 3))  # fmt: skip
+    assert (
+        log[0] == f"building tiny v1.2.3 (2/3): {len(stale)} of its {linked} packages to compile..."
+    )
+    assert log[1].startswith("built tiny v1.2.3 in ")
+    assert f"({len(stale)} packages compiled) -> {out}" in log[1]
+    assert cluster._to_compile(".", flags, work) == (linked, frozenset())
+    assert subprocess.run(
+        [out, "-v"], capture_output=True, text=True, check=True
+    ).stdout.startswith("v1.2.3 ")

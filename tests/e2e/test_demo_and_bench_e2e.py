@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from bench.harness import NETPOL, Client, netpol
+from bench.phases import PHASES
 
 from dpo_dev.cluster import ControlPlane, down
 from tests.support import Api, ApiStatus
@@ -105,3 +106,9 @@ def test_bench_smoke_run_prints_and_writes_figures(tmp_path: Path) -> None:
     assert memory["peak_mb"] >= max(memory["peak_by_phase"].values()) > 0
     assert memory["peak_mb"] >= memory["rss_mb_converged"]
     assert "converge 3N objects" in result.stdout
+    size = f"[bench] N={run['namespaces']}"  # progress goes to stderr; one size: not numbered
+    for index, name in enumerate(PHASES, start=1):
+        assert f"{size}, phase {name} ({index}/{len(PHASES)}): started" in result.stderr
+    converge = f"phase converge ({PHASES.index('converge') + 1}/{len(PHASES)})"
+    objects = run["convergence"]["objects"]
+    assert f"{converge}: {objects}/{objects} objects present" in result.stderr
