@@ -216,3 +216,165 @@ def calico_allowed(
     ) and _calico_direction_allows(
         policies, destination, source, "ingress", protocol, port, namespace_labels
     )
+
+
+# -- Calico NetworkPolicy (namespaced, one tier) -------------------------------------------------
+#
+# As a GlobalNetworkPolicy, but it applies only to endpoints of its own namespace, and a rule
+# peer without a ``namespaceSelector`` means endpoints of that same namespace.
+
+
+def _in_own_namespace(policy: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A namespaced Calico policy as the equivalent global one (for the evaluator above)."""
+    namespace = policy["metadata"]["namespace"]
+    own = f'{CALICO_NAME} == "{namespace}"'
+    spec = dict(policy["spec"])
+    spec["namespaceSelector"] = own
+    for direction, peer_key in (("ingress", "source"), ("egress", "destination")):
+        rules = []
+        for rule in spec.get(direction) or []:
+            peer = dict(rule.get(peer_key) or {})
+            peer.setdefault("namespaceSelector", own)
+            rules.append({**rule, peer_key: peer})
+        spec[direction] = rules
+    return {**policy, "spec": spec}
+
+
+def calico_namespaced_allowed(
+    policies: list[Mapping[str, Any]],
+    source: Pod,
+    destination: Pod,
+    protocol: str,
+    port: int,
+    namespace_labels: Mapping[str, Mapping[str, str]],
+) -> bool:
+    """Whether Calico NetworkPolicies let ``source`` open ``protocol``/``port`` to
+    ``destination``."""
+    as_global = [_in_own_namespace(p) for p in policies]
+    return calico_allowed(as_global, source, destination, protocol, port, namespace_labels)
+
+
+# -- ClusterNetworkPolicy (sigs.k8s.io/network-policy-api v1beta1) --------------------------------
+#
+# From the API's documentation: the Admin tier is evaluated first, then the namespaces' own
+# NetworkPolicies, then the Baseline tier. Within a tier, policies whose subject selects the pod
+# are evaluated by ascending ``priority``, rules in order; the first rule whose peer and
+# protocol match decides: Accept (allowed), Deny (denied) or Pass (on to the next layer). In
+# the NetworkPolicy layer, a pod that some NetworkPolicy selects for the direction is decided
+# there; otherwise evaluation goes on. A pod nothing decides is allowed.
+
+
+def _cluster_subject(spec: Mapping[str, Any], pod: Pod, labels: Mapping[str, Any]) -> bool:
+    subject = spec["subject"]
+    if "namespaces" in subject:
+        return selector_matches(subject["namespaces"], labels.get(pod.namespace, {}))
+    pods = subject["pods"]
+    return selector_matches(
+        pods["namespaceSelector"], labels.get(pod.namespace, {})
+    ) and selector_matches(pods["podSelector"], pod.labels)
+
+
+def _cluster_peer(peer: Mapping[str, Any], other: Pod, labels: Mapping[str, Any]) -> bool:
+    if "namespaces" in peer:
+        return selector_matches(peer["namespaces"], labels.get(other.namespace, {}))
+    if "pods" in peer:
+        pods = peer["pods"]
+        return selector_matches(
+            pods["namespaceSelector"], labels.get(other.namespace, {})
+        ) and selector_matches(pods["podSelector"], other.labels)
+    return False  # networks: pods are addressed by selectors here
+
+
+def _cluster_protocol(rule: Mapping[str, Any], protocol: str, port: int) -> bool:
+    entries = rule.get("protocols")
+    if not entries:
+        return True
+    for entry in entries:
+        destination = (entry.get(protocol.lower()) or {}).get("destinationPort")
+        if protocol.lower() not in entry:
+            continue
+        if destination is None or destination.get("number") == port:
+            return True
+        span = destination.get("range")
+        if span and span["start"] <= port <= span["end"]:
+            return True
+    return False
+
+
+def _cluster_tier(
+    policies: Iterable[Mapping[str, Any]],
+    tier: str,
+    pod: Pod,
+    other: Pod,
+    direction: str,
+    protocol: str,
+    port: int,
+    labels: Mapping[str, Any],
+) -> bool | None:
+    """The tier's verdict for ``pod`` in ``direction``: True, False, or None (no decision)."""
+    peer_key = "from" if direction == "ingress" else "to"
+    applying = sorted(
+        (
+            p
+            for p in policies
+            if p["spec"]["tier"] == tier and _cluster_subject(p["spec"], pod, labels)
+        ),
+        key=lambda p: (p["spec"]["priority"], p["metadata"]["name"]),
+    )
+    for policy in applying:
+        for rule in policy["spec"].get(direction) or []:
+            peers = rule.get(peer_key) or []
+            if any(_cluster_peer(p, other, labels) for p in peers) and _cluster_protocol(
+                rule, protocol, port
+            ):
+                if rule["action"] == "Pass":
+                    return None
+                return bool(rule["action"] == "Accept")
+    return None
+
+
+def _cluster_direction(
+    policies: list[Mapping[str, Any]],
+    network_policies: list[Mapping[str, Any]],
+    pod: Pod,
+    other: Pod,
+    direction: str,
+    protocol: str,
+    port: int,
+    labels: Mapping[str, Any],
+) -> bool:
+    args = (pod, other, direction, protocol, port, labels)
+    admin = _cluster_tier(policies, "Admin", *args)
+    if admin is not None:
+        return admin
+    kind = "Ingress" if direction == "ingress" else "Egress"
+    selecting = [
+        p
+        for p in network_policies
+        if p["metadata"]["namespace"] == pod.namespace
+        and selector_matches(p["spec"].get("podSelector"), pod.labels)
+        and kind in (p["spec"].get("policyTypes") or ["Ingress"])
+    ]
+    if selecting:
+        return _direction_allows(selecting, pod, other, direction, protocol, port, labels)
+    baseline = _cluster_tier(policies, "Baseline", *args)
+    return baseline if baseline is not None else True
+
+
+def cluster_allowed(
+    policies: list[Mapping[str, Any]],
+    source: Pod,
+    destination: Pod,
+    protocol: str,
+    port: int,
+    namespace_labels: Mapping[str, Mapping[str, str]],
+    network_policies: list[Mapping[str, Any]] | None = None,
+) -> bool:
+    """Whether ClusterNetworkPolicies (and the namespaces' own ``network_policies``) let
+    ``source`` open ``protocol``/``port`` to ``destination``."""
+    own = network_policies or []
+    return _cluster_direction(
+        policies, own, source, destination, "egress", protocol, port, namespace_labels
+    ) and _cluster_direction(
+        policies, own, destination, source, "ingress", protocol, port, namespace_labels
+    )

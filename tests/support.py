@@ -26,6 +26,7 @@ T = TypeVar("T")
 
 PROFILES = "/apis/defaultpolicy.dev/v1alpha1/defaultpolicyprofiles"
 GNPS = "/apis/crd.projectcalico.org/v1/globalnetworkpolicies"
+CNPS = "/apis/policy.networking.k8s.io/v1beta1/clusternetworkpolicies"
 MANAGED = "app.kubernetes.io/managed-by=default-policy-operator"
 
 
@@ -136,6 +137,12 @@ class Api:
         """Calico's namespaced NetworkPolicies in ``namespace`` (the v1 CRD)."""
         query = f"?labelSelector={urllib.parse.quote(selector)}" if selector else ""
         items = self.request("GET", f"{calico_policy_path(namespace)}{query}")["items"]
+        return {item["metadata"]["name"]: item for item in items}
+
+    def cluster_policies(self, profile: str) -> dict[str, dict[str, Any]]:
+        """The ClusterNetworkPolicies labelled as ``profile``'s."""
+        query = urllib.parse.quote(f"defaultpolicy.dev/profile={profile}")
+        items = self.request("GET", f"{CNPS}?labelSelector={query}")["items"]
         return {item["metadata"]["name"]: item for item in items}
 
     def gnps(self, profile: str) -> dict[str, dict[str, Any]]:

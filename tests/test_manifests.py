@@ -104,6 +104,7 @@ def test_cluster_role_is_least_privilege() -> None:
         ("networking.k8s.io", "networkpolicies"),
         ("crd.projectcalico.org", "networkpolicies"),
         ("crd.projectcalico.org", "globalnetworkpolicies"),
+        ("policy.networking.k8s.io", "clusternetworkpolicies"),
         ("defaultpolicy.dev", "defaultpolicyprofiles"),
         ("defaultpolicy.dev", "defaultpolicyprofiles/status"),
         ("apiextensions.k8s.io", "customresourcedefinitions"),

@@ -72,6 +72,11 @@ CALICO_CRD_FILES = (
     "crd.projectcalico.org_networksets.yaml",
 )
 _CALICO_CRD_SUBDIR = "libcalico-go/config/crd"
+#: The upstream ClusterNetworkPolicy CRD (policy.networking.k8s.io v1alpha2 and v1beta1), for
+#: the ClusterNetworkPolicy flavor: the module's standard channel, as Calico 3.32 ships it.
+NETWORK_POLICY_API_MODULE = "sigs.k8s.io/network-policy-api"
+NETWORK_POLICY_API_VERSION = "v0.3.0"
+_NETWORK_POLICY_API_CRD = "config/crd/standard/policy.networking.k8s.io_clusternetworkpolicies.yaml"
 
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc"
@@ -530,6 +535,22 @@ def _calico_module_files(log: Log) -> dict[str, Path]:
     return {name: target / name for name in CALICO_CRD_FILES if (target / name).is_file()}
 
 
+def network_policy_api_crd_file() -> Path:
+    """The ClusterNetworkPolicy CRD from its Go module, copied once into the cache."""
+    target = cache_dir() / "crds" / f"network-policy-api-{NETWORK_POLICY_API_VERSION}"
+    crd = target / Path(_NETWORK_POLICY_API_CRD).name
+    if not crd.is_file():
+        with tempfile.TemporaryDirectory(prefix="dpo-npapi-") as tmp:
+            info = _module_download(
+                NETWORK_POLICY_API_MODULE, NETWORK_POLICY_API_VERSION, Path(tmp)
+            )
+        staging = Path(tempfile.mkdtemp(prefix=".npapi-", dir=_mkdir(target)))
+        shutil.copyfile(Path(info["Dir"]) / _NETWORK_POLICY_API_CRD, staging / crd.name)
+        os.replace(staging / crd.name, crd)
+        shutil.rmtree(staging, ignore_errors=True)
+    return crd
+
+
 def _mkdir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -787,9 +808,11 @@ class ControlPlane:
         exception propagates, so a failed start leaves no process behind.
         """
         binaries = self.binaries
-        crd_files = project_crd_files(self.manifests_dir) + calico_crd_files(
-            self._log, self.calico_fallback_dir
-        )
+        crd_files = [
+            *project_crd_files(self.manifests_dir),
+            *calico_crd_files(self._log, self.calico_fallback_dir),
+            network_policy_api_crd_file(),
+        ]
         crd_names = _load_crd_names(crd_files)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._stop_processes()  # a second start() on the same object starts afresh

@@ -2,9 +2,10 @@
 
 For each combination of the built-in policies' switches (denyAll ingress/egress, allowDNS,
 allowKubeSystem ingress/egress, allowSameNamespace ingress/egress) and two DNS namespaces, the
-profile is planned by the real core (parse, govern, render) over a small cluster, in both
-flavors, and the objects it would create are evaluated by the reference evaluators in
-``tests/netpol.py`` (NetworkPolicy, and Calico GlobalNetworkPolicy) for every ordered pair of
+profile is planned by the real core (parse, govern, render) over a small cluster, in every
+flavor, and the objects it would create are evaluated by the reference evaluators in
+``tests/netpol.py`` (NetworkPolicy, Calico NetworkPolicy and GlobalNetworkPolicy,
+ClusterNetworkPolicy with either DNS tier) for every ordered pair of
 pods and a few ports. The outcome must equal :func:`promised`, which says
 what the switches' names promise and is written from their names alone, not from the templates:
 
@@ -28,13 +29,21 @@ from default_policy_operator.core.governance import Namespace, protected_namespa
 from default_policy_operator.core.labels import EXEMPT_LABEL, NAMESPACE_NAME_LABEL
 from default_policy_operator.core.plan import Verb
 from tests.inline_render import InlineWorld
-from tests.netpol import Pod, allowed, calico_allowed
+from tests.netpol import (
+    Pod,
+    allowed,
+    calico_allowed,
+    calico_namespaced_allowed,
+    cluster_allowed,
+)
 
 GOVERNED = "team-a"
 OTHER = "team-b"  # exempt: a namespace no profile governs
 DNS_LABELS = {"k8s-app": "kube-dns"}
 PORTS = (("UDP", 53), ("TCP", 53), ("TCP", 8080), ("UDP", 5353))
 CALICO = "CalicoGlobalNetworkPolicy"
+CALICO_NAMESPACED = "CalicoNetworkPolicy"
+CNP = "ClusterNetworkPolicy"
 
 
 @dataclass(frozen=True)
@@ -48,9 +57,12 @@ class Switches:
     same_egress: bool
     dns_namespace: str
     flavor: str = "NetworkPolicy"
+    dns_tier: str = "Baseline"  # ClusterNetworkPolicy flavor only
 
     def spec(self) -> dict[str, Any]:
+        cluster = {"clusterNetworkPolicy": {"dnsTier": self.dns_tier}} if self.flavor == CNP else {}
         return {
+            **cluster,
             "flavor": self.flavor,
             "policies": {
                 "denyAll": {"ingress": self.deny_ingress, "egress": self.deny_egress},
@@ -64,15 +76,41 @@ class Switches:
         }
 
 
-COMBINATIONS = [
-    Switches(*flags, dns_namespace)
-    for flags in itertools.product((False, True), repeat=7)
-    for dns_namespace in ("kube-system", "coredns")
-] + [  # a GlobalNetworkPolicy cannot say "the pod's own namespace": no allowSameNamespace
-    Switches(*flags, False, False, dns_namespace, CALICO)
-    for flags in itertools.product((False, True), repeat=5)
-    for dns_namespace in ("kube-system", "coredns")
-]
+COMBINATIONS = (
+    [
+        Switches(*flags, dns_namespace)
+        for flags in itertools.product((False, True), repeat=7)
+        for dns_namespace in ("kube-system", "coredns")
+    ]
+    + [
+        Switches(*flags, dns_namespace, CALICO_NAMESPACED)
+        for flags in itertools.product((False, True), repeat=7)
+        for dns_namespace in ("kube-system", "coredns")
+    ]
+    + [  # a cluster-scoped policy cannot say "the pod's own namespace": no allowSameNamespace
+        Switches(*flags, False, False, dns_namespace, CALICO)
+        for flags in itertools.product((False, True), repeat=5)
+        for dns_namespace in ("kube-system", "coredns")
+    ]
+    + [
+        Switches(*flags, False, False, dns_namespace, CNP, dns_tier)
+        for flags in itertools.product((False, True), repeat=5)
+        for dns_namespace in ("kube-system", "coredns")
+        for dns_tier in ("Baseline", "Admin")
+    ]
+)
+EVALUATORS = {
+    "NetworkPolicy": allowed,
+    CALICO_NAMESPACED: calico_namespaced_allowed,
+    CALICO: calico_allowed,
+    CNP: cluster_allowed,
+}
+KINDS = {
+    "NetworkPolicy": "NetworkPolicy",
+    CALICO_NAMESPACED: "NetworkPolicy",
+    CALICO: "GlobalNetworkPolicy",
+    CNP: "ClusterNetworkPolicy",
+}
 
 
 def pods(switches: Switches) -> dict[str, Pod]:
@@ -140,12 +178,10 @@ def label(switches: Switches) -> str:
 @pytest.mark.parametrize("switches", COMBINATIONS, ids=label)
 def test_every_combination_gives_the_connectivity_its_names_promise(switches: Switches) -> None:
     policies = rendered(switches)
-    if switches.flavor == CALICO:
-        assert all(p["kind"] == "GlobalNetworkPolicy" for p in policies)
-        evaluate = calico_allowed
-    else:
+    assert all(p["kind"] == KINDS[switches.flavor] for p in policies)
+    if switches.flavor in ("NetworkPolicy", CALICO_NAMESPACED):
         assert all(p["metadata"]["namespace"] == GOVERNED for p in policies)
-        evaluate = allowed
+    evaluate = EVALUATORS[switches.flavor]
     everyone = pods(switches)
     labels: Mapping[str, Mapping[str, str]] = namespaces(switches)
     wrong = [
@@ -159,5 +195,5 @@ def test_every_combination_gives_the_connectivity_its_names_promise(switches: Sw
 
 
 def test_the_matrix_covers_every_combination() -> None:
-    assert len(COMBINATIONS) == 2**7 * 2 + 2**5 * 2
+    assert len(COMBINATIONS) == 2**7 * 2 * 2 + 2**5 * 2 + 2**5 * 2 * 2
     assert len(set(COMBINATIONS)) == len(COMBINATIONS)

@@ -4,8 +4,9 @@ A simulation of the reconciler over the pure core: scopes are planned in an orde
 picks, and each plan's writes land one at a time in an order it picks too (the reconciler's
 writers run them concurrently). After every single write the governed namespace must hold a
 deny-all in force: a Kubernetes or Calico NetworkPolicy ``dpo-deny-all`` in the namespace, or a
-Calico GlobalNetworkPolicy deny-all whose live namespaceSelector selects it. The switch must
-also complete: the old flavor's objects gone, the new one's in place, nothing left to do.
+Calico GlobalNetworkPolicy or ClusterNetworkPolicy deny-all whose live selector selects it. The
+switch must also complete: the old flavor's objects gone, the new one's in place, nothing left
+to do.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from default_policy_operator.core.model import Flavor
 from default_policy_operator.core.normalize import state_of
 from default_policy_operator.core.objects import (
     CALICO_NETWORK_POLICY,
+    CLUSTER_NETWORK_POLICY,
     GLOBAL_NETWORK_POLICY,
     NETWORK_POLICY,
     ObjectKey,
@@ -31,6 +33,7 @@ from default_policy_operator.core.plan import Action, Verb
 from default_policy_operator.core.world import World
 from tests.calico_selector import evaluate
 from tests.inline_render import InlineWorld
+from tests.netpol import selector_matches
 
 TEAM = "team-a"
 LABELS = {NAMESPACE_NAME_LABEL: TEAM, CALICO_NAME_LABEL: TEAM, "env": "prod"}
@@ -38,6 +41,7 @@ KIND_OF = {
     Flavor.NETWORK_POLICY: NETWORK_POLICY,
     Flavor.CALICO_NAMESPACED: CALICO_NETWORK_POLICY,
     Flavor.CALICO: GLOBAL_NETWORK_POLICY,
+    Flavor.CLUSTER_NETWORK_POLICY: CLUSTER_NETWORK_POLICY,
 }
 PAIRS = list(itertools.permutations(Flavor, 2))
 
@@ -73,6 +77,10 @@ class Cluster:
                 return True
             if key.kind == GLOBAL_NETWORK_POLICY and evaluate(
                 body["spec"]["namespaceSelector"], LABELS
+            ):
+                return True
+            if key.kind == CLUSTER_NETWORK_POLICY and selector_matches(
+                body["spec"]["subject"]["namespaces"], LABELS
             ):
                 return True
         return False
@@ -121,3 +129,39 @@ def test_a_flavor_switch_never_leaves_the_namespace_without_a_deny_all(
     cluster = run_switch(before, after, data)
     assert cluster.kinds() == {KIND_OF[after]}, "the switch did not complete"
     assert cluster.denies_all()
+
+
+def named(name: str, flavor: Flavor, priority: int) -> dict[str, Any]:
+    body = profile(flavor, 1)
+    body["metadata"] = {"name": name, "uid": f"uid-{name}", "generation": 1}
+    body["spec"]["priority"] = priority
+    return body
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    list(itertools.product(Flavor, repeat=2)),
+    ids=[f"{a}->{b}" for a, b in itertools.product(Flavor, repeat=2)],
+)
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_a_priority_handover_between_profiles_never_leaves_a_gap(
+    before: Flavor, after: Flavor, data: st.DataObject
+) -> None:
+    """A new profile of higher priority takes the namespace over from another one, of any
+    flavor each: the old cover goes only once the new one is in force."""
+    world = InlineWorld(protected_namespaces("dpo-system"))
+    world.set_namespace(Namespace(TEAM, {NAMESPACE_NAME_LABEL: TEAM, "env": "prod"}, {}))
+    cluster = Cluster(world)
+    world.update_profile(named("old", before, 1))
+    for _ in range(3):
+        step(cluster, data, check=False)
+    assert cluster.denies_all()
+    world.update_profile(named("new", after, 5))
+    for _ in range(8):
+        if not step(cluster, data, check=True):
+            break
+    governor = world.governor(world.namespaces[TEAM])
+    assert governor is not None
+    assert governor.name == "new"
+    assert not step(cluster, data, check=True), "the handover did not settle"

@@ -2,12 +2,13 @@
 (issue #12, items 1, 2 and 6), against the real Calico CRDs (crd.projectcalico.org/v1, from the
 Calico module the control plane installs them from).
 
-A switch is checked exactly, not by sampling: the test watches the three kinds of policy from
+A switch is checked exactly, not by sampling: the test watches the four kinds of policy from
 one resourceVersion on, and every resourceVersion of one etcd is a point in a single history,
-so merging the three event streams by resourceVersion replays the cluster's history of the
+so merging the event streams by resourceVersion replays the cluster's history of the
 profile's objects in the order it happened. After every event of that history the namespace
 must hold a deny-all in force (a NetworkPolicy or Calico NetworkPolicy in it, or a
-GlobalNetworkPolicy whose namespaceSelector selects it).
+GlobalNetworkPolicy or ClusterNetworkPolicy whose selector selects it). The ClusterNetworkPolicy
+CRD comes from sigs.k8s.io/network-policy-api v0.3.0.
 
 Here the writers usually land a plan's creates before its deletes anyway, so this test alone
 would rarely catch a broken ordering rule; ``tests/core/test_flavor_handover.py`` checks the
@@ -25,13 +26,27 @@ from typing import Any
 
 import pytest
 
-from default_policy_operator.core.objects import calico_policy_name
+from default_policy_operator.core.objects import calico_policy_name, cluster_policy_name
 from tests.calico_selector import evaluate
-from tests.support import GNPS, MANAGED, Api, OperatorProcess, calico_policy_path, wait_for
+from tests.netpol import selector_matches
+from tests.support import (
+    CNPS,
+    GNPS,
+    MANAGED,
+    Api,
+    OperatorProcess,
+    calico_policy_path,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
-FLAVORS = ("NetworkPolicy", "CalicoNetworkPolicy", "CalicoGlobalNetworkPolicy")
+FLAVORS = (
+    "NetworkPolicy",
+    "CalicoNetworkPolicy",
+    "CalicoGlobalNetworkPolicy",
+    "ClusterNetworkPolicy",
+)
 BUILTINS = ("deny-all", "allow-dns", "allow-kube-system")
 
 
@@ -49,7 +64,7 @@ class History:
 
     def __init__(self, api: Api, tag: str, namespace: str) -> None:
         self.api, self.tag, self.namespace = api, tag, namespace
-        self.paths = (np_path(namespace), calico_policy_path(namespace), GNPS)
+        self.paths = (np_path(namespace), calico_policy_path(namespace), GNPS, CNPS)
         self.selector = urllib.parse.quote(f"defaultpolicy.dev/profile={tag}")
         self.live: dict[tuple[str, str], dict[str, Any]] = {}
         listed = [api.request("GET", f"{p}?labelSelector={self.selector}") for p in self.paths]
@@ -93,9 +108,14 @@ class History:
             "kind": "NetworkPolicy", "metadata": meta, "spec": calico})  # fmt: skip
         self.api.create(self.paths[2], {"apiVersion": "crd.projectcalico.org/v1",
             "kind": "GlobalNetworkPolicy", "metadata": meta, "spec": calico})  # fmt: skip
+        nothing = {"namespaces": {"matchLabels": {"none": "none"}}}
+        self.api.create(self.paths[3], {"apiVersion": "policy.networking.k8s.io/v1beta1",
+            "kind": "ClusterNetworkPolicy", "metadata": meta,
+            "spec": {"tier": "Baseline", "priority": 999, "subject": nothing}})  # fmt: skip
         for ended in self._ended.values():
             assert ended.wait(60), "a watch never delivered its end mark"
-        self.api.delete(f"{self.paths[2]}/marker-{self.tag}")
+        for cluster_scoped in self.paths[2:]:
+            self.api.delete(f"{cluster_scoped}/marker-{self.tag}")
 
     def uncovered(self) -> tuple[int, list[int]]:
         """Replay the history: (events replayed, resourceVersions after which nothing denied)."""
@@ -111,12 +131,18 @@ class History:
         return len(self.events), gaps
 
     def covered(self) -> bool:
-        nps, cnps, gnps = self.paths
+        nps, cnps, gnps, knps = self.paths
         if (nps, "dpo-deny-all") in self.live or (cnps, "default.dpo-deny-all") in self.live:
             return True
         deny = self.live.get((gnps, calico_policy_name(self.tag, "deny-all")))
         labels = {"dpo-test": self.tag, "projectcalico.org/name": self.namespace}
-        return deny is not None and evaluate(deny["spec"]["namespaceSelector"], labels)
+        if deny is not None and evaluate(deny["spec"]["namespaceSelector"], labels):
+            return True
+        baseline = self.live.get((knps, cluster_policy_name(self.tag, "deny-all")))
+        labels = {"dpo-test": self.tag, "kubernetes.io/metadata.name": self.namespace}
+        return baseline is not None and selector_matches(
+            baseline["spec"]["subject"]["namespaces"], labels
+        )
 
 
 def flavor_in_place(api: Api, tag: str, namespace: str, flavor: str) -> bool:
@@ -124,12 +150,16 @@ def flavor_in_place(api: Api, tag: str, namespace: str, flavor: str) -> bool:
     nps = set(api.policies(namespace, MANAGED))
     cnps = set(api.calico_policies(namespace, MANAGED))
     gnps = set(api.gnps(tag))
+    knps = set(api.cluster_policies(tag))
     want = {
-        "NetworkPolicy": ({f"dpo-{p}" for p in BUILTINS}, set(), set()),
-        "CalicoNetworkPolicy": (set(), {f"default.dpo-{p}" for p in BUILTINS}, set()),
-        "CalicoGlobalNetworkPolicy": (set(), set(), {calico_policy_name(tag, p) for p in BUILTINS}),
-    }[flavor]
-    return (nps, cnps, gnps) == want
+        "NetworkPolicy": ({f"dpo-{p}" for p in BUILTINS}, set(), set(), set()),
+        "CalicoNetworkPolicy": (set(), {f"default.dpo-{p}" for p in BUILTINS}, set(), set()),
+        "CalicoGlobalNetworkPolicy": (
+            set(), set(), {calico_policy_name(tag, p) for p in BUILTINS}, set()),
+        "ClusterNetworkPolicy": (
+            set(), set(), set(), {cluster_policy_name(tag, p) for p in BUILTINS}),
+    }[flavor]  # fmt: skip
+    return (nps, cnps, gnps, knps) == want
 
 
 def test_calico_network_policies_land_in_exactly_the_governed_namespaces(
@@ -208,3 +238,38 @@ def test_a_flavor_switch_keeps_a_deny_all_in_force(
     print(f"\n{before} -> {after}: {replayed} events replayed, {len(gaps)} without a deny-all")
     assert replayed >= 6, "the switch should have created and deleted three objects each"
     assert gaps == [], f"no deny-all in force after resourceVersion(s) {gaps}"
+
+
+def test_cluster_network_policies_select_exactly_the_governed_namespaces(
+    api: Api, tag: str
+) -> None:
+    api.namespace(f"{tag}-in", {"dpo-test": tag})
+    api.namespace(f"{tag}-excluded", {"dpo-test": tag})
+    api.namespace(f"{tag}-exempt", {"dpo-test": tag, "defaultpolicy.dev/exempt": "true"})
+    api.namespace(f"{tag}-out", {"other": tag})
+    api.profile(
+        tag,
+        {
+            "namespaceSelector": {"matchLabels": {"dpo-test": tag}},
+            "flavor": "ClusterNetworkPolicy",
+            "excludeNamespaces": [f"{tag}-excluded"],
+            "clusterNetworkPolicy": {"dnsTier": "Admin"},
+        },
+    )
+    names = {cluster_policy_name(tag, p) for p in BUILTINS}
+    stored = wait_for(
+        lambda: api.cluster_policies(tag) if set(api.cluster_policies(tag)) == names else None,
+        what="ClusterNetworkPolicies",
+    )
+    tiers = {b["metadata"]["labels"]["defaultpolicy.dev/policy"]: b["spec"]["tier"]
+             for b in stored.values()}  # fmt: skip
+    assert tiers == {"deny-all": "Baseline", "allow-dns": "Admin", "allow-kube-system": "Baseline"}
+    namespaces = api.request("GET", "/api/v1/namespaces")["items"]
+    for body in stored.values():
+        subject = body["spec"]["subject"]["namespaces"]
+        selected = {
+            n["metadata"]["name"]
+            for n in namespaces
+            if selector_matches(subject, n["metadata"].get("labels") or {})
+        }
+        assert selected == {f"{tag}-in"}, body["metadata"]["name"]

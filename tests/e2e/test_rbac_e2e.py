@@ -22,9 +22,10 @@ from typing import Any
 import pytest
 import yaml
 
-from default_policy_operator.core.objects import calico_policy_name
+from default_policy_operator.core.objects import calico_policy_name, cluster_policy_name
 from dpo_dev.cluster import ControlPlane
 from tests.support import (
+    CNPS,
     GNPS,
     MANAGED,
     Api,
@@ -219,6 +220,41 @@ def _calico_namespaced_scenario(admin: Api, tag: str) -> None:
     assert set(admin.calico_policies(namespace)) == {"default.dpo-allow-dns"}  # foreign, kept
 
 
+def _cluster_scenario(admin: Api, tag: str) -> None:
+    """The ClusterNetworkPolicy flavor: create next to a foreign object in a managed name
+    (get), edit (update), then switch to NetworkPolicy (delete, after the handover)."""
+    profile, namespace = f"{tag}-knp", f"{tag}-knp-ns"
+    admin.namespace(namespace, {"dpo-test": profile})
+    foreign = cluster_policy_name(profile, "allow-dns")
+    admin.create(
+        CNPS,
+        {
+            "apiVersion": "policy.networking.k8s.io/v1beta1",
+            "kind": "ClusterNetworkPolicy",
+            "metadata": {"name": foreign},
+            "spec": {"tier": "Baseline", "priority": 999, "subject": {"namespaces": {
+                "matchLabels": {"nothing": "here"}}}},
+        },
+    )  # fmt: skip
+    admin.profile(
+        profile, {"namespaceSelector": _selector(profile), "flavor": "ClusterNetworkPolicy"}
+    )
+    wait_for(lambda: len(admin.cluster_policies(profile)) == 2, timeout=30, what="two CNPs")
+    _wait_ready(admin, profile, conflicts=1)
+    admin.patch_profile(profile, {"clusterNetworkPolicy": {"priority": 200}})
+    wait_for(
+        lambda: (
+            {p["spec"]["priority"] for p in admin.cluster_policies(profile).values()} == {200, 201}
+        ),
+        timeout=30,
+        what="CNPs at priority 200 and 201",
+    )
+    admin.patch_profile(profile, {"flavor": "NetworkPolicy"})
+    _wait_names(admin, namespace, BUILTINS)
+    wait_for(lambda: admin.cluster_policies(profile) == {}, timeout=30, what="CNPs gone")
+    assert admin.get(f"{CNPS}/{foreign}") is not None  # the foreign one stays
+
+
 @pytest.fixture(scope="module")
 def scenario(admin: Api, operator: OperatorProcess) -> str:
     """Drive the operator through everything it does; return the tag its objects carry."""
@@ -328,12 +364,14 @@ def scenario(admin: Api, operator: OperatorProcess) -> str:
     assert admin.get(f"{GNPS}/{foreign}") is not None  # the foreign one stays
 
     _calico_namespaced_scenario(admin, tag)
+    _cluster_scenario(admin, tag)
 
     # Orphan, in every flavor: the objects stay, released (patched).
     short = {
         "NetworkPolicy": "np",
         "CalicoNetworkPolicy": "cnp",
         "CalicoGlobalNetworkPolicy": "gnp",
+        "ClusterNetworkPolicy": "knp",
     }
     for flavor in short:
         name = f"{tag}-orphan-{short[flavor]}"
@@ -347,6 +385,8 @@ def scenario(admin: Api, operator: OperatorProcess) -> str:
             _wait_names(admin, namespace, BUILTINS)
         elif flavor == "CalicoNetworkPolicy":
             _wait_calico_names(admin, namespace, CALICO_BUILTINS)
+        elif flavor == "ClusterNetworkPolicy":
+            wait_for(lambda: len(admin.cluster_policies(name)) == 3, timeout=30, what="CNPs")  # noqa: B023
         else:
             wait_for(lambda: len(_gnps(admin, name)) == 3, timeout=30, what="GNPs")  # noqa: B023
         admin.delete_profile(name)
@@ -357,6 +397,12 @@ def scenario(admin: Api, operator: OperatorProcess) -> str:
         elif flavor == "CalicoNetworkPolicy":
             kept = admin.calico_policies(namespace)
             assert set(kept) == CALICO_BUILTINS, sorted(kept)
+        elif flavor == "ClusterNetworkPolicy":
+            kept = {
+                p: admin.get(f"{CNPS}/{cluster_policy_name(name, p.removeprefix('dpo-'))}")
+                for p in BUILTINS
+            }
+            assert all(kept.values()), kept
         else:
             kept = {
                 f"default.{p}": admin.get(

@@ -15,12 +15,12 @@ import yaml
 
 from default_policy_operator.controller.reconciler import CALICO_SCOPE
 from default_policy_operator.core.governance import Namespace, protected_namespaces
-from default_policy_operator.core.model import Flavor
 from default_policy_operator.core.normalize import state_of
 from default_policy_operator.core.objects import ObjectKey, is_managed, key_of
 from default_policy_operator.core.plan import Action, Verb
 from default_policy_operator.core.world import World
 from default_policy_operator.kube.client import (
+    CLUSTER_NETWORK_POLICIES,
     NAMESPACES,
     NETWORK_POLICIES,
     PROFILES,
@@ -89,11 +89,12 @@ async def _load_world(
     # Every policy, not only labelled ones: a foreign holder of a managed name blocks a create,
     # and an object of ours whose label was removed is still ours (by its ownerReference).
     policies = await api.list_objects(NETWORK_POLICIES)
-    for calico in (calico_namespaced_resource, calico_resource):
+    optional = [calico_namespaced_resource(calico_api_version), calico_resource(calico_api_version)]
+    for resource in [*optional, CLUSTER_NETWORK_POLICIES]:
         try:
-            policies += await api.list_objects(calico(calico_api_version))
+            policies += await api.list_objects(resource)
         except ApiError as exc:
-            if exc.status != 404:  # Calico is not installed
+            if exc.status != 404:  # Calico, or the CRD, is not installed
                 raise
     foreign = set()
     for body in policies:
@@ -166,7 +167,7 @@ async def audit(
     for name in sorted(world.namespaces):
         namespace = world.namespaces[name]
         governor = world.governor(namespace)
-        if governor is not None and governor.flavor is Flavor.CALICO:
+        if governor is not None and not governor.flavor.namespaced:
             counts = _tally(seen, CALICO_SCOPE, governor.name)
         else:
             counts = _tally(seen, name, None)

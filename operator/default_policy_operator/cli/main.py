@@ -96,7 +96,6 @@ def _load_profiles(path: str) -> list[dict[str, Any]]:
 
 def cmd_render(args: argparse.Namespace) -> int:
     from default_policy_operator.core.governance import Namespace
-    from default_policy_operator.core.model import Flavor
     from default_policy_operator.core.world import World
     from default_policy_operator.rendering.offline import admit, render_scopes
     from default_policy_operator.rendering.pool import RenderPool
@@ -118,7 +117,7 @@ def cmd_render(args: argparse.Namespace) -> int:
             print(f"namespace {args.namespace} is not governed by these profiles", file=sys.stderr)
             return 0
         render_scopes(world, pool, [namespace.name])
-    if governor.flavor is Flavor.CALICO:
+    if not governor.flavor.namespaced:
         objects = world.wanted_calico(governor) or []
     else:
         objects, errors = world.wanted_in(governor, namespace) or ([], [])

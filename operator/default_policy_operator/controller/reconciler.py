@@ -39,6 +39,7 @@ from default_policy_operator.core.model import Profile
 from default_policy_operator.core.normalize import ObjectState, state_of
 from default_policy_operator.core.objects import (
     CALICO_NETWORK_POLICY,
+    CLUSTER_NETWORK_POLICY,
     GLOBAL_NETWORK_POLICY,
     ObjectKey,
     body_kind,
@@ -49,6 +50,7 @@ from default_policy_operator.core.plan import Action, Verb
 from default_policy_operator.core.render import RenderResult, RenderTask, trial_tasks
 from default_policy_operator.core.world import ProfileEntry, ScopePlan, World
 from default_policy_operator.kube.client import (
+    CLUSTER_NETWORK_POLICIES,
     NETWORK_POLICIES,
     PROFILES,
     ApiError,
@@ -331,9 +333,9 @@ class Reconciler:
         }
         selector = f"{MANAGED_SELECTOR},{PROFILE_LABEL}={profile}"
         bodies = await self.api.list_objects(NETWORK_POLICIES, label_selector=selector)
-        for calico in (self.calico_namespaced, self.calico):
-            with contextlib.suppress(ApiError):  # Calico may not be installed
-                bodies += await self.api.list_objects(calico, label_selector=selector)
+        for optional in (self.calico_namespaced, self.calico, CLUSTER_NETWORK_POLICIES):
+            with contextlib.suppress(ApiError):  # Calico, or the CRD, may not be installed
+                bodies += await self.api.list_objects(optional, label_selector=selector)
         for body in bodies:
             key = state_of(body).key
             try:
@@ -641,6 +643,8 @@ class Reconciler:
             return self.calico
         if key.kind == CALICO_NETWORK_POLICY:
             return self.calico_namespaced
+        if key.kind == CLUSTER_NETWORK_POLICY:
+            return CLUSTER_NETWORK_POLICIES
         return NETWORK_POLICIES
 
     async def _execute(self, action: Action, drift: Drift | None = None) -> None:

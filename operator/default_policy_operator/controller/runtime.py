@@ -24,11 +24,13 @@ from default_policy_operator.core.governance import protected_namespaces
 from default_policy_operator.core.labels import MANAGED_SELECTOR
 from default_policy_operator.core.objects import (
     CALICO_NETWORK_POLICY,
+    CLUSTER_NETWORK_POLICY,
     GLOBAL_NETWORK_POLICY,
     NETWORK_POLICY,
 )
 from default_policy_operator.core.world import World
 from default_policy_operator.kube.client import (
+    CLUSTER_NETWORK_POLICIES,
     NAMESPACES,
     NETWORK_POLICIES,
     PROFILES,
@@ -182,6 +184,9 @@ def build_informers(api: KubeApi, reconciler: Reconciler, watch_timeout: int) ->
                  on_event=reconciler.object_event),
         informer(reconciler.calico_namespaced, label_selector=MANAGED_SELECTOR, optional=True,
                  on_list=functools.partial(reconciler.objects_listed, CALICO_NETWORK_POLICY),
+                 on_event=reconciler.object_event),
+        informer(CLUSTER_NETWORK_POLICIES, label_selector=MANAGED_SELECTOR, optional=True,
+                 on_list=functools.partial(reconciler.objects_listed, CLUSTER_NETWORK_POLICY),
                  on_event=reconciler.object_event),
     ]  # fmt: skip
 

@@ -41,16 +41,41 @@ class Flavor(StrEnum):
     NETWORK_POLICY = "NetworkPolicy"
     CALICO_NAMESPACED = "CalicoNetworkPolicy"
     CALICO = "CalicoGlobalNetworkPolicy"
+    CLUSTER_NETWORK_POLICY = "ClusterNetworkPolicy"
 
     @property
     def namespaced(self) -> bool:
-        """Objects in each governed namespace (planned per namespace, handed over in place)."""
-        return self is not Flavor.CALICO
+        """Objects in each governed namespace (planned per namespace, handed over in place);
+        the others are cluster-scoped and select the governed namespaces."""
+        return self in (Flavor.NETWORK_POLICY, Flavor.CALICO_NAMESPACED)
 
     @property
     def calico(self) -> bool:
         """Calico's own kinds: ``order``, ``action``, Calico selectors, its API version."""
-        return self is not Flavor.NETWORK_POLICY
+        return self in (Flavor.CALICO_NAMESPACED, Flavor.CALICO)
+
+
+class DNSTier(StrEnum):
+    """Where the ClusterNetworkPolicy flavor's allow-DNS goes (see :class:`ClusterSettings`)."""
+
+    BASELINE = "Baseline"
+    ADMIN = "Admin"
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """``spec.clusterNetworkPolicy``: the upstream ClusterNetworkPolicy flavor's knobs.
+
+    Every object goes into the Baseline tier ("default policy that namespace policies
+    override") at ``priority``, except deny-all at ``priority + 1``, so the allows are
+    evaluated before it. A Baseline rule only applies to a pod no namespace NetworkPolicy
+    selects: a namespace owner's first policy for a pod ends the baseline's allow-DNS for it.
+    ``dnsTier: Admin`` puts allow-DNS in the Admin tier instead, where its Accept is final
+    and namespace policies cannot take DNS away (nor deny it).
+    """
+
+    priority: int = 100
+    dns_tier: DNSTier = DNSTier.BASELINE
 
 
 CALICO_API_VERSIONS = ("crd.projectcalico.org/v1", "projectcalico.org/v3")
@@ -124,6 +149,7 @@ class Profile:
     flavor: Flavor = Flavor.NETWORK_POLICY
     calico_order: float = 2000
     calico_api_version: str = CALICO_API_VERSIONS[0]
+    cluster: ClusterSettings = ClusterSettings()
     deny_all: Directions = Directions(ingress=True, egress=True)
     allow_dns: AllowDNS = AllowDNS(
         enabled=True,
@@ -328,6 +354,23 @@ def _parse_calico(reader: _Reader, spec: Mapping[str, Any], api_version: str) ->
     return order
 
 
+def _parse_cluster(reader: _Reader, spec: Mapping[str, Any]) -> ClusterSettings:
+    """``spec.clusterNetworkPolicy``: priority (0-999; deny-all takes the next) and dnsTier."""
+    section = reader.mapping(spec.get("clusterNetworkPolicy"), "spec.clusterNetworkPolicy")
+    priority = section.get("priority", ClusterSettings.priority)
+    if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= 999:
+        reader.problems.append("spec.clusterNetworkPolicy.priority must be an integer 0-999")
+        priority = ClusterSettings.priority
+    tiers = [t.value for t in DNSTier]
+    tier = section.get("dnsTier", DNSTier.BASELINE.value)
+    if tier not in tiers:
+        reader.problems.append(
+            f"spec.clusterNetworkPolicy.dnsTier must be one of {', '.join(tiers)}, not {tier!r}"
+        )
+        tier = DNSTier.BASELINE.value
+    return ClusterSettings(priority=priority, dns_tier=DNSTier(tier))
+
+
 def _parse_allow_dns(reader: _Reader, policies: Mapping[str, Any], default: AllowDNS) -> AllowDNS:
     dns_raw = reader.mapping(policies.get("allowDNS"), "spec.policies.allowDNS")
     dns_namespace = dns_raw.get("namespace", default.namespace)
@@ -371,10 +414,10 @@ def parse_profile(
     same_namespace = reader.directions(
         policies, "allowSameNamespace", defaults.allow_same_namespace, "spec.policies"
     )
-    if flavor is Flavor.CALICO and same_namespace.enabled:
+    if not flavor.namespaced and same_namespace.enabled:
         reader.problems.append(
             "spec.policies.allowSameNamespace needs a namespaced flavor (NetworkPolicy or "
-            "CalicoNetworkPolicy): a Calico GlobalNetworkPolicy cannot say 'the pod's own "
+            f"CalicoNetworkPolicy): a cluster-scoped {flavor} cannot say 'the pod's own "
             "namespace'"
         )
 
@@ -392,6 +435,7 @@ def parse_profile(
         flavor=flavor,
         calico_order=order,
         calico_api_version=calico_api_version,
+        cluster=_parse_cluster(reader, spec),
         deny_all=reader.directions(policies, "denyAll", defaults.deny_all, "spec.policies"),
         allow_dns=_parse_allow_dns(reader, policies, defaults.allow_dns),
         allow_kube_system=reader.directions(

@@ -23,19 +23,24 @@ def _prune(value: Any) -> Any:
 
     List elements stay even when empty: ``ingress: [{}]`` (allow all) differs from no rule.
     An empty selector stays too (the API server keeps it): ``podSelector: {}`` (every pod in
-    the namespace) and ``namespaceSelector: {}`` (every namespace) are different peers.
+    the namespace) and ``namespaceSelector: {}`` (every namespace) are different peers, and a
+    ClusterNetworkPolicy's ``namespaces: {}`` is a peer of every namespace.
     """
     if isinstance(value, Mapping):
         out = {}
         for k, v in value.items():
             pruned = _prune(v)
-            if pruned is None or pruned == [] or (pruned == {} and not str(k).endswith("Selector")):
+            if pruned is None or pruned == [] or (pruned == {} and not _selector_key(k)):
                 continue
             out[k] = pruned
         return out
     if isinstance(value, list):
         return [_prune(v) for v in value]
     return value
+
+
+def _selector_key(key: Any) -> bool:
+    return str(key).endswith("Selector") or key == "namespaces"
 
 
 def _network_policy_defaults(spec: dict[str, Any]) -> dict[str, Any]:

@@ -28,6 +28,9 @@ GLOBAL_NETWORK_POLICY = "GlobalNetworkPolicy"
 #: (and everything keyed by them) tell the two apart by this name instead.
 CALICO_NETWORK_POLICY = "CalicoNetworkPolicy"
 CALICO_GROUPS = ("crd.projectcalico.org", "projectcalico.org")
+#: sigs.k8s.io/network-policy-api's cluster-scoped kind (policy.networking.k8s.io)
+CLUSTER_NETWORK_POLICY = "ClusterNetworkPolicy"
+CLUSTER_KINDS = frozenset({GLOBAL_NETWORK_POLICY, CLUSTER_NETWORK_POLICY})
 #: Calico 3.29-3.31 store default-tier policies under a tier-prefixed name; using that form
 #: ourselves means the name we write is the name Calico keeps, in both the v1 CRD and the v3 API
 #: (3.32 dropped the prefix rule and keeps any name as written, so the same name stays valid).
@@ -35,7 +38,7 @@ CALICO_TIER_PREFIX = "default."
 
 
 class ObjectKey(NamedTuple):
-    kind: str  # NETWORK_POLICY, CALICO_NETWORK_POLICY or GLOBAL_NETWORK_POLICY
+    kind: str  # NETWORK_POLICY, CALICO_NETWORK_POLICY, or one of CLUSTER_KINDS
     namespace: str  # "" for cluster-scoped objects
     name: str
 
@@ -101,9 +104,17 @@ def calico_namespaced_name(policy: str) -> str:
     return f"{CALICO_TIER_PREFIX}{network_policy_name(policy)}"
 
 
+def cluster_policy_name(profile: str, policy: str) -> str:
+    """``dpo-<n>[d<i>...]-<profile>-<policy>``: :func:`calico_policy_name` without Calico's
+    tier prefix, injective for the same reasons."""
+    return calico_policy_name(profile, policy).removeprefix(CALICO_TIER_PREFIX)
+
+
 def object_key(profile: Profile, policy: str, namespace: str | None) -> ObjectKey:
     if profile.flavor is Flavor.CALICO:
         return ObjectKey(GLOBAL_NETWORK_POLICY, "", calico_policy_name(profile.name, policy))
+    if profile.flavor is Flavor.CLUSTER_NETWORK_POLICY:
+        return ObjectKey(CLUSTER_NETWORK_POLICY, "", cluster_policy_name(profile.name, policy))
     assert namespace is not None
     if profile.flavor is Flavor.CALICO_NAMESPACED:
         return ObjectKey(CALICO_NETWORK_POLICY, namespace, calico_namespaced_name(policy))

@@ -10,8 +10,9 @@ Templates run in Jinja2's ``ImmutableSandboxedEnvironment`` with ``StrictUndefin
   CPU-time and address-space limits and a wall-clock timeout after which they are killed and
   replaced. What stays here is cheap: the output and each emitted value are capped in size as
   they are produced, and YAML aliases may not expand a document past the output cap.
-* **Allow-listed, validated output.** Exactly one YAML document; only a NetworkPolicy in the
-  target namespace or a Calico GlobalNetworkPolicy, structurally valid (``validate.py``); the
+* **Allow-listed, validated output.** Exactly one YAML document of the profile's flavor (a
+  Kubernetes or Calico NetworkPolicy in the target namespace, or a cluster-scoped Calico
+  GlobalNetworkPolicy or ClusterNetworkPolicy), structurally valid (``validate.py``); the
   operator then sets name, namespace, labels and ownerReferences itself, and hashes the
   normalised spec, so planning never meets a malformed object.
 
@@ -37,9 +38,10 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from default_policy_operator.core import calico_selector
 from default_policy_operator.core.governance import Namespace
-from default_policy_operator.core.model import Flavor, Profile
+from default_policy_operator.core.model import DNSTier, Flavor, Profile
 from default_policy_operator.core.normalize import spec_hash
 from default_policy_operator.core.objects import (
+    CLUSTER_NETWORK_POLICY,
     GLOBAL_NETWORK_POLICY,
     NETWORK_POLICY,
     RenderedObject,
@@ -54,6 +56,7 @@ from default_policy_operator.core.validate import (
     Problem,
     calico_namespaced_spec,
     calico_spec,
+    cluster_network_policy_spec,
     labels,
     network_policy_spec,
     problems,
@@ -77,6 +80,8 @@ CALICO_SPEC_KEYS = frozenset(
 )
 #: A namespaced Calico policy selects endpoints of its own namespace only: no namespaceSelector.
 CALICO_NAMESPACED_SPEC_KEYS = CALICO_SPEC_KEYS - {"namespaceSelector"}
+CLUSTER_POLICY_API = "policy.networking.k8s.io/v1beta1"
+CLUSTER_POLICY_SPEC_KEYS = frozenset({"tier", "priority", "subject", "ingress", "egress"})
 
 
 class RenderError(Exception):
@@ -388,6 +393,8 @@ def stamp(
         raise RenderError(policy, f"spec may not set {', '.join(sorted(map(str, extra)))}")
     if profile.flavor.calico:
         _calico_defaults(profile, policy, spec, output.kind)
+    elif profile.flavor is Flavor.CLUSTER_NETWORK_POLICY:
+        _cluster_defaults(profile, policy, spec)
     else:
         spec.setdefault("podSelector", {})
     found = problems(output.schema, spec)
@@ -436,9 +443,36 @@ def _output_of(profile: Profile) -> _Output:
             CALICO_NAMESPACED_SPEC_KEYS,
             calico_namespaced_spec,
         )
+    if flavor is Flavor.CLUSTER_NETWORK_POLICY:
+        return _Output(
+            CLUSTER_POLICY_API,
+            CLUSTER_NETWORK_POLICY,
+            False,
+            CLUSTER_POLICY_SPEC_KEYS,
+            cluster_network_policy_spec,
+        )
     return _Output(
         profile.calico_api_version, GLOBAL_NETWORK_POLICY, False, CALICO_SPEC_KEYS, calico_spec
     )
+
+
+def _cluster_defaults(profile: Profile, policy: str, spec: dict[str, Any]) -> None:
+    """The Baseline tier and the profile's priority, unless the template says otherwise; the
+    Admin tier only for the built-in allow-DNS the profile put there (``dnsTier: Admin``).
+
+    The subject is replaced at planning by the governed namespaces (ANDed with what the
+    template selects); here it must have the one shape the API accepts.
+    """
+    spec.setdefault("tier", "Baseline")
+    spec.setdefault("priority", profile.cluster.priority)
+    spec.setdefault("subject", {"namespaces": {}})
+    admin_dns = policy == "allow-dns" and profile.cluster.dns_tier is DNSTier.ADMIN
+    if spec["tier"] != "Baseline" and not admin_dns:
+        message = f"spec.tier must be Baseline, not {spec['tier']!r}"
+        raise RenderError(policy, message + " (only allowDNS may go to Admin, by dnsTier)")
+    subject = spec["subject"]
+    if not isinstance(subject, dict) or len(subject) != 1:
+        raise RenderError(policy, "spec.subject must hold exactly one of namespaces or pods")
 
 
 def _calico_defaults(profile: Profile, policy: str, spec: dict[str, Any], kind: str) -> None:
@@ -512,6 +546,7 @@ def _builtin_source(template_dir: Path, flavor: Flavor, policy: str) -> str:
         Flavor.NETWORK_POLICY: "networkpolicy",
         Flavor.CALICO_NAMESPACED: "calico-namespaced",
         Flavor.CALICO: "calico",
+        Flavor.CLUSTER_NETWORK_POLICY: "clusternetworkpolicy",
     }[flavor]
     return (template_dir / folder / f"{policy}.yaml.j2").read_text()
 
@@ -532,10 +567,23 @@ def _types(ingress: bool, egress: bool) -> list[str]:
 
 def _params(profile: Profile, policy: str) -> dict[str, Any]:
     """Parameters handed to a built-in template."""
-    calico = {"apiVersion": profile.calico_api_version, "order": profile.calico_order}
+    calico = {
+        "apiVersion": profile.calico_api_version,
+        "order": profile.calico_order,
+        "priority": profile.cluster.priority,
+        "denyPriority": profile.cluster.priority + 1,
+        "dnsTier": str(profile.cluster.dns_tier),
+    }
     if policy == "deny-all":
-        types = _types(profile.deny_all.ingress, profile.deny_all.egress)
-        return {"policyTypes": types, "types": types, **calico}
+        deny = profile.deny_all
+        types = _types(deny.ingress, deny.egress)
+        return {
+            "policyTypes": types,
+            "types": types,
+            "ingress": deny.ingress,
+            "egress": deny.egress,
+            **calico,
+        }
     if policy == "allow-dns":
         dns = profile.allow_dns
         calico_dns = profile.flavor.calico

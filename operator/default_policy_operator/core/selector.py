@@ -78,6 +78,10 @@ class LabelSelector:
             r.matches(labels) for r in self.match_expressions
         )
 
+    def conjoin(self, requirements: tuple[Requirement, ...]) -> LabelSelector:
+        """This selector AND ``requirements``."""
+        return LabelSelector(self.match_labels, (*self.match_expressions, *requirements))
+
     def as_k8s(self) -> dict[str, Any]:
         """The selector as the API server spells it (used inside rendered policies)."""
         out: dict[str, Any] = {}
@@ -160,3 +164,18 @@ def to_calico_tree(selector: LabelSelector) -> Node:
 def to_calico(selector: LabelSelector) -> str:
     """Translate a label selector into an equivalent Calico selector expression."""
     return to_text(to_calico_tree(selector))
+
+
+def conjoin_k8s(own: Mapping[str, Any], governed: LabelSelector) -> dict[str, Any]:
+    """A ``metav1.LabelSelector`` (as a template wrote it, checked) AND ``governed``: every
+    term of both, the template's ``matchLabels`` as ``In`` terms so that no key can clash.
+    It can only narrow what ``governed`` selects, never widen it."""
+    out = governed.as_k8s()
+    terms = [
+        {"key": key, "operator": "In", "values": [value]}
+        for key, value in (own.get("matchLabels") or {}).items()
+    ]
+    terms += list(own.get("matchExpressions") or [])
+    if terms:
+        out["matchExpressions"] = [*out.get("matchExpressions", []), *terms]
+    return out

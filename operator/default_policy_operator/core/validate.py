@@ -353,6 +353,84 @@ calico_namespaced_spec = mapping(_calico_namespaced_fields)
 calico_spec = mapping({**_calico_namespaced_fields, "namespaceSelector": string})
 
 
+# -- ClusterNetworkPolicy (sigs.k8s.io/network-policy-api v0.3.0, v1beta1) ----------------------
+
+#: the CRD's cap on rules per direction, peers per rule and protocols per rule
+CLUSTER_POLICY_MAX_ITEMS = 25
+
+
+def _at_most(limit: int, check: Check) -> Check:
+    def bounded(value: Any, path: str) -> Iterator[Problem]:
+        yield from check(value, path)
+        if isinstance(value, list) and len(value) > limit:
+            yield Problem(path, f"holds {len(value)} entries; at most {limit}", False)
+
+    return bounded
+
+
+def _port_range_rule(value: dict[str, Any], path: str) -> Iterator[Problem]:
+    if value["start"] >= value["end"]:
+        yield Problem(path, "start must be less than end", False)
+
+
+_destination_port = mapping(
+    {
+        "number": _bounded(1, 65535),
+        "range": mapping(
+            {"start": _bounded(1, 65535), "end": _bounded(1, 65535)},
+            required=("start", "end"),
+            rules=(_port_range_rule,),
+        ),
+    }
+)
+_protocol = mapping(
+    {p: mapping({"destinationPort": _destination_port}) for p in ("tcp", "udp", "sctp")}
+)
+_pods_peer = mapping(
+    {"namespaceSelector": label_selector, "podSelector": label_selector},
+    required=("namespaceSelector", "podSelector"),
+)
+_cluster_rule_fields: dict[str, Check] = {
+    "name": string,
+    "action": one_of(("Accept", "Deny", "Pass")),
+    "protocols": _at_most(CLUSTER_POLICY_MAX_ITEMS, list_of(_protocol)),
+}
+_cluster_ingress = mapping(
+    {
+        **_cluster_rule_fields,
+        "from": _at_most(
+            CLUSTER_POLICY_MAX_ITEMS,
+            list_of(mapping({"namespaces": label_selector, "pods": _pods_peer})),
+        ),
+    },
+    required=("action", "from"),
+)
+_cluster_egress = mapping(
+    {
+        **_cluster_rule_fields,
+        "to": _at_most(
+            CLUSTER_POLICY_MAX_ITEMS,
+            list_of(
+                mapping(
+                    {"namespaces": label_selector, "pods": _pods_peer, "networks": list_of(cidr)}
+                )
+            ),
+        ),
+    },
+    required=("action", "to"),
+)
+cluster_network_policy_spec = mapping(
+    {
+        "tier": one_of(("Admin", "Baseline")),
+        "priority": _bounded(0, 1000),
+        "subject": mapping({"namespaces": label_selector, "pods": _pods_peer}),
+        "ingress": _at_most(CLUSTER_POLICY_MAX_ITEMS, list_of(_cluster_ingress)),
+        "egress": _at_most(CLUSTER_POLICY_MAX_ITEMS, list_of(_cluster_egress)),
+    },
+    required=("tier", "priority", "subject"),
+)
+
+
 def problems(check: Check, value: Any, path: str = "spec") -> list[Problem]:
     """Every problem ``check`` finds in ``value``, in document order."""
     return list(check(value, path))

@@ -42,6 +42,7 @@ from default_policy_operator.core.labels import (
     CALICO_NAME_LABEL,
     EXEMPT_LABEL,
     LAST_VALID_SPEC_ANNOTATION,
+    NAMESPACE_NAME_LABEL,
     POLICY_LABEL,
 )
 from default_policy_operator.core.model import (
@@ -55,10 +56,9 @@ from default_policy_operator.core.model import (
 )
 from default_policy_operator.core.normalize import ObjectState, spec_hash
 from default_policy_operator.core.objects import (
-    GLOBAL_NETWORK_POLICY,
+    CLUSTER_KINDS,
     ObjectKey,
     RenderedObject,
-    calico_policy_name,
     copy_tree,
     object_key,
 )
@@ -74,7 +74,12 @@ from default_policy_operator.core.render import (
     trial_result,
     trial_tasks,
 )
-from default_policy_operator.core.selector import to_calico_tree
+from default_policy_operator.core.selector import (
+    LabelSelector,
+    Requirement,
+    conjoin_k8s,
+    to_calico_tree,
+)
 
 
 def canonical_spec(spec: Mapping[str, Any]) -> str:
@@ -187,6 +192,8 @@ class World:
         #: namespaces whose NetworkPolicy deletes wait for Calico, and the reverse
         self.waiting_for_calico: set[str] = set()
         self.calico_waiting_for: set[str] = set()
+        #: set by a cluster plan that keeps a namespace for a cluster-scoped successor
+        self._cluster_handover_pending = False
 
     # -- index maintenance ---------------------------------------------------------------
 
@@ -317,7 +324,8 @@ class World:
         return {k: self.objects[k] for k in self._by_namespace.get(namespace, ())}
 
     def calico_objects(self) -> dict[ObjectKey, ObjectState]:
-        return {k: v for k, v in self.objects.items() if k.kind == GLOBAL_NETWORK_POLICY}
+        """The cluster-scoped managed objects (GlobalNetworkPolicies, ClusterNetworkPolicies)."""
+        return {k: v for k, v in self.objects.items() if k.kind in CLUSTER_KINDS}
 
     def namespaces_with_objects(self) -> set[str]:
         return set(self._by_namespace)
@@ -435,7 +443,7 @@ class World:
         result.desired_keys = set(desired)
         actions = plan(desired, actual, may_delete=may_delete, blocked=self.blocked)
         result.actions, result.withheld = writes_first(actions)
-        calico = governor if governor is not None and governor.flavor is Flavor.CALICO else None
+        calico = governor if governor is not None and not governor.flavor.namespaced else None
         if calico is not None and result.actions and not self.calico_covers(calico, name):
             result.actions, result.withheld = [], True
             self.waiting_for_calico.add(name)
@@ -486,12 +494,27 @@ class World:
         return objects, errors
 
     def wanted_calico(self, profile: Profile) -> list[RenderedObject] | None:
-        """The GlobalNetworkPolicies ``profile`` wants (None before its trial passed)."""
+        """The cluster-scoped objects ``profile`` wants (None before its trial passed), each
+        narrowed to the namespaces the profile governs."""
         render = self.profiles[profile.name].render
         if render is None:
             return None
+        if profile.flavor is Flavor.CLUSTER_NETWORK_POLICY:
+            subject = self.subject_selector(profile)
+            return [with_subject(obj, subject) for obj in render.shared.values()]
         selector = self.calico_selector(profile)
         return [with_namespace_selector(obj, selector) for obj in render.shared.values()]
+
+    def subject_selector(self, profile: Profile) -> LabelSelector:
+        """A label selector matching exactly the namespaces ``profile`` governs: its own
+        selector, not exempt, and by name none of the selected namespaces it does not govern
+        (``kubernetes.io/metadata.name``, which the API server sets on every namespace)."""
+        left_out = tuple(sorted(self._left_out(profile)))
+        requirements = (
+            Requirement(EXEMPT_LABEL, "NotIn", ("true",)),
+            *((Requirement(NAMESPACE_NAME_LABEL, "NotIn", left_out),) if left_out else ()),
+        )
+        return profile.namespace_selector.conjoin(requirements)
 
     def calico_selector(self, profile: Profile) -> Node:
         """A Calico namespaceSelector matching exactly the namespaces ``profile`` governs.
@@ -501,9 +524,20 @@ class World:
         profile's label selector, minus exempt namespaces (by label, effective at once), minus
         every selected namespace it does not govern (protected, excluded, shadowed) by name.
         """
+        return conjoin(
+            Has(CALICO_NAME_LABEL),
+            to_calico_tree(profile.namespace_selector),
+            Compare(EXEMPT_LABEL, "!=", "true"),
+            InSet(CALICO_NAME_LABEL, tuple(self._left_out(profile)), negated=True),
+        )
+
+    def _left_out(self, profile: Profile) -> set[str]:
+        """Names a cluster-scoped profile's selector must leave out: the protected namespaces,
+        its exclusions, and every namespace it selects but does not govern -- save those still
+        covering a handover to a namespaced flavor (see ``_still_covering``)."""
         left_out = set(self.protected)
         # Exact names only (globs are covered by name below); an entry that cannot name a
-        # namespace would only break the Calico selector's string syntax.
+        # namespace would only break a selector's syntax.
         left_out.update(p for p in profile.exclude_namespaces if DNS1123_LABEL.fullmatch(p))
         for namespace in self.namespaces.values():
             if not profile.namespace_selector.matches(namespace.labels):
@@ -515,21 +549,26 @@ class World:
                 self.calico_waiting_for.add(namespace.name)
                 continue
             left_out.add(namespace.name)
-        return conjoin(
-            Has(CALICO_NAME_LABEL),
-            to_calico_tree(profile.namespace_selector),
-            Compare(EXEMPT_LABEL, "!=", "true"),
-            InSet(CALICO_NAME_LABEL, tuple(left_out), negated=True),
-        )
+        return left_out
 
     def _still_covering(self, profile: Profile, governor: Profile, namespace: str) -> bool:
-        """A namespace handed from Calico ``profile`` to a namespaced-flavor ``governor``
-        stays selected until the governor's policies are in place there (no gap)."""
-        return (
-            governor.flavor.namespaced
-            and namespace in self.calico_covered.get(profile.name, frozenset())
-            and not self.network_policies_cover(governor, namespace)
-        )
+        """A namespace handed from cluster-scoped ``profile`` to another ``governor`` stays
+        selected until the governor's cover is in force there (no gap)."""
+        return namespace in self.calico_covered.get(
+            profile.name, frozenset()
+        ) and not self._covered_by(governor, namespace)
+
+    def _covered_by(self, governor: Profile, namespace: str) -> bool:
+        """Whether ``governor``'s policies are in force in ``namespace``: its namespaced
+        objects live there, or its cluster-scoped ones live and selecting it. A cluster-scoped
+        handover still waiting is noted: the cluster scope is planned again once its writes
+        land (see :meth:`plan_calico`)."""
+        if governor.flavor.namespaced:
+            return self.network_policies_cover(governor, namespace)
+        if self.calico_covers(governor, namespace):
+            return True
+        self._cluster_handover_pending = True
+        return False
 
     def plan_calico(self) -> ScopePlan:
         """Plan the cluster-scoped GlobalNetworkPolicy objects of every Calico profile.
@@ -541,8 +580,9 @@ class World:
         wanted: list[Desired] = []
         held_profiles: set[str] = set()
         audit_profiles: set[str] = set()
+        self._cluster_handover_pending = False
         for profile in self.active_profiles():
-            if profile.flavor is not Flavor.CALICO:
+            if profile.flavor.namespaced:
                 continue
             if not profile.enforcing:
                 audit_profiles.add(profile.name)
@@ -571,6 +611,7 @@ class World:
             blocked=self.blocked,
         )
         result.actions, result.withheld = writes_first(actions)
+        result.withheld |= self._cluster_handover_pending  # plan again once the new cover lands
         result.audit_findings = plan(
             {k: d for k, d in merged.items() if d.profile in audit_profiles},
             {k: v for k, v in actual.items() if v.profile in audit_profiles},
@@ -599,14 +640,14 @@ class World:
             self._calico_owner[obj.key] = profile.name
 
     def _calico_cover_released(self, profile: str) -> bool:
-        """A leaving Calico profile's objects go only once the namespaces they covered that now
-        belong to a namespaced-flavor profile hold that profile's policies."""
+        """A leaving cluster-scoped profile's objects go only once every namespace they
+        covered that another profile now governs has that profile's cover in force."""
         for name in self.calico_covered.get(profile, frozenset()):
             namespace = self.namespaces.get(name)
             governor = self.governor(namespace) if namespace is not None else None
-            if governor is None or not governor.flavor.namespaced:
-                continue
-            if not self.network_policies_cover(governor, name):
+            if governor is None:
+                continue  # nobody's now: nothing to hand over
+            if not self._covered_by(governor, name):
                 self.calico_waiting_for.add(name)
                 return False
         return True
@@ -639,15 +680,15 @@ class World:
         for name, c in counts.items():
             c.managed = managed.get(name, 0)
             c.drifted = len(self.audit_findings.get(name, {}))
-        calico_names = {
-            calico_policy_name(p.name, policy): p.name
+        cluster_owners = {
+            object_key(p, policy, None): p.name
             for p in self.active_profiles()
-            if p.flavor is Flavor.CALICO
+            if not p.flavor.namespaced
             for policy in p.policy_names()
         }
         for key in self.conflicts:
-            if key.kind == GLOBAL_NETWORK_POLICY:
-                owner = calico_names.get(key.name)
+            if key.kind in CLUSTER_KINDS:
+                owner = cluster_owners.get(key)
             else:
                 holder = self.namespaces.get(key.namespace)
                 governor = None
@@ -702,4 +743,20 @@ def with_namespace_selector(obj: RenderedObject, governed: Node) -> RenderedObje
     spec = body["spec"]
     own = parse(spec.get("namespaceSelector") or "")
     spec["namespaceSelector"] = to_text(conjoin(governed, own))
+    return RenderedObject(obj.key, obj.policy, body, spec_hash(obj.key.kind, spec))
+
+
+def with_subject(obj: RenderedObject, governed: LabelSelector) -> RenderedObject:
+    """A ClusterNetworkPolicy limited to the namespaces its profile governs: the template's
+    subject (namespaces, or the namespaces of its pods) ANDed with ``governed``, so it can
+    narrow the governed set but never widen it. Done at planning, like
+    :func:`with_namespace_selector`."""
+    body = copy_tree(obj.body)
+    spec = body["spec"]
+    subject = spec["subject"]
+    if "pods" in subject:
+        pods = subject["pods"]
+        pods["namespaceSelector"] = conjoin_k8s(pods.get("namespaceSelector") or {}, governed)
+    else:
+        subject["namespaces"] = conjoin_k8s(subject.get("namespaces") or {}, governed)
     return RenderedObject(obj.key, obj.policy, body, spec_hash(obj.key.kind, spec))

@@ -68,6 +68,10 @@ NETWORK_POLICIES = Resource("networking.k8s.io", "v1", "networkpolicies", True)
 NAMESPACES = Resource("", "v1", "namespaces", False)
 EVENTS = Resource("", "v1", "events", True)
 PROFILES = Resource(GROUP, VERSION, PLURAL, False)
+#: sigs.k8s.io/network-policy-api v0.3.0 (v1alpha2 is served too, with the same schema)
+CLUSTER_NETWORK_POLICIES = Resource(
+    "policy.networking.k8s.io", "v1beta1", "clusternetworkpolicies", False
+)
 
 
 def calico_resource(api_version: str) -> Resource:
