@@ -124,9 +124,13 @@ class ReportPublisher:
         profiles = self._profiles()
         grouped = findings_by_scope(self.world.audit_findings, profiles, touched)
         owners = {name: profile.uid for name, profile in profiles.items()}
-        await asyncio.gather(
-            *(self._sync(scope, grouped.get(scope, []), owners) for scope in sorted(touched))
-        )
+        try:
+            await asyncio.gather(
+                *(self._sync(scope, grouped.get(scope, []), owners) for scope in sorted(touched))
+            )
+        except BaseException:
+            self._touched |= touched  # decided again next time, none forgotten
+            raise
 
     def _profiles(self) -> dict[str, Profile]:
         return {
