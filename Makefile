@@ -23,9 +23,10 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 # Builds etcd, kube-apiserver, kubectl, kube-router (the packet tests' dataplane) and helm (the
-# chart tests) from Go modules into ~/.cache (once; seconds after).
+# chart tests) from Go modules into ~/.cache (once; seconds after), and fetches the Calico and
+# policy-report CRDs the same way.
 binaries: venv
-	$(BIN)/python -c "from dpo_dev.cluster import ensure_binaries, ensure_helm, calico_crd_files, network_policy_api_crd_file; ensure_binaries(); calico_crd_files(); network_policy_api_crd_file(); ensure_helm()"
+	$(BIN)/python -c "from dpo_dev.cluster import ensure_binaries, ensure_helm, calico_crd_files, network_policy_api_crd_file, report_crd_files; ensure_binaries(); calico_crd_files(); network_policy_api_crd_file(); report_crd_files(); ensure_helm()"
 	$(BIN)/python -c "from dpo_dev.kube_router import ensure_kube_router; ensure_kube_router()"
 
 lint: venv

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
+
 from dpo_dev.cluster import ControlPlane
 
 T = TypeVar("T")
@@ -156,6 +158,29 @@ class Api:
             "GET", f"/api/v1/namespaces/default/events?fieldSelector={query}"
         )["items"]
         return items
+
+
+def service_account_kubeconfig(
+    plane: ControlPlane, admin: Api, namespace: str, account: str, path: Path
+) -> str:
+    """Write ``path``: the plane's kubeconfig with a TokenRequest token of ``account`` (for
+    running the operator as its shipped identity); return the token."""
+    review = admin.create(
+        f"/api/v1/namespaces/{namespace}/serviceaccounts/{account}/token",
+        {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"expirationSeconds": 3600},
+        },
+    )
+    token: str = review["status"]["token"]
+    config = yaml.safe_load(plane.kubeconfig.read_text())
+    config["users"] = [{"name": account, "user": {"token": token}}]
+    for context in config["contexts"]:
+        context["context"]["user"] = account
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return token
 
 
 def wait_for(

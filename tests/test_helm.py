@@ -138,6 +138,7 @@ def test_lint_strict(helm_env: dict[str, str]) -> None:
     helm(helm_env, "lint", "--strict", str(CHART))
     monitoring = [arg for value in MONITORING_VALUES for arg in ("--set", value)]
     helm(helm_env, "lint", "--strict", str(CHART), *monitoring)
+    helm(helm_env, "lint", "--strict", str(CHART), "--set", "reports.enabled=true")
 
 
 def test_default_values_render_what_kustomize_builds(helm_env: dict[str, str]) -> None:
@@ -158,6 +159,16 @@ def test_monitoring_values_render_what_the_monitoring_overlay_builds(
     assert_same_objects(rendered, {k: v for k, v in expected.items() if k[0] != CRD})
     dashboard = rendered[("ConfigMap", NAMESPACE, "default-policy-operator-dashboard")]
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+
+
+def test_reports_value_renders_what_the_reports_overlay_builds(
+    helm_env: dict[str, str],
+) -> None:
+    rendered = by_key(template(helm_env, "reports.enabled=true"))
+    expected = kustomized(MANIFESTS / "overlays" / "reports")
+    assert_same_objects(rendered, {k: v for k, v in expected.items() if k[0] != CRD})
+    (container,) = deployment(list(rendered.values()))["spec"]["template"]["spec"]["containers"]
+    assert container["args"][-1] == "--audit-reports"
 
 
 def test_values_reach_the_objects(helm_env: dict[str, str]) -> None:
@@ -221,6 +232,7 @@ def test_two_replicas_without_leader_election_are_refused(helm_env: dict[str, st
         ("securityContext.runAsNonRot=true", "runAsNonRot"),
         ("operator.logFormat=xml", "logFormat"),
         ("operator.workers=0", "workers"),
+        ("reports.enable=true", "enable"),
     ],
 )
 def test_schema_rejects_typos_and_bad_values(

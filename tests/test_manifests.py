@@ -73,8 +73,40 @@ def test_monitoring_is_an_opt_in_overlay() -> None:
     assert kustomization("overlays", "monitoring")["resources"] == [*default, "../../monitoring"]
 
 
+def test_reports_is_an_opt_in_component() -> None:
+    """``overlays/reports`` is the default plus the ``reports`` component; the default's
+    ClusterRole stays without any report kind (see ``test_cluster_role_is_least_privilege``)."""
+    default = [f"../../{entry}" for entry in kustomization()["resources"]]
+    overlay = kustomization("overlays", "reports")
+    assert overlay["resources"] == default
+    assert overlay["components"] == ["../../reports"]
+    component = kustomization("reports")
+    assert component["kind"] == "Component"
+    (patch,) = component["patches"]
+    assert patch["target"] == {"kind": "Deployment", "name": ACCOUNT}
+    assert yaml.safe_load(patch["patch"]) == [
+        {"op": "add", "path": "/spec/template/spec/containers/0/args/-", "value": "--audit-reports"}
+    ]
+
+
+def test_reports_role_grants_only_the_report_kinds() -> None:
+    role = one("ClusterRole", "reports")
+    assert role["metadata"]["name"] == f"{ACCOUNT}-reports"
+    assert role["rules"] == [
+        {"apiGroups": ["openreports.io"], "resources": ["reports", "clusterreports"],
+         "verbs": ["list", "create", "update", "delete"]},
+        {"apiGroups": ["wgpolicyk8s.io"], "resources": ["policyreports", "clusterpolicyreports"],
+         "verbs": ["list", "create", "update", "delete"]},
+    ]  # fmt: skip
+    binding = one("ClusterRoleBinding", "reports")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": ACCOUNT, "namespace": NAMESPACE}
+    ]
+
+
 def test_every_kustomization_lists_exactly_its_files() -> None:
-    for directory in ("crd", "rbac", "deploy", "admission"):
+    for directory in ("crd", "rbac", "deploy", "admission", "reports"):
         listed = set(kustomization(directory)["resources"])
         present = {p.name for p in (MANIFESTS / directory).glob("*.yaml")} - {"kustomization.yaml"}
         assert listed == present, directory

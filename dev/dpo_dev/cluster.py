@@ -10,9 +10,9 @@ a fake would accept what a cluster rejects.
 
 The module has two halves:
 
-* :func:`ensure_binaries` / :func:`calico_crd_files` build (once, 10-20 minutes on two cores)
-  and cache everything keyed by version, so every later call is a few ``stat`` calls and never
-  runs ``go``.
+* :func:`ensure_binaries` / :func:`calico_crd_files` / :func:`report_crd_files` build (once,
+  10-20 minutes on two cores) and cache everything keyed by version, so every later call is a
+  few ``stat`` calls and never runs ``go``.
 * :class:`ControlPlane` runs etcd and kube-apiserver on free loopback ports in a private work
   directory, writes a kubeconfig, installs the CRDs, and records its PIDs in ``pids.json`` so
   another process (``dpo cluster down``) can stop what ``dpo cluster up`` left running.
@@ -77,6 +77,19 @@ _CALICO_CRD_SUBDIR = "libcalico-go/config/crd"
 NETWORK_POLICY_API_MODULE = "sigs.k8s.io/network-policy-api"
 NETWORK_POLICY_API_VERSION = "v0.3.0"
 _NETWORK_POLICY_API_CRD = "config/crd/standard/policy.networking.k8s.io_clusternetworkpolicies.yaml"
+#: The policy-report APIs ``dpo run --audit-reports`` writes to: name -> (Go module, version,
+#: directory, CRD files). OpenReports' own module has its CRDs; the wgpolicyk8s.io ones, whose
+#: own repository is not served as a module, come from Kyverno's, which ships them.
+REPORT_CRDS: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
+    "openreports": (
+        "github.com/openreports/reports-api", "v0.2.1", "config/crd",
+        ("openreports.io_reports.yaml", "openreports.io_clusterreports.yaml"),
+    ),
+    "wgpolicyk8s": (
+        "github.com/kyverno/kyverno", "v1.19.1", "config/crds/policyreport",
+        ("wgpolicyk8s.io_policyreports.yaml", "wgpolicyk8s.io_clusterpolicyreports.yaml"),
+    ),
+}  # fmt: skip
 
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc"
@@ -515,24 +528,48 @@ def calico_crd_files(log: Log = _stderr_log, fallback_dir: Path | None = None) -
 
 
 def _calico_module_files(log: Log) -> dict[str, Path]:
-    target = cache_dir() / "crds" / f"calico-{CALICO_MODULE_VERSION}"
+    try:
+        return _module_files(
+            CALICO_MODULE, CALICO_MODULE_VERSION, _CALICO_CRD_SUBDIR, CALICO_CRD_FILES, "calico"
+        )
+    except BuildError as exc:
+        log(f"warning: cannot fetch {CALICO_MODULE}, using the fallback CRD copies: {exc}")
+        return {}
+
+
+def report_crd_files(formats: Sequence[str] = tuple(REPORT_CRDS)) -> list[Path]:
+    """The CRD files of the policy-report APIs ``formats`` (keys of :data:`REPORT_CRDS`), from
+    their pinned Go modules, copied once into the cache like Calico's."""
+    files: list[Path] = []
+    for name in formats:
+        module, version, subdir, names = REPORT_CRDS[name]
+        found = _module_files(module, version, subdir, names, name)
+        missing = [n for n in names if n not in found]
+        if missing:
+            raise BuildError(f"{module}@{version} has no {subdir}/{missing}")
+        files += [found[n] for n in names]
+    return files
+
+
+def _module_files(
+    module: str, version: str, subdir: str, names: Sequence[str], label: str
+) -> dict[str, Path]:
+    """Files ``subdir/names`` of Go module ``module@version`` (those it has), copied once into
+    ``<cache>/crds/<label>-<version>``: later calls need no ``go`` at all."""
+    target = cache_dir() / "crds" / f"{label}-{version}"
     marker = target / ".complete"
     if not marker.is_file():
-        try:
-            with tempfile.TemporaryDirectory(prefix="dpo-calico-") as tmp:
-                info = _module_download(CALICO_MODULE, CALICO_MODULE_VERSION, Path(tmp))
-        except BuildError as exc:
-            log(f"warning: cannot fetch {CALICO_MODULE}, using the fallback CRD copies: {exc}")
-            return {}
-        source = Path(info["Dir"]) / _CALICO_CRD_SUBDIR
-        staging = Path(tempfile.mkdtemp(prefix=".calico-", dir=_mkdir(target.parent)))
-        for name in CALICO_CRD_FILES:
+        with tempfile.TemporaryDirectory(prefix=f"dpo-{label}-") as tmp:
+            info = _module_download(module, version, Path(tmp))
+        source = Path(info["Dir"]) / subdir
+        staging = Path(tempfile.mkdtemp(prefix=f".{label}-", dir=_mkdir(target.parent)))
+        for name in names:
             if (source / name).is_file():
                 shutil.copyfile(source / name, staging / name)
-        (staging / ".complete").write_text(f"{CALICO_MODULE}@{CALICO_MODULE_VERSION}\n")
+        (staging / ".complete").write_text(f"{module}@{version}\n")
         shutil.rmtree(target, ignore_errors=True)
         os.replace(staging, target)
-    return {name: target / name for name in CALICO_CRD_FILES if (target / name).is_file()}
+    return {name: target / name for name in names if (target / name).is_file()}
 
 
 def network_policy_api_crd_file() -> Path:
@@ -721,6 +758,7 @@ class ControlPlane:
         audit_policy: Mapping[str, Any] | None = None,
         extra_apiserver_args: Sequence[str] = (),
         controller_manager: bool = False,
+        report_crds: Sequence[str] = (),
     ) -> None:
         self.workdir = Path(workdir).resolve()
         self.manifests_dir = manifests_dir or default_manifests_dir()
@@ -734,6 +772,9 @@ class ControlPlane:
         #: start-up time and watches every object the suites create, and most tests do not
         #: delete namespaces or rely on garbage collection.
         self.controller_manager = controller_manager
+        #: Policy-report APIs to install (keys of :data:`REPORT_CRDS`). None by default: most
+        #: tests need none, and which ones exist decides the API the operator writes reports to.
+        self.report_crds = tuple(report_crds)
         self.kubeconfig = self.workdir / "kubeconfig"
         #: kube-controller-manager's own credential (written on every start, used only with it)
         self.controller_kubeconfig = self.workdir / "controller-manager.kubeconfig"
@@ -812,6 +853,7 @@ class ControlPlane:
             *project_crd_files(self.manifests_dir),
             *calico_crd_files(self._log, self.calico_fallback_dir),
             network_policy_api_crd_file(),
+            *report_crd_files(self.report_crds),
         ]
         crd_names = _load_crd_names(crd_files)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -1284,9 +1326,16 @@ def up(workdir: Path, *, manifests_dir: Path | None = None, log: Log = _stderr_l
     The children run in their own sessions with their output in ``workdir/*.log``, so the CLI
     can exit; :func:`down` stops them later from ``workdir/pids.json``. It includes
     kube-controller-manager: someone trying the operator by hand deletes namespaces and
-    expects them to go away, as they would in a real cluster.
+    expects them to go away, as they would in a real cluster; and the OpenReports CRDs, so that
+    ``dpo run --audit-reports`` has somewhere to write.
     """
-    plane = ControlPlane(workdir, manifests_dir=manifests_dir, log=log, controller_manager=True)
+    plane = ControlPlane(
+        workdir,
+        manifests_dir=manifests_dir,
+        log=log,
+        controller_manager=True,
+        report_crds=("openreports",),
+    )
     plane.start()
     return plane
 

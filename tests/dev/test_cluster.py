@@ -324,6 +324,12 @@ def test_up_survives_its_process_and_down_stops_it(tmp_path: Path) -> None:
         assert all(_running(pid) for pid in pids)
         kubeconfig = yaml.safe_load((workdir / "kubeconfig").read_text())
         assert kubeconfig["current-context"] == "dpo"
+        crds = subprocess.run(
+            [str(cluster.binary_paths().kubectl), f"--kubeconfig={workdir / 'kubeconfig'}",
+             "get", "crd", "reports.openreports.io", "clusterreports.openreports.io", "-o", "name"],
+            capture_output=True, text=True, check=True, timeout=60,
+        ).stdout.split()  # fmt: skip
+        assert len(crds) == 2  # for `dpo run --audit-reports`
     finally:
         assert cluster.down(workdir) is True
     assert not any(_running(pid) for pid in pids)

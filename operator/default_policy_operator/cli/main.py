@@ -75,6 +75,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         watch_timeout=args.watch_timeout,
         workers=args.workers,
         calico_api_version=args.calico_api_version,
+        audit_reports=args.audit_reports,
         render=PoolSettings(
             size=args.render_workers,
             time_limit=args.render_time_limit,
@@ -194,6 +195,13 @@ def _add_run(add_parser: AddParser) -> None:
         choices=["crd.projectcalico.org/v1", "projectcalico.org/v3"],
         help="the Calico API the Calico flavors' objects are written in and read through "
         "(a profile's spec.calico.apiVersion must agree or be left out)",
+    )
+    run.add_argument(
+        "--audit-reports",
+        action="store_true",
+        help="write Audit profiles' findings as OpenReports (openreports.io Report and "
+        "ClusterReport), or as wgpolicyk8s.io PolicyReports where only those exist; needs "
+        "the optional reports RBAC (off: no report is read or written)",
     )
     run.set_defaults(func=cmd_run)
     _add_rendering_flags(run)

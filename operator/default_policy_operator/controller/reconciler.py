@@ -25,6 +25,7 @@ from default_policy_operator.controller.repairs import (
     RepairTracker,
     scope_of,
 )
+from default_policy_operator.controller.reports import ReportPublisher
 from default_policy_operator.controller.status import Progress, StatusPublisher
 from default_policy_operator.core.governance import Namespace
 from default_policy_operator.core.labels import (
@@ -125,6 +126,8 @@ class Reconciler:
         self._bulk_renders = 0  # bulk render requests in flight
         self._landed: set[str] = set()  # bulk scopes whose renders are back, to plan
         self.informers: list[Informer] = []  # set by the runtime; relisted by resync()
+        #: set by the runtime with --audit-reports: findings published as policy reports
+        self.reports: ReportPublisher | None = None
 
     # -- events in ----------------------------------------------------------------------
 
@@ -376,6 +379,9 @@ class Reconciler:
                 asyncio.create_task(self._status_loop(), name="dpo-status"),
                 asyncio.create_task(self._resync_loop(), name="dpo-resync"),
             ]
+            if self.reports is not None:
+                reports = self.reports.run(self.synced, self.settings.status_interval)
+                self._tasks.append(asyncio.create_task(reports, name="dpo-reports"))
             await asyncio.gather(*self._tasks)
         finally:
             for task in self._tasks:
@@ -601,6 +607,8 @@ class Reconciler:
             drift = self.repairs.take_fresh(action.key)
             if drift is not None:
                 metrics.DRIFT_DETECTED.labels(profile=action.profile, kind=drift.kind).inc()
+        if self.reports is not None:
+            self.reports.touch(scope)
 
     def _schedule(self, delay: float, scope: str) -> None:
         loop = asyncio.get_running_loop()
@@ -787,6 +795,8 @@ class Reconciler:
             if isinstance(result, Exception):  # its own loop retries, with backoff, and logs it
                 log.debug("resync: listing %s failed: %s", informer.name, result)
         self.repairs.expire(time.monotonic())
+        if self.reports is not None:
+            self.reports.resync()
         self.mark_all()
         self.last_resync = time.monotonic()
         metrics.LAST_FULL_RESYNC.set(time.time())

@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from default_policy_operator import metrics
 from default_policy_operator.controller.handlers import HandlerConfig, build_registry
 from default_policy_operator.controller.reconciler import Reconciler, Settings
+from default_policy_operator.controller.reports import ReportPublisher
 from default_policy_operator.core.governance import protected_namespaces
 from default_policy_operator.core.labels import MANAGED_SELECTOR
 from default_policy_operator.core.objects import (
@@ -61,6 +62,8 @@ class RunOptions:
     watch_timeout: int = 60
     workers: int = 32
     calico_api_version: str = "crd.projectcalico.org/v1"
+    #: ``--audit-reports``: publish Audit findings as OpenReports / PolicyReports
+    audit_reports: bool = False
     render: PoolSettings = field(default_factory=PoolSettings)
     #: ``--leader-elect``: stand by until this replica holds the Lease (None: always act)
     leader_election: LeaderElectionConfig | None = None
@@ -201,6 +204,8 @@ def _build_reconciler(options: RunOptions, api: KubeApi, pool: RenderPool) -> Re
         protected_namespaces(options.namespace), calico_api_version=options.calico_api_version
     )
     reconciler = Reconciler(world, api, settings, pool)
+    if options.audit_reports:
+        reconciler.reports = ReportPublisher(world, api)
     reconciler.informers = build_informers(api, reconciler, options.watch_timeout)
     return reconciler
 

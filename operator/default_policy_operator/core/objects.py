@@ -30,6 +30,7 @@ CALICO_NETWORK_POLICY = "CalicoNetworkPolicy"
 CALICO_GROUPS = ("crd.projectcalico.org", "projectcalico.org")
 #: sigs.k8s.io/network-policy-api's cluster-scoped kind (policy.networking.k8s.io)
 CLUSTER_NETWORK_POLICY = "ClusterNetworkPolicy"
+CLUSTER_POLICY_API = "policy.networking.k8s.io/v1beta1"
 CLUSTER_KINDS = frozenset({GLOBAL_NETWORK_POLICY, CLUSTER_NETWORK_POLICY})
 #: Calico 3.29-3.31 store default-tier policies under a tier-prefixed name; using that form
 #: ourselves means the name we write is the name Calico keeps, in both the v1 CRD and the v3 API

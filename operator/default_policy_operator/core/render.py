@@ -42,6 +42,7 @@ from default_policy_operator.core.model import DNSTier, Flavor, Profile
 from default_policy_operator.core.normalize import spec_hash
 from default_policy_operator.core.objects import (
     CLUSTER_NETWORK_POLICY,
+    CLUSTER_POLICY_API,
     GLOBAL_NETWORK_POLICY,
     NETWORK_POLICY,
     RenderedObject,
@@ -80,7 +81,6 @@ CALICO_SPEC_KEYS = frozenset(
 )
 #: A namespaced Calico policy selects endpoints of its own namespace only: no namespaceSelector.
 CALICO_NAMESPACED_SPEC_KEYS = CALICO_SPEC_KEYS - {"namespaceSelector"}
-CLUSTER_POLICY_API = "policy.networking.k8s.io/v1beta1"
 CLUSTER_POLICY_SPEC_KEYS = frozenset({"tier", "priority", "subject", "ingress", "egress"})
 
 
