@@ -220,7 +220,7 @@ def test_missing_name() -> None:
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ({"mode": "enforce"}, "spec.mode must be one of Enforce, Audit, not 'enforce'"),
+        ({"mode": "enforce"}, "spec.mode must be one of Enforce, Audit, Stage, not 'enforce'"),
         ({"deletionPolicy": "Keep"}, "spec.deletionPolicy must be one of Delete, Orphan"),
         ({"flavor": "Cilium"}, "spec.flavor must be one of NetworkPolicy"),
         ({"priority": "1"}, "spec.priority must be an integer"),

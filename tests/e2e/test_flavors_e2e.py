@@ -62,10 +62,10 @@ def np_path(namespace: str) -> str:
 class History:
     """Every change to the profile's objects of the three kinds from one point on, in order."""
 
-    def __init__(self, api: Api, tag: str, namespace: str) -> None:
+    def __init__(self, api: Api, tag: str, namespace: str, profiles: str = "") -> None:
         self.api, self.tag, self.namespace = api, tag, namespace
         self.paths = (np_path(namespace), calico_policy_path(namespace), GNPS, CNPS)
-        self.selector = urllib.parse.quote(f"defaultpolicy.dev/profile={tag}")
+        self.selector = urllib.parse.quote(f"defaultpolicy.dev/profile in ({profiles or tag})")
         self.live: dict[tuple[str, str], dict[str, Any]] = {}
         listed = [api.request("GET", f"{p}?labelSelector={self.selector}") for p in self.paths]
         self.start = max(int(page["metadata"]["resourceVersion"]) for page in listed)
@@ -98,7 +98,7 @@ class History:
 
     def end(self) -> None:
         """Mark the end of each stream with an object of its kind, and wait for the marks."""
-        labels = {"defaultpolicy.dev/profile": self.tag}
+        labels = {"defaultpolicy.dev/profile": self.tag}  # matches ``profiles`` by design
         meta = {"name": f"marker-{self.tag}", "labels": labels}
         self.api.create(self.paths[0], {"apiVersion": "networking.k8s.io/v1",
             "kind": "NetworkPolicy", "metadata": meta,
@@ -273,3 +273,41 @@ def test_cluster_network_policies_select_exactly_the_governed_namespaces(
             if selector_matches(subject, n["metadata"].get("labels") or {})
         }
         assert selected == {f"{tag}-in"}, body["metadata"]["name"]
+
+
+STAGED_KNPS = "/apis/crd.projectcalico.org/v1/namespaces/{}/stagedkubernetesnetworkpolicies"
+
+
+def test_a_stage_preview_keeps_enforcement_and_enforce_takes_over_without_a_gap(
+    api: Api, tag: str
+) -> None:
+    """Mode Stage (issue #12, item 5) on the real staged CRD: a higher-priority Stage profile
+    writes StagedKubernetesNetworkPolicies and leaves the enforcing profile's deny-all alone;
+    switched to Enforce it takes the namespace over in place, the staged objects going last."""
+    namespace, low = f"{tag}-ns", f"{tag}-low"
+    api.namespace(namespace, {"dpo-test": tag})
+    selector = {"namespaceSelector": {"matchLabels": {"dpo-test": tag}}}
+    api.profile(low, selector)
+    wait_for(lambda: flavor_in_place(api, low, namespace, "NetworkPolicy"), what="low in place")
+    history = History(api, tag, namespace, profiles=f"{tag},{low}")
+    api.profile(tag, {**selector, "priority": 10, "mode": "Stage"})
+    staged_path = STAGED_KNPS.format(namespace)
+
+    def staged() -> set[str]:
+        items = api.request("GET", f"{staged_path}?labelSelector={MANAGED}")["items"]
+        return {item["metadata"]["name"] for item in items}
+
+    wait_for(lambda: staged() == {f"dpo-{p}" for p in BUILTINS}, what="the staged preview")
+    owners = {p["metadata"]["labels"]["defaultpolicy.dev/profile"]
+              for p in api.policies(namespace, MANAGED).values()}  # fmt: skip
+    assert owners == {low}, "the preview took enforcement away"
+    api.patch_profile(tag, {"mode": "Enforce"})
+    wait_for(lambda: staged() == set(), what="the staged objects gone")
+    owners = {p["metadata"]["labels"]["defaultpolicy.dev/profile"]
+              for p in api.policies(namespace, MANAGED).values()}  # fmt: skip
+    assert owners == {tag}
+    history.end()
+    replayed, gaps = history.uncovered()
+    print(f"\nStage -> Enforce: {replayed} events replayed, {len(gaps)} without a deny-all")
+    assert replayed >= 3
+    assert gaps == [], f"no deny-all in force after resourceVersion(s) {gaps}"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import re
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,6 +221,53 @@ def _calico_namespaced_scenario(admin: Api, tag: str) -> None:
     assert set(admin.calico_policies(namespace)) == {"default.dpo-allow-dns"}  # foreign, kept
 
 
+#: flavor -> (staged resource path under crd.projectcalico.org/v1, namespaced, name of a policy)
+STAGED: dict[str, tuple[str, bool, Any]] = {
+    "NetworkPolicy": ("stagedkubernetesnetworkpolicies", True, lambda _, p: f"dpo-{p}"),
+    "CalicoNetworkPolicy": ("stagednetworkpolicies", True, lambda _, p: f"default.dpo-{p}"),
+    "CalicoGlobalNetworkPolicy": ("stagedglobalnetworkpolicies", False, calico_policy_name),
+}
+
+
+def _staged_scenario(admin: Api, tag: str, flavor: str) -> None:
+    """Mode Stage in one flavor: create next to a foreign object in a managed name (get), edit
+    (update, and delete of a policy no longer wanted), then delete the profile with Orphan
+    (patch)."""
+    resource, namespaced, name_of = STAGED[flavor]
+    profile = f"{tag}-stage-{len(resource)}"  # one per staged kind (their names differ in length)
+    namespace = f"{profile}-ns"
+    admin.namespace(namespace, {"dpo-test": profile})
+    base = "/apis/crd.projectcalico.org/v1" + (f"/namespaces/{namespace}" if namespaced else "")
+    path = f"{base}/{resource}"
+    kind = "Staged" + {"NetworkPolicy": "KubernetesNetworkPolicy"}.get(
+        flavor, flavor.removeprefix("Calico")
+    )
+    foreign = {
+        "name": name_of(profile, "allow-dns"),
+        **({"namespace": namespace} if namespaced else {}),
+    }
+    admin.create(path, {"apiVersion": "crd.projectcalico.org/v1", "kind": kind,
+                        "metadata": foreign, "spec": {"stagedAction": "Set"}})  # fmt: skip
+    admin.profile(profile, {"namespaceSelector": _selector(profile), "flavor": flavor,
+                            "mode": "Stage", "deletionPolicy": "Orphan"})  # fmt: skip
+
+    def staged() -> dict[str, dict[str, Any]]:
+        query = urllib.parse.quote(f"defaultpolicy.dev/profile={profile}")
+        items = admin.request("GET", f"{path}?labelSelector={query}")["items"]
+        return {item["metadata"]["name"]: item for item in items}
+
+    deny, kube = name_of(profile, "deny-all"), name_of(profile, "allow-kube-system")
+    wait_for(lambda: set(staged()) == {deny, kube}, timeout=30, what=f"staged {flavor}")
+    _wait_ready(admin, profile, conflicts=1)
+    admin.patch_profile(profile, {"policies": {"denyAll": {"ingress": False}}})
+    wait_for(lambda: set(staged()) == {deny}, timeout=30, what=f"staged {flavor} edited")
+    admin.delete_profile(profile)
+    wait_for(lambda: admin.get_profile(profile) is None, timeout=30, what=f"{profile} gone")
+    kept = admin.get(f"{path}/{deny}")
+    assert kept is not None
+    assert "app.kubernetes.io/managed-by" not in (kept["metadata"].get("labels") or {})
+
+
 def _cluster_scenario(admin: Api, tag: str) -> None:
     """The ClusterNetworkPolicy flavor: create next to a foreign object in a managed name
     (get), edit (update), then switch to NetworkPolicy (delete, after the handover)."""
@@ -365,6 +413,8 @@ def scenario(admin: Api, operator: OperatorProcess) -> str:
 
     _calico_namespaced_scenario(admin, tag)
     _cluster_scenario(admin, tag)
+    for flavor in STAGED:
+        _staged_scenario(admin, tag, flavor)
 
     # Orphan, in every flavor: the objects stay, released (patched).
     short = {

@@ -16,7 +16,7 @@ import yaml
 from default_policy_operator.controller.reconciler import CALICO_SCOPE
 from default_policy_operator.core.governance import Namespace, protected_namespaces
 from default_policy_operator.core.normalize import state_of
-from default_policy_operator.core.objects import ObjectKey, is_managed, key_of
+from default_policy_operator.core.objects import STAGED_KINDS, ObjectKey, is_managed, key_of
 from default_policy_operator.core.plan import Action, Verb
 from default_policy_operator.core.world import World
 from default_policy_operator.kube.client import (
@@ -28,6 +28,7 @@ from default_policy_operator.kube.client import (
     KubeApi,
     calico_namespaced_resource,
     calico_resource,
+    calico_staged_resource,
 )
 from default_policy_operator.kube.credentials import load_credentials
 from default_policy_operator.rendering.offline import admit, render_scopes
@@ -90,6 +91,7 @@ async def _load_world(
     # and an object of ours whose label was removed is still ours (by its ownerReference).
     policies = await api.list_objects(NETWORK_POLICIES)
     optional = [calico_namespaced_resource(calico_api_version), calico_resource(calico_api_version)]
+    optional += [calico_staged_resource(calico_api_version, k) for k in STAGED_KINDS.values()]
     for resource in [*optional, CLUSTER_NETWORK_POLICIES]:
         try:
             policies += await api.list_objects(resource)

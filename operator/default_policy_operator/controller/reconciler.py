@@ -42,6 +42,7 @@ from default_policy_operator.core.objects import (
     CALICO_NETWORK_POLICY,
     CLUSTER_NETWORK_POLICY,
     GLOBAL_NETWORK_POLICY,
+    STAGED_KINDS,
     ObjectKey,
     body_kind,
     is_managed,
@@ -59,6 +60,7 @@ from default_policy_operator.kube.client import (
     Resource,
     calico_namespaced_resource,
     calico_resource,
+    calico_staged_resource,
 )
 from default_policy_operator.kube.informers import Informer
 from default_policy_operator.rendering.pool import RenderPool
@@ -90,6 +92,11 @@ class Reconciler:
         self.pool = pool or RenderPool()  # (its worker processes start on first use)
         self.calico = calico_resource(settings.calico_api_version)
         self.calico_namespaced = calico_namespaced_resource(settings.calico_api_version)
+        #: staged kind -> where it is served (mode Stage)
+        self.staged = {
+            kind: calico_staged_resource(settings.calico_api_version, kind)
+            for kind in STAGED_KINDS.values()
+        }
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self._bulk: set[str] = set()  # scopes to re-plan in bulk (profile change, resync)
@@ -336,9 +343,10 @@ class Reconciler:
         }
         selector = f"{MANAGED_SELECTOR},{PROFILE_LABEL}={profile}"
         bodies = await self.api.list_objects(NETWORK_POLICIES, label_selector=selector)
-        for optional in (self.calico_namespaced, self.calico, CLUSTER_NETWORK_POLICIES):
+        optional = [self.calico_namespaced, self.calico, CLUSTER_NETWORK_POLICIES]
+        for resource in [*optional, *self.staged.values()]:
             with contextlib.suppress(ApiError):  # Calico, or the CRD, may not be installed
-                bodies += await self.api.list_objects(optional, label_selector=selector)
+                bodies += await self.api.list_objects(resource, label_selector=selector)
         for body in bodies:
             key = state_of(body).key
             try:
@@ -653,7 +661,7 @@ class Reconciler:
             return self.calico_namespaced
         if key.kind == CLUSTER_NETWORK_POLICY:
             return CLUSTER_NETWORK_POLICIES
-        return NETWORK_POLICIES
+        return self.staged.get(key.kind, NETWORK_POLICIES)
 
     async def _execute(self, action: Action, drift: Drift | None = None) -> None:
         resource = self._resource(action.key)

@@ -191,6 +191,10 @@ def build_informers(api: KubeApi, reconciler: Reconciler, watch_timeout: int) ->
         informer(CLUSTER_NETWORK_POLICIES, label_selector=MANAGED_SELECTOR, optional=True,
                  on_list=functools.partial(reconciler.objects_listed, CLUSTER_NETWORK_POLICY),
                  on_event=reconciler.object_event),
+        *(informer(resource, label_selector=MANAGED_SELECTOR, optional=True,
+                   on_list=functools.partial(reconciler.objects_listed, kind),
+                   on_event=reconciler.object_event)
+          for kind, resource in reconciler.staged.items()),
     ]  # fmt: skip
 
 

@@ -60,7 +60,7 @@ class StatusPublisher:
             pending=progress.pending,
             rolling_out=progress.rolling_out,
             audit_findings=[f"{verb} {key}" for key, verb in findings.items()],
-            audit=entry.profile is not None and not entry.profile.enforcing,
+            audit=entry.profile is not None and not entry.profile.writes,
             selects_all=entry.profile is not None and entry.profile.namespace_selector.empty,
         )
         now = now_rfc3339()

@@ -26,8 +26,12 @@ BUILTIN_POLICIES = ("deny-all", "allow-dns", "allow-kube-system", "allow-same-na
 
 
 class Mode(StrEnum):
+    """Enforce writes policies; Audit writes nothing and reports; Stage writes Calico's staged
+    kinds, which enforce nothing and show in Calico's flow tooling what the baseline would do."""
+
     ENFORCE = "Enforce"
     AUDIT = "Audit"
+    STAGE = "Stage"
 
 
 class DeletionPolicy(StrEnum):
@@ -164,6 +168,15 @@ class Profile:
     @property
     def enforcing(self) -> bool:
         return self.mode is Mode.ENFORCE
+
+    @property
+    def writes(self) -> bool:
+        """Enforce and Stage write objects; Audit only reports."""
+        return self.mode is not Mode.AUDIT
+
+    @property
+    def staged(self) -> bool:
+        return self.mode is Mode.STAGE
 
     def allows(self, policy: str) -> Directions:
         """The directions a built-in allow policy takes effect in: only those deny-all denies.
@@ -414,6 +427,12 @@ def parse_profile(
     same_namespace = reader.directions(
         policies, "allowSameNamespace", defaults.allow_same_namespace, "spec.policies"
     )
+    mode = Mode(reader.enum(spec, "mode", [m.value for m in Mode], Mode.ENFORCE))
+    if mode is Mode.STAGE and flavor is Flavor.CLUSTER_NETWORK_POLICY:
+        reader.problems.append(
+            "spec.mode Stage needs a flavor Calico can stage (NetworkPolicy, CalicoNetworkPolicy "
+            "or CalicoGlobalNetworkPolicy): ClusterNetworkPolicy has no staged kind"
+        )
     if not flavor.namespaced and same_namespace.enabled:
         reader.problems.append(
             "spec.policies.allowSameNamespace needs a namespaced flavor (NetworkPolicy or "
@@ -428,7 +447,7 @@ def parse_profile(
         namespace_selector=reader.selector(spec.get("namespaceSelector"), "spec.namespaceSelector"),
         exclude_namespaces=_parse_exclusions(reader, spec.get("excludeNamespaces")),
         priority=_parse_priority(reader, spec.get("priority", 0)),
-        mode=Mode(reader.enum(spec, "mode", [m.value for m in Mode], Mode.ENFORCE)),
+        mode=mode,
         deletion_policy=DeletionPolicy(
             reader.enum(spec, "deletionPolicy", [d.value for d in DeletionPolicy], "Delete")
         ),

@@ -31,7 +31,15 @@ CALICO_GROUPS = ("crd.projectcalico.org", "projectcalico.org")
 #: sigs.k8s.io/network-policy-api's cluster-scoped kind (policy.networking.k8s.io)
 CLUSTER_NETWORK_POLICY = "ClusterNetworkPolicy"
 CLUSTER_POLICY_API = "policy.networking.k8s.io/v1beta1"
-CLUSTER_KINDS = frozenset({GLOBAL_NETWORK_POLICY, CLUSTER_NETWORK_POLICY})
+#: Calico's staged kinds (mode Stage), one per flavor Calico can stage: enforced kind -> staged
+STAGED_KINDS = {
+    NETWORK_POLICY: "StagedKubernetesNetworkPolicy",
+    CALICO_NETWORK_POLICY: "StagedNetworkPolicy",
+    GLOBAL_NETWORK_POLICY: "StagedGlobalNetworkPolicy",
+}
+CLUSTER_KINDS = frozenset(
+    {GLOBAL_NETWORK_POLICY, CLUSTER_NETWORK_POLICY, STAGED_KINDS[GLOBAL_NETWORK_POLICY]}
+)
 #: Calico 3.29-3.31 store default-tier policies under a tier-prefixed name; using that form
 #: ourselves means the name we write is the name Calico keeps, in both the v1 CRD and the v3 API
 #: (3.32 dropped the prefix rule and keeps any name as written, so the same name stays valid).
@@ -112,6 +120,13 @@ def cluster_policy_name(profile: str, policy: str) -> str:
 
 
 def object_key(profile: Profile, policy: str, namespace: str | None) -> ObjectKey:
+    """The object ``policy`` of ``profile`` is written as; Stage writes the staged kind under
+    the same name, so Stage -> Enforce hands over like a flavor switch."""
+    key = _enforced_key(profile, policy, namespace)
+    return key._replace(kind=STAGED_KINDS[key.kind]) if profile.staged else key
+
+
+def _enforced_key(profile: Profile, policy: str, namespace: str | None) -> ObjectKey:
     if profile.flavor is Flavor.CALICO:
         return ObjectKey(GLOBAL_NETWORK_POLICY, "", calico_policy_name(profile.name, policy))
     if profile.flavor is Flavor.CLUSTER_NETWORK_POLICY:

@@ -410,6 +410,9 @@ def stamp(
     if profile.uid:
         new_meta["ownerReferences"] = [owner_reference(profile)]
     body = {"apiVersion": output.api_version, "kind": output.kind, "metadata": new_meta}
+    if profile.staged:  # the same policy as Calico's staged kind: shown, never enforced
+        body.update(apiVersion=profile.calico_api_version, kind=key.kind)
+        spec["stagedAction"] = "Set"
     body["spec"] = spec
     return RenderedObject(key, policy, body, spec_hash(key.kind, spec))
 

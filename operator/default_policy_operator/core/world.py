@@ -57,6 +57,7 @@ from default_policy_operator.core.model import (
 from default_policy_operator.core.normalize import ObjectState, spec_hash
 from default_policy_operator.core.objects import (
     CLUSTER_KINDS,
+    STAGED_KINDS,
     ObjectKey,
     RenderedObject,
     copy_tree,
@@ -362,7 +363,7 @@ class World:
             return True  # its profile is gone: nobody wants it any more
         if entry.deleting:
             return entry.deletion_policy is DeletionPolicy.DELETE
-        return entry.profile is not None and entry.profile.enforcing
+        return entry.profile is not None and entry.profile.writes
 
     # -- rendering: what the pool must render, and its results ---------------------------
 
@@ -427,7 +428,7 @@ class World:
             desired = {o.key: Desired.of(o) for o in objects}
             held = {e.policy for e in errors}
             result.errors.extend((governor.name, e) for e in errors)
-        if governor is not None and not governor.enforcing:
+        if governor is not None and not governor.writes:
             # Audit: compute what Enforce would do, execute nothing in this namespace.
             result.audit_findings = plan(
                 desired, actual, may_delete=lambda s: False, blocked=self.blocked
@@ -436,9 +437,17 @@ class World:
 
         def may_delete(state: ObjectState) -> bool:
             held_here = governor is not None and state.profile == governor.name
-            return not (held_here and state.labels.get(POLICY_LABEL) in held) and (
-                self.may_delete(state)
+            return (
+                not (held_here and state.labels.get(POLICY_LABEL) in held)
+                and self.may_delete(state)
+                and not (governor is not None and governor.staged and not _staged_own(state))
             )
+
+        def _staged_own(state: ObjectState) -> bool:
+            """A Stage governor removes only staged objects of its own: a preview never takes
+            enforcement away, not another profile's and not its own from before."""
+            assert governor is not None
+            return state.profile == governor.name and state.key.kind in STAGED_KINDS.values()
 
         result.desired_keys = set(desired)
         actions = plan(desired, actual, may_delete=may_delete, blocked=self.blocked)
@@ -456,15 +465,18 @@ class World:
         of the profile's objects is live with the spec that plan wanted: only then may the
         namespace's own policies go (a flavor handover never leaves it without a deny-all).
         """
-        if namespace not in self.calico_covered.get(profile.name, frozenset()):
-            return False
+        if not profile.enforcing or namespace not in self.calico_covered.get(profile.name, ()):
+            return False  # staged objects are no cover
         keys = [k for k, owner in self._calico_owner.items() if owner == profile.name]
         return bool(keys) and all(
             k in self.objects and self.objects[k].spec_hash == self._calico_hashes[k] for k in keys
         )
 
     def network_policies_cover(self, profile: Profile, namespace: str) -> bool:
-        """Whether every namespaced policy ``profile`` wants in ``namespace`` is live and owned."""
+        """Whether every namespaced policy ``profile`` wants in ``namespace`` is live and owned
+        (never for a profile that does not enforce: staged objects are no cover)."""
+        if not profile.enforcing:
+            return False
         wanted = [object_key(profile, policy, namespace) for policy in profile.policy_names()]
         return all(k in self.objects and self.objects[k].profile == profile.name for k in wanted)
 
@@ -584,7 +596,7 @@ class World:
         for profile in self.active_profiles():
             if profile.flavor.namespaced:
                 continue
-            if not profile.enforcing:
+            if not profile.writes:
                 audit_profiles.add(profile.name)
             rendered = self.wanted_calico(profile)
             if rendered is None:

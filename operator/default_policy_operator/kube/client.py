@@ -84,6 +84,13 @@ def calico_namespaced_resource(api_version: str) -> Resource:
     return Resource(group, version, "networkpolicies", True)
 
 
+def calico_staged_resource(api_version: str, kind: str) -> Resource:
+    """Where Calico serves one of its staged kinds (``StagedNetworkPolicy``, ...)."""
+    group, version = api_version.split("/")
+    plural = kind.lower().removesuffix("policy") + "policies"
+    return Resource(group, version, plural, kind != "StagedGlobalNetworkPolicy")
+
+
 # -- the client -------------------------------------------------------------------------------
 
 
