@@ -9,18 +9,20 @@ independent client (:class:`tests.support.Api`), never the operator's.
 
 What counts as lost or extra:
 
-* every namespace governed by an enforcing NetworkPolicy-flavour profile holds exactly the
-  rendered NetworkPolicies (same names, same normalised spec, our labels, owned by the profile);
-* every other namespace holds no managed NetworkPolicy (no orphans, no leftovers of a namespace
-  that stopped wanting them, nothing in namespaces that are gone);
-* the managed GlobalNetworkPolicies are exactly those of the enforcing Calico profiles, with the
-  selector the current namespaces call for;
+* every namespace governed by an enforcing namespaced-flavour profile holds exactly the
+  rendered objects (same kinds and names, same normalised spec, our labels, owned by the
+  profile);
+* every other namespace holds no managed object (no orphans, no leftovers of a namespace that
+  stopped wanting them, nothing in namespaces that are gone);
+* the managed cluster-scoped objects are exactly those of the enforcing cluster-scoped profiles,
+  with the selector the current namespaces call for;
 * no object of any other kind carries the operator's managed-by label (every listable resource
   the apiserver serves is listed with that label selector).
 
-Namespaces governed by an ``Audit`` profile are not checked (Audit writes nothing, so what is
-there depends on history) and neither is anything when a profile is invalid (the operator keeps
-the last good version, which an offline render cannot know): both are reported, not guessed.
+Namespaces governed by an ``Audit`` or ``Stage`` profile are not checked (neither removes what
+enforcing profiles wrote, so what is there depends on history) and neither is anything when a
+profile is invalid (the operator keeps the last good version, which an offline render cannot
+know): both are reported, not guessed.
 """
 
 from __future__ import annotations
@@ -33,23 +35,38 @@ from typing import Any
 
 from default_policy_operator.core.governance import Namespace, protected_namespaces
 from default_policy_operator.core.labels import MANAGED_SELECTOR, PROFILE_LABEL
-from default_policy_operator.core.model import Flavor
 from default_policy_operator.core.normalize import spec_hash
 from default_policy_operator.core.objects import (
+    CLUSTER_NETWORK_POLICY,
     GLOBAL_NETWORK_POLICY,
     NETWORK_POLICY,
+    STAGED_KINDS,
+    ObjectKey,
     RenderedObject,
+    key_of,
 )
 from default_policy_operator.core.world import World
 from default_policy_operator.rendering.offline import admit, render_scopes
 from default_policy_operator.rendering.pool import RenderPool
-from tests.support import GNPS, PROFILES, Api, ApiStatus
+from tests.support import CNPS, GNPS, PROFILES, Api, ApiStatus
 
-NETPOLS = "/apis/networking.k8s.io/v1/networkpolicies"
+CALICO = "/apis/crd.projectcalico.org/v1"
+#: every namespaced kind the operator writes, listed across namespaces
+NAMESPACED_PATHS = (
+    "/apis/networking.k8s.io/v1/networkpolicies",
+    f"{CALICO}/networkpolicies",
+    f"{CALICO}/stagedkubernetesnetworkpolicies",
+    f"{CALICO}/stagednetworkpolicies",
+)
+#: every cluster-scoped kind the operator writes
+CLUSTER_PATHS = (GNPS, CNPS, f"{CALICO}/stagedglobalnetworkpolicies")
 #: (API group, kind) the operator may create; anything else with its label is a finding.
 ALLOWED_KINDS = {
     ("networking.k8s.io", NETWORK_POLICY),
+    ("crd.projectcalico.org", NETWORK_POLICY),
     ("crd.projectcalico.org", GLOBAL_NETWORK_POLICY),
+    ("policy.networking.k8s.io", CLUSTER_NETWORK_POLICY),
+    *(("crd.projectcalico.org", kind) for kind in STAGED_KINDS.values()),
 }
 
 
@@ -96,7 +113,17 @@ def _get(api: Api, path: str, attempts: int = 20) -> Any:
 
 def _managed(api: Api, path: str) -> list[dict[str, Any]]:
     query = urllib.parse.quote(MANAGED_SELECTOR)
-    items: list[dict[str, Any]] = _get(api, f"{path}?labelSelector={query}")["items"]
+    return with_kinds(_get(api, f"{path}?labelSelector={query}"))
+
+
+def with_kinds(page: dict[str, Any]) -> list[dict[str, Any]]:
+    """A list's items with the kind and apiVersion a list leaves out (keys need them: Calico's
+    NetworkPolicy is told from Kubernetes' by its API group)."""
+    kind, api_version = page.get("kind", "").removesuffix("List"), page.get("apiVersion", "")
+    items: list[dict[str, Any]] = page["items"]
+    for item in items:
+        item.setdefault("kind", kind)
+        item.setdefault("apiVersion", api_version)
     return items
 
 
@@ -134,19 +161,19 @@ def _expected_owner(world: World, profile: str) -> str:
 
 def _compare(
     verdict: Verdict,
-    where: str,
     wanted: Iterable[RenderedObject],
-    live: dict[str, dict[str, Any]],
+    live: dict[ObjectKey, dict[str, Any]],
     world: World,
 ) -> None:
-    wanted_by_name = {obj.key.name: obj for obj in wanted}
-    for name in sorted(set(wanted_by_name) - set(live)):
-        verdict.problems.append(f"missing: {where}{name}")
-    for name in sorted(set(live) - set(wanted_by_name)):
-        profile = live[name]["metadata"].get("labels", {}).get(PROFILE_LABEL, "?")
-        verdict.problems.append(f"orphan: {where}{name} (profile {profile})")
-    for name in sorted(set(live) & set(wanted_by_name)):
-        obj, body = wanted_by_name[name], live[name]
+    wanted_by_key = {obj.key: obj for obj in wanted}
+    for key in sorted(set(wanted_by_key) - set(live)):
+        verdict.problems.append(f"missing: {key}")
+    for key in sorted(set(live) - set(wanted_by_key)):
+        profile = live[key]["metadata"].get("labels", {}).get(PROFILE_LABEL, "?")
+        verdict.problems.append(f"orphan: {key} (profile {profile})")
+    for key in sorted(set(live) & set(wanted_by_key)):
+        obj, body = wanted_by_key[key], live[key]
+        where, name = f"{key.kind} {key.namespace}/" if key.namespace else f"{key.kind} ", key.name
         kind = obj.key.kind
         if spec_hash(kind, body.get("spec")) != spec_hash(kind, obj.body.get("spec")):
             verdict.problems.append(f"drifted spec: {where}{name}")
@@ -179,35 +206,37 @@ def check(api: Api, *, operator_namespace: str = "dpo-system", other_kinds: bool
         render_scopes(world, pool, sorted(world.namespaces))
     verdict.namespaces = len(world.namespaces)
 
-    live_policies: dict[str, dict[str, dict[str, Any]]] = {}
-    for item in _managed(api, NETPOLS):
-        meta = item["metadata"]
-        live_policies.setdefault(meta["namespace"], {})[meta["name"]] = item
+    live_policies: dict[str, dict[ObjectKey, dict[str, Any]]] = {}
+    for path in NAMESPACED_PATHS:
+        for item in _managed(api, path):
+            live_policies.setdefault(item["metadata"]["namespace"], {})[key_of(item)] = item
     verdict.objects = sum(len(v) for v in live_policies.values())
 
     for name in sorted(set(world.namespaces) | set(live_policies)):
         namespace = world.namespaces.get(name)
         governor = world.governor(namespace) if namespace is not None else None
         wanted: list[RenderedObject] = []
-        if governor is not None and governor.flavor is Flavor.NETWORK_POLICY:
-            if not governor.enforcing:
+        if governor is not None and governor.flavor.namespaced:
+            if not governor.enforcing:  # Audit and Stage keep what history left there
                 verdict.skipped.append(name)
                 continue
             assert namespace is not None
             verdict.governed += 1
             wanted, errors = world.wanted_in(governor, namespace) or ([], [])
             verdict.problems += [f"render error: {name}/: {e}" for e in errors]
-        _compare(verdict, f"{name}/", wanted, live_policies.get(name, {}), world)
+        _compare(verdict, wanted, live_policies.get(name, {}), world)
 
-    gnps = {item["metadata"]["name"]: item for item in _managed(api, GNPS)}
-    verdict.objects += len(gnps)
-    wanted_gnps: list[RenderedObject] = []
+    cluster = {key_of(item): item for path in CLUSTER_PATHS for item in _managed(api, path)}
+    verdict.objects += len(cluster)
+    wanted_cluster: list[RenderedObject] = []
     for profile in world.active_profiles():
-        if profile.flavor is Flavor.CALICO and profile.enforcing:
-            wanted_gnps += world.wanted_calico(profile) or []
-    audit = {p.name for p in world.active_profiles() if not p.enforcing}
-    gnps = {k: v for k, v in gnps.items() if v["metadata"]["labels"][PROFILE_LABEL] not in audit}
-    _compare(verdict, "", wanted_gnps, gnps, world)
+        if not profile.flavor.namespaced and profile.enforcing:
+            wanted_cluster += world.wanted_calico(profile) or []
+    unchecked = {p.name for p in world.active_profiles() if not p.enforcing}
+    cluster = {
+        k: v for k, v in cluster.items() if v["metadata"]["labels"][PROFILE_LABEL] not in unchecked
+    }
+    _compare(verdict, wanted_cluster, cluster, world)
 
     if other_kinds:
         resources = listable_resources(api)

@@ -153,7 +153,9 @@ def test_503_with_retry_after_is_honoured(setup: Setup) -> None:
         converged = time.monotonic()
     assert_alive(s.operator)
     refused = [r for r in s.proxy.records(start) if r.at < healed and r.action == "status"]
-    own = [r for r in refused if OWN_CLIENT in r.agent]
+    # Events are created with generateName: two different events share a key, so their
+    # spacing says nothing about retries (they go through the same retrying client).
+    own = [r for r in refused if OWN_CLIENT in r.agent and not r.path.endswith("/events")]
     kopf = [r for r in refused if "kopf" in r.agent]
     own_gaps = [g for gaps in spacings(own).values() for g in gaps]
     kopf_gaps = [g for gaps in spacings(kopf).values() for g in gaps]
@@ -174,7 +176,8 @@ def test_503_with_retry_after_is_honoured(setup: Setup) -> None:
         f"\n  final check: {verdict.summary()}"
     )
     assert own_gaps, "no request of the operator's client was refused twice: nothing measured"
-    assert min(own_gaps) >= RETRY_AFTER - 0.1, sorted(own_gaps)[:10]
+    early = {k: g for k, gaps in spacings(own).items() for g in gaps if g < RETRY_AFTER - 0.1}
+    assert not early, f"retried before Retry-After: {early}"
     assert len(own) <= bound
     assert delta(errors(s.operator), before).get("503", 0) > 0
 

@@ -34,12 +34,17 @@ import pytest
 from default_policy_operator.core.governance import Namespace, protected_namespaces
 from default_policy_operator.core.labels import MANAGED_SELECTOR, PROFILE_LABEL
 from default_policy_operator.core.model import Flavor, ProfileError, parse_profile
-from default_policy_operator.core.objects import calico_policy_name, network_policy_name
+from default_policy_operator.core.objects import (
+    ObjectKey,
+    calico_policy_name,
+    key_of,
+    network_policy_name,
+)
 from default_policy_operator.core.world import World
 from default_policy_operator.rendering.offline import admit, render_scopes
 from default_policy_operator.rendering.pool import RenderPool
 from tests.calico_selector import evaluate
-from tests.nothing_lost import ALLOWED_KINDS, Verdict, _compare, listable_resources
+from tests.nothing_lost import ALLOWED_KINDS, Verdict, _compare, listable_resources, with_kinds
 from tests.support import (
     GNPS,
     MANAGED,
@@ -336,8 +341,7 @@ def list_items(api: Api, path: str) -> list[dict[str, Any]]:
     deadline = time.monotonic() + 30
     while True:
         try:
-            items: list[dict[str, Any]] = api.request("GET", path)["items"]
-            return items
+            return with_kinds(api.request("GET", path))
         except ApiStatus as exc:
             if exc.code != 429 or time.monotonic() > deadline:
                 raise
@@ -383,12 +387,12 @@ def scoped_check(api: Api, tag: str, expect_missing: frozenset[str] = frozenset(
         render_scopes(world, pool, sorted(mine))
     verdict.namespaces = len(mine)
 
-    live: dict[str, dict[str, dict[str, Any]]] = {}
+    live: dict[str, dict[ObjectKey, dict[str, Any]]] = {}
     for item in _managed_items(api, NETPOLS):
         meta = item["metadata"]
         profile = meta["labels"].get(PROFILE_LABEL, "")
         if meta["namespace"] in mine or profile.startswith(tag):
-            live.setdefault(meta["namespace"], {})[meta["name"]] = item
+            live.setdefault(meta["namespace"], {})[key_of(item)] = item
     verdict.objects = sum(len(v) for v in live.values())
 
     for name in sorted(mine | set(live)):
@@ -403,16 +407,16 @@ def scoped_check(api: Api, tag: str, expect_missing: frozenset[str] = frozenset(
             held = {network_policy_name(e.policy) for e in errors}
             for key in list(have):
                 labels = have[key]["metadata"]["labels"]
-                if key in held and labels.get(PROFILE_LABEL) == governor.name:
+                if key.name in held and labels.get(PROFILE_LABEL) == governor.name:
                     del have[key]  # a policy that cannot render here keeps what it had
             wanted = [o for o in rendered if f"{name}/{o.key.name}" not in expect_missing]
             for o in rendered:
-                if f"{name}/{o.key.name}" in expect_missing and o.key.name in have:
+                if f"{name}/{o.key.name}" in expect_missing and o.key in have:
                     verdict.problems.append(f"expected the apiserver to refuse {name}/{o.key.name}")
-        _compare(verdict, f"{name}/", wanted, have, world)
+        _compare(verdict, wanted, have, world)
 
     gnps = {
-        item["metadata"]["name"]: item
+        key_of(item): item
         for item in _managed_items(api, GNPS)
         if item["metadata"]["labels"].get(PROFILE_LABEL, "").startswith(tag)
     }
@@ -421,7 +425,7 @@ def scoped_check(api: Api, tag: str, expect_missing: frozenset[str] = frozenset(
     for profile in world.active_profiles():
         if profile.name.startswith(tag) and profile.flavor is Flavor.CALICO:
             wanted_gnps += world.wanted_calico(profile) or []
-    _compare(verdict, "", wanted_gnps, gnps, world)
+    _compare(verdict, wanted_gnps, gnps, world)
 
     resources = listable_resources(api)
     verdict.kinds_listed = len(resources)

@@ -40,10 +40,14 @@ VERBS = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DEL
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    def __init__(
+        self, status: int, reason: str, message: str, retry_after: float | None = None
+    ) -> None:
         self.status = status
         self.reason = reason
         self.message = message
+        #: the server's Retry-After, in seconds: a caller that tries again later waits this long
+        self.retry_after = retry_after
         super().__init__(f"{status} {reason}: {message}")
 
 
@@ -183,9 +187,10 @@ class KubeApi:
                     reauthenticated = True
                     continue
                 error = _api_error(code, text)
+                delay = float(retry_after) if retry_after and retry_after.isdigit() else None
+                error.retry_after = delay
                 if code not in RETRYABLE or attempt >= self.retries:
                     raise error
-                delay = float(retry_after) if retry_after and retry_after.isdigit() else None
             except (aiohttp.ClientError, TimeoutError, CredentialsError) as exc:
                 error = _connection_error(verb, exc)
                 if attempt >= self.retries:

@@ -68,6 +68,8 @@ class Informer:
                     self.last_contact = time.monotonic()  # the server answered, if with an error
                 failures += 1
                 delay = min(30.0, 0.5 * 2**failures) * random.uniform(0.8, 1.2)
+                if isinstance(exc, ApiError) and exc.retry_after:
+                    delay = max(delay, exc.retry_after)  # the server said when, not sooner
                 log.warning("%s: %s; re-listing in %.1fs", self.name, exc, delay)
                 await asyncio.sleep(delay)
 
