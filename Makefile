@@ -22,23 +22,26 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Builds etcd, kube-apiserver, kubectl, kube-router (the packet tests' dataplane) and helm (the
-# chart tests) from Go modules into ~/.cache (once; seconds after), and fetches the Calico and
-# policy-report CRDs the same way.
+# Builds etcd, kube-apiserver, kubectl, kube-router and calico-felix (the packet tests' two
+# dataplanes; Felix with Calico v3.31.0's CRDs) and helm (the chart tests) from Go modules into
+# ~/.cache (once; seconds after), and fetches the Calico, network-policy-api and policy-report
+# CRDs the same way.
 binaries: venv
 	$(BIN)/python -c "from dpo_dev.cluster import ensure_binaries, ensure_helm, calico_crd_files, network_policy_api_crd_file, report_crd_files; ensure_binaries(); calico_crd_files(); network_policy_api_crd_file(); report_crd_files(); ensure_helm()"
 	$(BIN)/python -c "from dpo_dev.kube_router import ensure_kube_router; ensure_kube_router()"
+	$(BIN)/python -c "from dpo_dev.felix import crd_files, ensure_felix; ensure_felix(); crd_files()"
 
 lint: venv
 	$(BIN)/ruff check operator dev tests bench
 	$(BIN)/ruff format --check operator dev tests bench
 	$(BIN)/mypy
 
-# prometheus and promtool for the monitoring tests; iptables, ipset and iproute2 for the packet
-# tests' dataplane: Debian's packages (CI runs as root on Debian).
+# prometheus and promtool for the monitoring tests; iptables, ipset, iproute2 and conntrack (Felix
+# flushes a removed pod's flows with it) for the packet tests' dataplanes: Debian's packages (CI
+# runs as root on Debian).
 tools:
 	command -v prometheus >/dev/null && command -v promtool >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus)
-	command -v iptables >/dev/null && command -v ipset >/dev/null && command -v ip >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends iptables ipset iproute2)
+	command -v iptables >/dev/null && command -v ipset >/dev/null && command -v ip >/dev/null && command -v conntrack >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends iptables ipset iproute2 conntrack)
 
 test: lint binaries tools
 	$(BIN)/pytest -q -p no:cacheprovider

@@ -1,4 +1,4 @@
-"""Helpers for the packet tests: named probes, polling a matrix, a continuous prober.
+"""Helpers for the packet tests: named probes, polling a matrix, a continuous prober, profiles.
 
 Polling (never sleeping) for a whole connectivity matrix: a policy write reaches kube-router's
 rules in a fraction of a second, but how long exactly varies, so each check polls until every
@@ -7,14 +7,17 @@ probe shows what is expected, up to a deadline, and reports the table it last sa
 
 from __future__ import annotations
 
+import math
 import statistics
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from dpo_dev.dataplane import Dataplane, PodNet
 from dpo_dev.podserver import Outcome
+from tests.support import Api, condition, wait_for
 
 #: Deadline for a policy change to show in the packets (observed worst ~0.4 s).
 ENFORCE_TIMEOUT = 10.0
@@ -94,6 +97,10 @@ class Prober:
 
     ``expect_open[flow]`` says what the flow must stay; every probe that differs is counted as
     wrong. :meth:`mark` splits the counts into phases (one per disruption).
+
+    Where the engine drops denied packets (Felix), a probe of a blocked flow lasts its whole
+    timeout; such a flow gets enough staggered threads that a fresh connection still starts
+    every ``interval`` seconds.
     """
 
     def __init__(
@@ -107,8 +114,16 @@ class Prober:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads = [
-            threading.Thread(target=self._run, args=(flow,), daemon=True) for flow in expect_open
+            threading.Thread(target=self._run, args=(flow, index, workers), daemon=True)
+            for flow, want in expect_open.items()
+            for workers in [self._workers(want)]
+            for index in range(workers)
         ]
+
+    def _workers(self, want_open: bool) -> int:
+        if want_open or not self.plane.drops_denied:
+            return 1
+        return math.ceil(self.plane.probe_timeout / self.interval)
 
     def __enter__(self) -> Prober:
         for thread in self._threads:
@@ -144,9 +159,11 @@ class Prober:
                 return
             time.sleep(self.interval)
 
-    def _run(self, flow: Flow) -> None:
+    def _run(self, flow: Flow, index: int, workers: int) -> None:
         want = self.expect_open[flow]
-        timeout = 2.0 if want else 0.5
+        timeout = 2.0 if want else self.plane.probe_timeout
+        period = self.interval * workers
+        self._stop.wait(index * self.interval)
         while not self._stop.is_set():
             began = time.monotonic()
             outcome = self.plane.probe(
@@ -157,7 +174,7 @@ class Prober:
                 counts.sent += 1
                 counts.wrong += (outcome is Outcome.OPEN) != want
                 counts.outcomes[outcome.value] = counts.outcomes.get(outcome.value, 0) + 1
-            self._stop.wait(max(0.0, self.interval - (time.monotonic() - began)))
+            self._stop.wait(max(0.0, period - (time.monotonic() - began)))
 
     def summary(self) -> dict[str, dict[str, dict[str, object]]]:
         with self._lock:
@@ -177,3 +194,38 @@ def timed(samples: list[float]) -> dict[str, float]:
         "median_s": round(statistics.median(samples), 3),
         "max_s": round(max(samples), 3),
     }
+
+
+# -- profiles and namespaces, as the packet tests write them ----------------------------------
+
+
+def namespace(api: Api, name: str, **labels: str) -> str:
+    api.namespace(name, labels)
+    return name
+
+
+def wait_reconciled(api: Api, name: str, governed: int | None = None) -> None:
+    """The operator has acted on the profile's latest generation (and governs ``governed``)."""
+
+    def done() -> bool:
+        profile = api.get_profile(name) or {}
+        status = profile.get("status") or {}
+        return bool(
+            status.get("observedGeneration") == profile["metadata"]["generation"]
+            and condition(profile, "Ready").get("status") == "True"
+            and (governed is None or status.get("governedNamespaces") == governed)
+        )
+
+    wait_for(done, timeout=30, what=f"profile {name} reconciled")
+
+
+def put_profile(api: Api, name: str, spec: dict[str, Any]) -> float:
+    """Create or fully replace a profile's spec; returns the monotonic time of the write."""
+    existing = api.get_profile(name)
+    written = time.monotonic()
+    if existing is None:
+        api.profile(name, spec)
+    else:
+        body = {**existing, "spec": spec}
+        api.request("PUT", f"/apis/defaultpolicy.dev/v1alpha1/defaultpolicyprofiles/{name}", body)
+    return written

@@ -261,14 +261,17 @@ def _exclusive_lock(path: Path, log: Log) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+#: Modules the checksum database does not know (it answers 404 for Calico's pseudo-versions):
+#: their go.sum lines come from the proxy's download alone.
+_NO_SUMDB = ("github.com/projectcalico/calico", "github.com/projectcalico/api")
+
+
 def _go_env() -> dict[str, str]:
     env = dict(os.environ)
     # Static binaries (no libc dependency) and no go.work from the surrounding tree.
     env.update({"CGO_ENABLED": "0", "GOWORK": "off", "GO111MODULE": "on"})
-    # The checksum database answers 404 for Calico's pseudo-versions: check those against the
-    # go.sum of their own download only.
-    calico = "github.com/projectcalico/calico,github.com/projectcalico/api"
-    env["GONOSUMDB"] = ",".join(filter(None, [env.get("GONOSUMDB", ""), calico]))
+    nosumdb = [entry for entry in env.get("GONOSUMDB", "").split(",") if entry]
+    env["GONOSUMDB"] = ",".join([*nosumdb, *(m for m in _NO_SUMDB if m not in nosumdb)])
     return env
 
 

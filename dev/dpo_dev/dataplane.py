@@ -126,6 +126,12 @@ class Dataplane:
     A context manager; :meth:`stop` is idempotent and also cleans up after a failed start.
     """
 
+    #: Whether the engine drops denied packets silently. kube-router rejects them, so a blocked
+    #: probe is answered at once by an ICMP error and :attr:`probe_timeout` is only a bound.
+    drops_denied = False
+    #: Seconds a probe waits for an answer (connect, then each receive).
+    probe_timeout = 0.5
+
     def __init__(
         self, kubeconfig: Path, workdir: Path, *, node_name: str = NODE_NAME, log: Log = _stderr_log
     ) -> None:
@@ -153,20 +159,38 @@ class Dataplane:
         self.stop()
 
     def start(self) -> None:
-        """Node namespace, apiserver forwarder, Node object, kube-router (healthy on return)."""
+        """Node namespace, apiserver forwarder, Node object, the policy engine (ready on return)."""
         check_host()
-        binary = kube_router.ensure_kube_router(self._log)
+        binary = self._ensure_engine()
         self.workdir.mkdir(parents=True, exist_ok=True)
         down(self.workdir)  # whatever an earlier run left with the same prefix
         try:
             self._make_node()
             self._start_forwarder()
             self._register_node()
-            self.start_kube_router(binary)
+            self._start_engine(binary)
             self._save()
         except BaseException:
             self.stop()
             raise
+
+    # The policy engine: kube-router here; a subclass puts another one in its place
+    # (:class:`dpo_dev.felix_dataplane.FelixDataplane`), with everything else shared.
+
+    def _ensure_engine(self) -> Path:
+        """The engine's binary, built first if missing (before any namespace exists)."""
+        return kube_router.ensure_kube_router(self._log)
+
+    def _start_engine(self, binary: Path) -> None:
+        self.start_kube_router(binary)
+
+    def _host_side(self, pod: PodNet) -> str:
+        """The node-side veth name: any unique name will do for kube-router."""
+        return pod.netns.removeprefix(self.prefix)
+
+    def _pod_ready(self, pod: PodNet) -> bool:
+        """The responder answers the node (which kube-router never filters)."""
+        return self._node_reaches(pod)
 
     def stop(self) -> None:
         """Kill what runs in our namespaces, delete them and our API objects. Idempotent."""
@@ -289,7 +313,7 @@ class Dataplane:
         """Several pods (namespace, name, labels); their responders start in parallel."""
         pods = [self._start_pod(*spec) for spec in specs]
         for pod in pods:
-            self._wait(lambda pod=pod: self._node_reaches(pod), f"the responder of {pod.identity}")
+            self._wait(lambda pod=pod: self._pod_ready(pod), f"{pod.identity} to be ready")
         self._save()
         return pods
 
@@ -304,7 +328,7 @@ class Dataplane:
             labels=dict(labels),
         )
         self.pods[pod.identity] = pod
-        self._wire(pod, f"p{index}")
+        self._wire(pod, self._host_side(pod))
         argv = [sys.executable, "-m", "dpo_dev.podserver"]
         argv += [f"--identity={pod.identity}", f"--address={pod.ip}"]
         self._spawn(pod.netns, argv, "podservers")
@@ -372,10 +396,16 @@ class Dataplane:
         self._save()
 
     def probe(
-        self, source: PodNet, destination: PodNet, protocol: str, port: int, timeout: float = 0.5
+        self,
+        source: PodNet,
+        destination: PodNet,
+        protocol: str,
+        port: int,
+        timeout: float | None = None,
     ) -> Outcome:
         """One fresh flow from ``source`` to ``destination``'s pod IP."""
-        return probe(source.netns, destination.ip, protocol, port, timeout, destination.identity)
+        wait = self.probe_timeout if timeout is None else timeout
+        return probe(source.netns, destination.ip, protocol, port, wait, destination.identity)
 
     def _save(self) -> None:
         state = {

@@ -351,6 +351,16 @@ def test_down_ignores_a_reused_pid(tmp_path: Path) -> None:
         sleeper.wait()
 
 
+def test_go_skips_the_checksum_database_for_calico_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Calico's pseudo-versions are unknown to sum.golang.org; the user's own entries stay."""
+    monkeypatch.setenv("GONOSUMDB", "example.com/private,github.com/projectcalico/api")
+    assert cluster._go_env()["GONOSUMDB"].split(",") == [
+        "example.com/private",
+        "github.com/projectcalico/api",
+        "github.com/projectcalico/calico",
+    ]
+
+
 def test_kubernetes_wrapper_directives() -> None:
     """Staging replaces become published-module replaces; godebug lines are kept."""
     upstream = (

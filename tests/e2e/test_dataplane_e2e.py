@@ -28,8 +28,18 @@ from default_policy_operator.core.model import parse_profile
 from dpo_dev.cluster import ControlPlane
 from dpo_dev.dataplane import Dataplane, PodNet
 from tests.netpol import Pod, allowed
-from tests.packets import Flow, Prober, converge, observe, table, timed
-from tests.support import MANAGED, Api, OperatorProcess, condition, wait_for
+from tests.packets import (
+    Flow,
+    Prober,
+    converge,
+    namespace,
+    observe,
+    put_profile,
+    table,
+    timed,
+    wait_reconciled,
+)
+from tests.support import MANAGED, Api, OperatorProcess, wait_for
 
 pytestmark = [
     pytest.mark.e2e,
@@ -101,26 +111,6 @@ def _print_report() -> None:
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def namespace(api: Api, name: str, **labels: str) -> str:
-    api.namespace(name, labels)
-    return name
-
-
-def wait_reconciled(api: Api, name: str, governed: int | None = None) -> None:
-    """The operator has acted on the profile's latest generation (and governs ``governed``)."""
-
-    def done() -> bool:
-        profile = api.get_profile(name) or {}
-        status = profile.get("status") or {}
-        return bool(
-            status.get("observedGeneration") == profile["metadata"]["generation"]
-            and condition(profile, "Ready").get("status") == "True"
-            and (governed is None or status.get("governedNamespaces") == governed)
-        )
-
-    wait_for(done, timeout=30, what=f"profile {name} reconciled")
-
-
 def wait_policies(api: Api, namespaces: list[str], spec: dict[str, Any]) -> None:
     """Every namespace holds exactly the policies ``spec`` asks for.
 
@@ -134,18 +124,6 @@ def wait_policies(api: Api, namespaces: list[str], spec: dict[str, Any]) -> None
         return all(set(api.policies(ns, MANAGED)) == wanted for ns in namespaces)
 
     wait_for(held, timeout=30, what=f"{namespaces} to hold {sorted(wanted)}")
-
-
-def put_profile(api: Api, name: str, spec: dict[str, Any]) -> float:
-    """Create or fully replace a profile's spec; returns the monotonic time of the write."""
-    existing = api.get_profile(name)
-    written = time.monotonic()
-    if existing is None:
-        api.profile(name, spec)
-    else:
-        body = {**existing, "spec": spec}
-        api.request("PUT", f"/apis/defaultpolicy.dev/v1alpha1/defaultpolicyprofiles/{name}", body)
-    return written
 
 
 # -- (a) every switch combination that matters --------------------------------------------------
