@@ -16,11 +16,16 @@ import yaml
 from default_policy_operator.controller.reconciler import CALICO_SCOPE
 from default_policy_operator.core.governance import Namespace, protected_namespaces
 from default_policy_operator.core.normalize import state_of
-from default_policy_operator.core.objects import STAGED_KINDS, ObjectKey, is_managed, key_of
+from default_policy_operator.core.objects import (
+    CLUSTER_POLICY_APIS,
+    STAGED_KINDS,
+    ObjectKey,
+    is_managed,
+    key_of,
+)
 from default_policy_operator.core.plan import Action, Verb
 from default_policy_operator.core.world import World
 from default_policy_operator.kube.client import (
-    CLUSTER_NETWORK_POLICIES,
     NAMESPACES,
     NETWORK_POLICIES,
     PROFILES,
@@ -29,6 +34,7 @@ from default_policy_operator.kube.client import (
     calico_namespaced_resource,
     calico_resource,
     calico_staged_resource,
+    cluster_network_policy_resource,
 )
 from default_policy_operator.kube.credentials import load_credentials
 from default_policy_operator.rendering.offline import admit, render_scopes
@@ -77,7 +83,12 @@ async def _load_world(
     api: KubeApi, calico_api_version: str, operator_namespace: str
 ) -> tuple[World, set[ObjectKey]]:
     """The World the operator would build, and the keys of policies it did not create."""
-    world = World(protected_namespaces(operator_namespace), calico_api_version=calico_api_version)
+    cluster_api = await _served_cluster_api(api)
+    world = World(
+        protected_namespaces(operator_namespace),
+        calico_api_version=calico_api_version,
+        cluster_api_version=cluster_api,
+    )
     print("listing namespaces, profiles and policies...", file=sys.stderr)
     for body in await api.list_objects(NAMESPACES):
         meta = body["metadata"]
@@ -92,7 +103,7 @@ async def _load_world(
     policies = await api.list_objects(NETWORK_POLICIES)
     optional = [calico_namespaced_resource(calico_api_version), calico_resource(calico_api_version)]
     optional += [calico_staged_resource(calico_api_version, k) for k in STAGED_KINDS.values()]
-    for resource in [*optional, CLUSTER_NETWORK_POLICIES]:
+    for resource in [*optional, cluster_network_policy_resource(cluster_api)]:
         try:
             policies += await api.list_objects(resource)
         except ApiError as exc:
@@ -109,6 +120,15 @@ async def _load_world(
             admit(world, pool, body)
         render_scopes(world, pool, sorted(world.namespaces))
     return world, foreign
+
+
+async def _served_cluster_api(api: KubeApi) -> str:
+    """The ClusterNetworkPolicy API version the server prefers (the default where none)."""
+    try:
+        group = await api.request("GET", "/apis/policy.networking.k8s.io")
+    except ApiError:
+        return CLUSTER_POLICY_APIS[0]
+    return str((group.get("preferredVersion") or {}).get("groupVersion", CLUSTER_POLICY_APIS[0]))
 
 
 def plan_everything(world: World) -> dict[str, tuple[list[Action], list[Action]]]:

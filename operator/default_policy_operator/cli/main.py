@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from default_policy_operator import __version__
+from default_policy_operator.core.objects import CLUSTER_POLICY_APIS
 
 #: `kubectl dpo` when kubectl runs us as its plugin (the kubectl-dpo entry point), else `dpo`.
 PROG = "kubectl dpo" if Path(sys.argv[0]).name == "kubectl-dpo" else "dpo"
@@ -75,6 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         watch_timeout=args.watch_timeout,
         workers=args.workers,
         calico_api_version=args.calico_api_version,
+        cluster_api_version=args.cluster_network_policy_api_version,
         audit_reports=args.audit_reports,
         render=PoolSettings(
             size=args.render_workers,
@@ -101,7 +103,11 @@ def cmd_render(args: argparse.Namespace) -> int:
     from default_policy_operator.rendering.offline import admit, render_scopes
     from default_policy_operator.rendering.pool import RenderPool
 
-    world = World(frozenset(), calico_api_version=args.calico_api_version)
+    world = World(
+        frozenset(),
+        calico_api_version=args.calico_api_version,
+        cluster_api_version=args.cluster_network_policy_api_version,
+    )
     namespace = Namespace(
         name=args.namespace,
         labels={"kubernetes.io/metadata.name": args.namespace, **args.labels},
@@ -196,6 +202,7 @@ def _add_run(add_parser: AddParser) -> None:
         help="the Calico API the Calico flavors' objects are written in and read through "
         "(a profile's spec.calico.apiVersion must agree or be left out)",
     )
+    _add_cluster_api_flag(run)
     run.add_argument(
         "--audit-reports",
         action="store_true",
@@ -206,6 +213,16 @@ def _add_run(add_parser: AddParser) -> None:
     run.set_defaults(func=cmd_run)
     _add_rendering_flags(run)
     _add_election_flags(run)
+
+
+def _add_cluster_api_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cluster-network-policy-api-version",
+        default=CLUSTER_POLICY_APIS[0],
+        choices=CLUSTER_POLICY_APIS,
+        help="the API version ClusterNetworkPolicies are written in (v1alpha2 where a cluster "
+        "serves no v1beta1)",
+    )
 
 
 def _add_rendering_flags(run: argparse.ArgumentParser) -> None:
@@ -282,6 +299,7 @@ def _add_render(add_parser: AddParser) -> None:
         choices=["crd.projectcalico.org/v1", "projectcalico.org/v3"],
         help="as the operator's flag: the API version of rendered Calico objects",
     )
+    _add_cluster_api_flag(render)
     render.set_defaults(func=cmd_render)
 
 

@@ -41,6 +41,7 @@ from default_policy_operator.core.normalize import ObjectState, state_of
 from default_policy_operator.core.objects import (
     CALICO_NETWORK_POLICY,
     CLUSTER_NETWORK_POLICY,
+    CLUSTER_POLICY_APIS,
     GLOBAL_NETWORK_POLICY,
     STAGED_KINDS,
     ObjectKey,
@@ -52,7 +53,6 @@ from default_policy_operator.core.plan import Action, Verb
 from default_policy_operator.core.render import RenderResult, RenderTask, trial_tasks
 from default_policy_operator.core.world import ProfileEntry, ScopePlan, World
 from default_policy_operator.kube.client import (
-    CLUSTER_NETWORK_POLICIES,
     NETWORK_POLICIES,
     PROFILES,
     ApiError,
@@ -61,6 +61,7 @@ from default_policy_operator.kube.client import (
     calico_namespaced_resource,
     calico_resource,
     calico_staged_resource,
+    cluster_network_policy_resource,
 )
 from default_policy_operator.kube.informers import Informer
 from default_policy_operator.rendering.pool import RenderPool
@@ -80,6 +81,7 @@ class Settings:
     resync_period: float = 600.0
     status_interval: float = 1.0
     calico_api_version: str = "crd.projectcalico.org/v1"
+    cluster_api_version: str = CLUSTER_POLICY_APIS[0]
 
 
 class Reconciler:
@@ -92,6 +94,7 @@ class Reconciler:
         self.pool = pool or RenderPool()  # (its worker processes start on first use)
         self.calico = calico_resource(settings.calico_api_version)
         self.calico_namespaced = calico_namespaced_resource(settings.calico_api_version)
+        self.cluster_policies = cluster_network_policy_resource(settings.cluster_api_version)
         #: staged kind -> where it is served (mode Stage)
         self.staged = {
             kind: calico_staged_resource(settings.calico_api_version, kind)
@@ -343,7 +346,7 @@ class Reconciler:
         }
         selector = f"{MANAGED_SELECTOR},{PROFILE_LABEL}={profile}"
         bodies = await self.api.list_objects(NETWORK_POLICIES, label_selector=selector)
-        optional = [self.calico_namespaced, self.calico, CLUSTER_NETWORK_POLICIES]
+        optional = [self.calico_namespaced, self.calico, self.cluster_policies]
         for resource in [*optional, *self.staged.values()]:
             with contextlib.suppress(ApiError):  # Calico, or the CRD, may not be installed
                 bodies += await self.api.list_objects(resource, label_selector=selector)
@@ -660,7 +663,7 @@ class Reconciler:
         if key.kind == CALICO_NETWORK_POLICY:
             return self.calico_namespaced
         if key.kind == CLUSTER_NETWORK_POLICY:
-            return CLUSTER_NETWORK_POLICIES
+            return self.cluster_policies
         return self.staged.get(key.kind, NETWORK_POLICIES)
 
     async def _execute(self, action: Action, drift: Drift | None = None) -> None:

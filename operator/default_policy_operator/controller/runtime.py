@@ -26,12 +26,12 @@ from default_policy_operator.core.labels import MANAGED_SELECTOR
 from default_policy_operator.core.objects import (
     CALICO_NETWORK_POLICY,
     CLUSTER_NETWORK_POLICY,
+    CLUSTER_POLICY_APIS,
     GLOBAL_NETWORK_POLICY,
     NETWORK_POLICY,
 )
 from default_policy_operator.core.world import World
 from default_policy_operator.kube.client import (
-    CLUSTER_NETWORK_POLICIES,
     NAMESPACES,
     NETWORK_POLICIES,
     PROFILES,
@@ -62,6 +62,7 @@ class RunOptions:
     watch_timeout: int = 60
     workers: int = 32
     calico_api_version: str = "crd.projectcalico.org/v1"
+    cluster_api_version: str = CLUSTER_POLICY_APIS[0]
     #: ``--audit-reports``: publish Audit findings as OpenReports / PolicyReports
     audit_reports: bool = False
     render: PoolSettings = field(default_factory=PoolSettings)
@@ -188,7 +189,7 @@ def build_informers(api: KubeApi, reconciler: Reconciler, watch_timeout: int) ->
         informer(reconciler.calico_namespaced, label_selector=MANAGED_SELECTOR, optional=True,
                  on_list=functools.partial(reconciler.objects_listed, CALICO_NETWORK_POLICY),
                  on_event=reconciler.object_event),
-        informer(CLUSTER_NETWORK_POLICIES, label_selector=MANAGED_SELECTOR, optional=True,
+        informer(reconciler.cluster_policies, label_selector=MANAGED_SELECTOR, optional=True,
                  on_list=functools.partial(reconciler.objects_listed, CLUSTER_NETWORK_POLICY),
                  on_event=reconciler.object_event),
         *(informer(resource, label_selector=MANAGED_SELECTOR, optional=True,
@@ -203,9 +204,12 @@ def _build_reconciler(options: RunOptions, api: KubeApi, pool: RenderPool) -> Re
         workers=options.workers,
         resync_period=options.resync_period,
         calico_api_version=options.calico_api_version,
+        cluster_api_version=options.cluster_api_version,
     )
     world = World(
-        protected_namespaces(options.namespace), calico_api_version=options.calico_api_version
+        protected_namespaces(options.namespace),
+        calico_api_version=options.calico_api_version,
+        cluster_api_version=options.cluster_api_version,
     )
     reconciler = Reconciler(world, api, settings, pool)
     if options.audit_reports:

@@ -80,6 +80,8 @@ class ClusterSettings:
 
     priority: int = 100
     dns_tier: DNSTier = DNSTier.BASELINE
+    #: the operator's --cluster-network-policy-api-version (v1alpha2 where v1beta1 is not served)
+    api_version: str = "policy.networking.k8s.io/v1beta1"
 
 
 CALICO_API_VERSIONS = ("crd.projectcalico.org/v1", "projectcalico.org/v3")
@@ -367,7 +369,7 @@ def _parse_calico(reader: _Reader, spec: Mapping[str, Any], api_version: str) ->
     return order
 
 
-def _parse_cluster(reader: _Reader, spec: Mapping[str, Any]) -> ClusterSettings:
+def _parse_cluster(reader: _Reader, spec: Mapping[str, Any], api_version: str) -> ClusterSettings:
     """``spec.clusterNetworkPolicy``: priority (0-999; deny-all takes the next) and dnsTier."""
     section = reader.mapping(spec.get("clusterNetworkPolicy"), "spec.clusterNetworkPolicy")
     priority = section.get("priority", ClusterSettings.priority)
@@ -381,7 +383,7 @@ def _parse_cluster(reader: _Reader, spec: Mapping[str, Any]) -> ClusterSettings:
             f"spec.clusterNetworkPolicy.dnsTier must be one of {', '.join(tiers)}, not {tier!r}"
         )
         tier = DNSTier.BASELINE.value
-    return ClusterSettings(priority=priority, dns_tier=DNSTier(tier))
+    return ClusterSettings(priority=priority, dns_tier=DNSTier(tier), api_version=api_version)
 
 
 def _parse_allow_dns(reader: _Reader, policies: Mapping[str, Any], default: AllowDNS) -> AllowDNS:
@@ -407,12 +409,16 @@ def _parse_allow_dns(reader: _Reader, policies: Mapping[str, Any], default: Allo
 
 
 def parse_profile(
-    obj: Mapping[str, Any], *, calico_api_version: str = CALICO_API_VERSIONS[0]
+    obj: Mapping[str, Any],
+    *,
+    calico_api_version: str = CALICO_API_VERSIONS[0],
+    cluster_api_version: str = ClusterSettings.api_version,
 ) -> Profile:
     """Turn a DefaultPolicyProfile into a :class:`Profile`, or raise :class:`ProfileError`.
 
     Every problem is collected before raising, so one status message lists them all.
-    ``calico_api_version`` is the operator's setting, the one Calico objects are written in.
+    ``calico_api_version`` and ``cluster_api_version`` are the operator's settings: the API
+    versions its Calico and ClusterNetworkPolicy objects are written in.
     """
     reader = _Reader()
     metadata = reader.mapping(obj.get("metadata"), "metadata")
@@ -454,7 +460,7 @@ def parse_profile(
         flavor=flavor,
         calico_order=order,
         calico_api_version=calico_api_version,
-        cluster=_parse_cluster(reader, spec),
+        cluster=_parse_cluster(reader, spec, cluster_api_version),
         deny_all=reader.directions(policies, "denyAll", defaults.deny_all, "spec.policies"),
         allow_dns=_parse_allow_dns(reader, policies, defaults.allow_dns),
         allow_kube_system=reader.directions(

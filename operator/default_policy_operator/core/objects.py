@@ -30,7 +30,8 @@ CALICO_NETWORK_POLICY = "CalicoNetworkPolicy"
 CALICO_GROUPS = ("crd.projectcalico.org", "projectcalico.org")
 #: sigs.k8s.io/network-policy-api's cluster-scoped kind (policy.networking.k8s.io)
 CLUSTER_NETWORK_POLICY = "ClusterNetworkPolicy"
-CLUSTER_POLICY_API = "policy.networking.k8s.io/v1beta1"
+#: the versions sigs.k8s.io/network-policy-api v0.3.0 serves (same schema); the first by default
+CLUSTER_POLICY_APIS = ("policy.networking.k8s.io/v1beta1", "policy.networking.k8s.io/v1alpha2")
 #: Calico's staged kinds (mode Stage), one per flavor Calico can stage: enforced kind -> staged
 STAGED_KINDS = {
     NETWORK_POLICY: "StagedKubernetesNetworkPolicy",

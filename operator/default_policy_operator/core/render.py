@@ -42,7 +42,6 @@ from default_policy_operator.core.model import DNSTier, Flavor, Profile
 from default_policy_operator.core.normalize import spec_hash
 from default_policy_operator.core.objects import (
     CLUSTER_NETWORK_POLICY,
-    CLUSTER_POLICY_API,
     GLOBAL_NETWORK_POLICY,
     NETWORK_POLICY,
     RenderedObject,
@@ -448,7 +447,7 @@ def _output_of(profile: Profile) -> _Output:
         )
     if flavor is Flavor.CLUSTER_NETWORK_POLICY:
         return _Output(
-            CLUSTER_POLICY_API,
+            profile.cluster.api_version,
             CLUSTER_NETWORK_POLICY,
             False,
             CLUSTER_POLICY_SPEC_KEYS,
@@ -570,8 +569,9 @@ def _types(ingress: bool, egress: bool) -> list[str]:
 
 def _params(profile: Profile, policy: str) -> dict[str, Any]:
     """Parameters handed to a built-in template."""
+    cluster = profile.flavor is Flavor.CLUSTER_NETWORK_POLICY
     calico = {
-        "apiVersion": profile.calico_api_version,
+        "apiVersion": profile.cluster.api_version if cluster else profile.calico_api_version,
         "order": profile.calico_order,
         "priority": profile.cluster.priority,
         "denyPriority": profile.cluster.priority + 1,

@@ -42,7 +42,7 @@ from default_policy_operator.core.labels import (
 from default_policy_operator.core.model import Flavor, Profile
 from default_policy_operator.core.objects import (
     CLUSTER_NETWORK_POLICY,
-    CLUSTER_POLICY_API,
+    CLUSTER_POLICY_APIS,
     NETWORK_POLICY,
     ObjectKey,
     body_kind,
@@ -194,7 +194,7 @@ def _result(
 ) -> dict[str, Any]:
     key = finding.key
     kind = body_kind(key.kind)
-    fixed = {NETWORK_POLICY: "networking.k8s.io/v1", CLUSTER_NETWORK_POLICY: CLUSTER_POLICY_API}
+    fixed = {NETWORK_POLICY: "networking.k8s.io/v1", CLUSTER_NETWORK_POLICY: CLUSTER_POLICY_APIS[0]}
     api_version = fixed.get(key.kind, calico_api_version)
     resource = {"apiVersion": api_version, "kind": kind, "name": key.name}
     if key.namespace:

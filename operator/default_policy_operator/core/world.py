@@ -57,6 +57,7 @@ from default_policy_operator.core.model import (
 from default_policy_operator.core.normalize import ObjectState, spec_hash
 from default_policy_operator.core.objects import (
     CLUSTER_KINDS,
+    CLUSTER_POLICY_APIS,
     STAGED_KINDS,
     ObjectKey,
     RenderedObject,
@@ -163,12 +164,18 @@ class ProfileCounts:
 
 class World:
     def __init__(
-        self, protected: frozenset[str], *, calico_api_version: str = CALICO_API_VERSIONS[0]
+        self,
+        protected: frozenset[str],
+        *,
+        calico_api_version: str = CALICO_API_VERSIONS[0],
+        cluster_api_version: str = CLUSTER_POLICY_APIS[0],
     ) -> None:
         #: the fixed protected set (system and operator namespaces); see :attr:`protected`
         self.base_protected = protected
         #: the operator's Calico API: every profile's Calico objects are written in it
         self.calico_api_version = calico_api_version
+        #: the operator's ClusterNetworkPolicy API version, likewise
+        self.cluster_api_version = cluster_api_version
         self.namespaces: dict[str, Namespace] = {}
         self.profiles: dict[str, ProfileEntry] = {}
         self.objects: dict[ObjectKey, ObjectState] = {}
@@ -247,13 +254,19 @@ class World:
         entry.valid_spec = previous.valid_spec if previous else ""
         entry.metadata = dict(meta)
         try:
-            entry.trial = parse_profile(body, calico_api_version=self.calico_api_version)
+            entry.trial = parse_profile(body, **self._api_versions())
             entry.trial_spec = canonical_spec(spec)
         except ProfileError as exc:
             entry.error = f"invalid spec: {exc}"
             self._try_recorded(entry)
         self.set_profile(entry)
         return entry
+
+    def _api_versions(self) -> dict[str, str]:
+        return {
+            "calico_api_version": self.calico_api_version,
+            "cluster_api_version": self.cluster_api_version,
+        }
 
     def _try_recorded(self, entry: ProfileEntry) -> None:
         """No valid version in force (a restart, a new leader) and the current spec is invalid:
@@ -264,8 +277,7 @@ class World:
         try:
             spec = json.loads(entry.recorded_spec)
             entry.trial = parse_profile(
-                {"metadata": entry.metadata, "spec": spec},
-                calico_api_version=self.calico_api_version,
+                {"metadata": entry.metadata, "spec": spec}, **self._api_versions()
             )
         except (ValueError, ProfileError):
             return

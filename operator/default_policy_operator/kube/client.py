@@ -72,10 +72,6 @@ NETWORK_POLICIES = Resource("networking.k8s.io", "v1", "networkpolicies", True)
 NAMESPACES = Resource("", "v1", "namespaces", False)
 EVENTS = Resource("", "v1", "events", True)
 PROFILES = Resource(GROUP, VERSION, PLURAL, False)
-#: sigs.k8s.io/network-policy-api v0.3.0 (v1alpha2 is served too, with the same schema)
-CLUSTER_NETWORK_POLICIES = Resource(
-    "policy.networking.k8s.io", "v1beta1", "clusternetworkpolicies", False
-)
 
 
 def calico_resource(api_version: str) -> Resource:
@@ -86,6 +82,12 @@ def calico_resource(api_version: str) -> Resource:
 def calico_namespaced_resource(api_version: str) -> Resource:
     group, version = api_version.split("/")
     return Resource(group, version, "networkpolicies", True)
+
+
+def cluster_network_policy_resource(api_version: str) -> Resource:
+    """sigs.k8s.io/network-policy-api's ClusterNetworkPolicy, in ``api_version``."""
+    group, version = api_version.split("/")
+    return Resource(group, version, "clusternetworkpolicies", False)
 
 
 def calico_staged_resource(api_version: str, kind: str) -> Resource:
