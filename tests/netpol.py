@@ -265,23 +265,19 @@ def calico_namespaced_allowed(
 
 
 def _cluster_subject(spec: Mapping[str, Any], pod: Pod, labels: Mapping[str, Any]) -> bool:
-    subject = spec["subject"]
-    if "namespaces" in subject:
-        return selector_matches(subject["namespaces"], labels.get(pod.namespace, {}))
-    pods = subject["pods"]
-    return selector_matches(
-        pods["namespaceSelector"], labels.get(pod.namespace, {})
-    ) and selector_matches(pods["podSelector"], pod.labels)
+    return _cluster_peer(spec["subject"], pod, labels)
 
 
 def _cluster_peer(peer: Mapping[str, Any], other: Pod, labels: Mapping[str, Any]) -> bool:
+    """A subject or a rule peer: namespaces, or pods in namespaces (networks match no pod)."""
+    namespace_labels = labels.get(other.namespace, {})
     if "namespaces" in peer:
-        return selector_matches(peer["namespaces"], labels.get(other.namespace, {}))
+        return selector_matches(peer["namespaces"], namespace_labels)
     if "pods" in peer:
         pods = peer["pods"]
-        return selector_matches(
-            pods["namespaceSelector"], labels.get(other.namespace, {})
-        ) and selector_matches(pods["podSelector"], other.labels)
+        return selector_matches(pods["namespaceSelector"], namespace_labels) and (
+            selector_matches(pods["podSelector"], other.labels)
+        )
     return False  # networks: pods are addressed by selectors here
 
 

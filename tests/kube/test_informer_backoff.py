@@ -9,18 +9,16 @@ on its own (``retries=0``), so every gap between lists is the informer's.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import itertools
 import time
 
 from aiohttp import web
 
-from default_policy_operator.kube.client import KubeApi, Resource
-from default_policy_operator.kube.credentials import Auth, Credentials
+from default_policy_operator.kube.client import Resource
 from default_policy_operator.kube.informers import Informer
+from tests.kube.loopback import loopback_api
 
 THINGS = Resource("example.test", "v1", "things", False)
-FAR = datetime.datetime(2100, 1, 1, tzinfo=datetime.UTC)
 RETRY_AFTER = 2
 
 
@@ -38,27 +36,12 @@ async def test_a_refused_list_is_retried_no_sooner_than_retry_after() -> None:
             headers={"Retry-After": str(RETRY_AFTER)},
         )
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", refuse)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-
-    async def load() -> Auth:
-        return Auth(f"http://127.0.0.1:{port}", None, None, None, FAR)
-
-    credentials = Credentials(load)
-    await credentials.refresh()
-    api = KubeApi(credentials, retries=0)
-    informer = Informer(api, THINGS, on_list=lambda *_: None, on_event=lambda *_: None)
-    task = asyncio.create_task(informer.run())
-    try:
-        await asyncio.wait_for(third.wait(), 30)
-    finally:
-        task.cancel()
-        await api.close()
-        await runner.cleanup()
+    async with loopback_api(refuse, retries=0) as api:
+        informer = Informer(api, THINGS, on_list=lambda *_: None, on_event=lambda *_: None)
+        task = asyncio.create_task(informer.run())
+        try:
+            await asyncio.wait_for(third.wait(), 30)
+        finally:
+            task.cancel()
     gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     assert min(gaps) >= RETRY_AFTER - 0.05, gaps

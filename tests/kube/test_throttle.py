@@ -10,7 +10,6 @@ most ran out of retries (issue #7's squeeze test lost writes this way on CI).
 from __future__ import annotations
 
 import asyncio
-import datetime
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -18,11 +17,10 @@ import pytest
 from aiohttp import web
 
 from default_policy_operator.kube.client import ApiError, KubeApi, Resource
-from default_policy_operator.kube.credentials import Auth, Credentials
 from default_policy_operator.kube.throttle import AdaptiveLimit
+from tests.kube.loopback import loopback_api
 
 THINGS = Resource("example.test", "v1", "things", True)
-FAR = datetime.datetime(2100, 1, 1, tzinfo=datetime.UTC)
 
 
 # -- the limit on its own ---------------------------------------------------------------------
@@ -114,25 +112,8 @@ class OneSeat:
 @pytest.fixture
 async def one_seat() -> AsyncIterator[tuple[OneSeat, KubeApi]]:
     seat = OneSeat()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", seat.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-
-    async def load() -> Auth:
-        return Auth(f"http://127.0.0.1:{port}", None, None, None, FAR)
-
-    credentials = Credentials(load)
-    await credentials.refresh()
-    api = KubeApi(credentials, connections=32)
-    try:
+    async with loopback_api(seat.handle, connections=32) as api:
         yield seat, api
-    finally:
-        await api.close()
-        await runner.cleanup()
 
 
 async def test_every_request_gets_through_a_single_seat(one_seat: tuple[OneSeat, KubeApi]) -> None:
