@@ -2,8 +2,10 @@
 
 Starts etcd + kube-apiserver (built from Go modules), applies the sample profiles, creates a
 handful of namespaces with different labels, runs ``dpo run``, prints which profile governs each
-namespace and with which policies, deletes a managed policy to show the repair and the metric
-that counted it, then waits. ``--once`` stops after that (used by the test of this demo).
+namespace and with which policies, probes real connections between a few pods before and after
+(kube-router as the dataplane, :mod:`dpo_dev.demo_packets`; skipped, with the reason, where it
+cannot run), deletes a managed deny-all to show the repair, how long traffic stayed open and the
+metric that counted it, then waits. ``--once`` stops after that (used by the test of this demo).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from dpo_dev.cluster import ControlPlane, repo_root
+from dpo_dev.demo_packets import DRIFT_NAMESPACE, PacketDemo, describe
 
 NAMESPACES = {
     "shop-frontend": {"env": "prod", "tier": "frontend"},
@@ -91,6 +94,63 @@ def governance_table(plane: ControlPlane) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
 
 
+def start_packets(plane: ControlPlane, workdir: Path) -> PacketDemo | None:
+    """kube-router and the demo's pods; None (said why) where they cannot run: the rest of
+    the demo needs neither root nor network namespaces."""
+    say("Starting kube-router as the dataplane, with pods as network namespaces")
+    started = PacketDemo.start(plane.kubeconfig, workdir / "dataplane")
+    if isinstance(started, str):
+        print(f"packets: no dataplane here ({started}); continuing without the probe table")
+        return None
+    for pod in started.pods.values():
+        print(f"  {pod.identity:28} {pod.ip}")
+    return started
+
+
+def show_before(packets: PacketDemo) -> None:
+    say("Packets before any profile (each verdict a fresh connection): everything is open")
+    print(packets.phase())
+
+
+def show_enforced(packets: PacketDemo) -> None:
+    say("Packets with the profiles enforced by kube-router")
+    print(packets.phase())
+    say("shop-search's owners add their own NetworkPolicy: allow-web-80 (app=web, TCP 80 in)")
+    packets.write_own_policy()
+    table = packets.phase()
+    print(table)
+    if "(!)" in table:
+        print("(!) marks a verdict other than the one promised")
+
+
+def show_drift(plane: ControlPlane, packets: PacketDemo | None, metrics_url: str) -> None:
+    """Delete a managed deny-all: with packets, how long traffic stayed open; then the metric."""
+    say(f"Deleting {DRIFT_NAMESPACE}/dpo-deny-all by hand (drift) ...")
+    before = _metric(_http(metrics_url), "dpo_drift_repaired_total")
+    if packets is not None:
+        print(describe(packets.drift("dpo-deny-all")))
+    else:
+        started = time.monotonic()
+        plane.kubectl("delete", "networkpolicy", "dpo-deny-all", "-n", DRIFT_NAMESPACE)
+        _wait(
+            lambda: plane.kubectl("get", "networkpolicy", "dpo-deny-all", "-n", DRIFT_NAMESPACE,
+                                  check=False).returncode == 0,
+            10,
+            "the repair",
+        )  # fmt: skip
+        print(f"... back within {time.monotonic() - started:.2f}s (kubectl polling included):")
+    print(plane.kubectl("get", "networkpolicy", "-n", DRIFT_NAMESPACE).stdout)
+    after = _wait(
+        lambda: (
+            _metric(_http(metrics_url), "dpo_drift_repaired_total") > before
+            and _metric(_http(metrics_url), "dpo_drift_repaired_total")
+        ),
+        10,
+        "the metric",
+    )
+    print(f"dpo_drift_repaired_total: {before:.0f} -> {after:.0f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dir", default=".dpo-cluster")
@@ -102,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     say("Starting a local control plane (etcd + kube-apiserver built from Go modules)")
     plane = ControlPlane(workdir)
     operator: subprocess.Popen[bytes] | None = None
+    packets: PacketDemo | None = None
     metrics_port, health_port = _free_port(), _free_port()
     try:
         plane.start()
@@ -113,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
             plane.kubectl("create", "namespace", name)
             plane.kubectl("label", "namespace", name, *label_args)
         print(plane.kubectl("get", "namespaces", "--show-labels").stdout)
+        packets = start_packets(plane, workdir)
+        if packets is not None:
+            show_before(packets)
 
         say(f"Applying the sample profiles from {samples.relative_to(repo_root())}/")
         for sample in ("baseline.yaml", "strict-payments.yaml", "audit-only.yaml"):
@@ -147,33 +211,11 @@ def main(argv: list[str] | None = None) -> int:
             "jsonpath={.status.conditions[?(@.type=='Ready')].message}",
         ).stdout  # fmt: skip
         print(f"audit-staging (Audit mode, writes nothing) reports: {audit}")
+        if packets is not None:
+            show_enforced(packets)
 
-        say("Deleting shop-search/dpo-deny-all by hand (drift) ...")
         metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
-        before = _metric(_http(metrics_url), "dpo_drift_repaired_total")
-        started = time.monotonic()
-        plane.kubectl("delete", "networkpolicy", "dpo-deny-all", "-n", "shop-search")
-        _wait(
-            lambda: (
-                plane.kubectl(
-                    "get", "networkpolicy", "dpo-deny-all", "-n", "shop-search", check=False
-                ).returncode
-                == 0
-            ),
-            10,
-            "the repair",
-        )
-        print(f"... back within {time.monotonic() - started:.2f}s (kubectl polling included):")
-        print(plane.kubectl("get", "networkpolicy", "-n", "shop-search").stdout)
-        after = _wait(
-            lambda: (
-                _metric(_http(metrics_url), "dpo_drift_repaired_total") > before
-                and _metric(_http(metrics_url), "dpo_drift_repaired_total")
-            ),
-            10,
-            "the metric",
-        )
-        print(f"dpo_drift_repaired_total: {before:.0f} -> {after:.0f}")
+        show_drift(plane, packets, metrics_url)
 
         say("Metrics")
         print(f"  {metrics_url}")
@@ -200,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
                 operator.wait(timeout=10)
             if operator.poll() is None:
                 os.killpg(operator.pid, signal.SIGKILL)
+        if packets is not None:
+            packets.stop()
+            print("removed the dataplane's pods, kube-router and their network namespaces")
         plane.stop()
         print("stopped the operator, kube-apiserver and etcd")
 

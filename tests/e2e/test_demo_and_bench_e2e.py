@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +13,9 @@ import pytest
 from bench.harness import NETPOL, Client, netpol
 from bench.phases import PHASES
 
+from dpo_dev import netns
 from dpo_dev.cluster import ControlPlane, down
+from dpo_dev.dataplane import prefix_for
 from tests.support import Api, ApiStatus
 
 pytestmark = pytest.mark.e2e
@@ -40,6 +44,42 @@ def test_demo_shows_the_operator_at_work(tmp_path: Path) -> None:
     assert "dpo_drift_repaired_total: 0 -> 1" in out
     assert "stopped the operator, kube-apiserver and etcd" in out
     assert down(tmp_path) is False, "the demo left its control plane running"
+    if os.geteuid() != 0:
+        assert "packets: no dataplane here (the dataplane needs root" in out
+        return
+    assert packet_rows(out) == PACKETS, out
+    repair = re.search(
+        r"dpo-deny-all back in the API after (\d+) ms; .* was OPEN for (\d+) ms", out
+    )
+    assert repair is not None, out
+    assert int(repair[1]) < 1000, repair[0]  # the README's promise: repaired within a second
+    assert "removed the dataplane's pods, kube-router and their network namespaces" in out
+    assert netns.names(prefix_for(tmp_path / "dataplane")) == [], "the demo left network namespaces"
+
+
+#: What the README promises for the demo's flows: before any profile, with the sample profiles,
+#: and after shop-search's own NetworkPolicy opens TCP 80 to its web pod.
+PACKETS = {
+    "shop-search/web -> shop-payments/db TCP/5432": ["OPEN", "BLOCKED", "BLOCKED"],
+    "shop-search/web -> kube-system/coredns UDP/53": ["OPEN", "OPEN", "OPEN"],
+    "shop-search/web -> kube-system/coredns TCP/80": ["OPEN", "BLOCKED", "BLOCKED"],
+    "kube-system/metrics-server -> shop-search/web TCP/80": ["OPEN", "OPEN", "OPEN"],
+    "kube-system/metrics-server -> shop-payments/db TCP/5432": ["OPEN", "BLOCKED", "BLOCKED"],
+    "sandbox-alice/notebook -> shop-search/web TCP/80": ["OPEN", "BLOCKED", "OPEN"],
+    "sandbox-alice/notebook -> shop-search/web TCP/8080": ["OPEN", "BLOCKED", "BLOCKED"],
+    "sandbox-alice/notebook -> shop-payments/db TCP/5432": ["OPEN", "BLOCKED", "BLOCKED"],
+}
+
+
+def packet_rows(out: str) -> dict[str, list[str]]:
+    """The last probe table the demo printed: flow -> one verdict per phase."""
+    table = out.split("add their own NetworkPolicy")[1].split("==>")[0]
+    rows = {}
+    for line in table.splitlines():
+        if " -> " in line:
+            words = line.split()
+            rows[" ".join(words[:4])] = words[4:7]
+    return rows
 
 
 async def test_bench_counts_others_writes_from_the_apiserver_not_its_own(
