@@ -1,8 +1,8 @@
 """A simulation of the reconciler over the pure core, for handover tests: scopes planned in an
 order hypothesis draws, each plan's writes landing one by one in an order it draws too (the
 reconciler's writers run them concurrently), and a check after every write that the namespace
-still has a deny-all in force. Staged objects (mode Stage) enforce nothing and count for
-nothing here.
+still has a deny-all in force (a ``dpo-deny-all``, or the Compact layout's ``dpo-baseline``).
+Staged objects (mode Stage) enforce nothing and count for nothing here.
 """
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ class Cluster:
 
     def denies_all(self) -> bool:
         for key, body in self.live.items():
-            if not key.name.endswith("deny-all"):
+            # the Compact layout's dpo-baseline is a deny-all for the directions it lists
+            baseline = key.name.endswith("baseline") and body["spec"].get("policyTypes")
+            if not (key.name.endswith("deny-all") or baseline):
                 continue
             if key.kind in (NETWORK_POLICY, CALICO_NETWORK_POLICY) and key.namespace == TEAM:
                 return True

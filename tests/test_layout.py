@@ -21,7 +21,7 @@ import pytest
 
 import default_policy_operator
 from default_policy_operator.core import render
-from default_policy_operator.core.model import BUILTIN_POLICIES
+from default_policy_operator.core.model import BASELINE_POLICY, BUILTIN_POLICIES
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCE_ROOT = REPO / "operator"
@@ -83,7 +83,8 @@ def test_operator_in_this_process_is_the_stdlib() -> None:
 
 @pytest.mark.parametrize(
     ("folder", "policy"),
-    [("networkpolicy", p) for p in BUILTIN_POLICIES] + [("calico", p) for p in CALICO_POLICIES],
+    [("networkpolicy", p) for p in (*BUILTIN_POLICIES, BASELINE_POLICY)]
+    + [("calico", p) for p in CALICO_POLICIES],
 )
 def test_builtin_templates_exist_and_compile(folder: str, policy: str) -> None:
     path = render.TEMPLATE_DIR / folder / f"{policy}.yaml.j2"

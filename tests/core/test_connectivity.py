@@ -5,9 +5,10 @@ allowKubeSystem ingress/egress, allowSameNamespace ingress/egress) and two DNS n
 profile is planned by the real core (parse, govern, render) over a small cluster, in every
 flavor, and the objects it would create are evaluated by the reference evaluators in
 ``tests/netpol.py`` (NetworkPolicy, Calico NetworkPolicy and GlobalNetworkPolicy,
-ClusterNetworkPolicy with either DNS tier) for every ordered pair of
-pods and a few ports. The outcome must equal :func:`promised`, which says
-what the switches' names promise and is written from their names alone, not from the templates:
+ClusterNetworkPolicy with either DNS tier; the NetworkPolicy flavor in both layouts, Separate
+and Compact) for every ordered pair of pods and a few ports. The outcome must equal
+:func:`promised`, which says what the switches' names promise and is written from their names
+alone, not from the templates:
 
 * a direction whose deny is off is open;
 * a denied direction admits exactly what an enabled allow names: DNS (UDP and TCP 53 to the DNS
@@ -44,6 +45,7 @@ PORTS = (("UDP", 53), ("TCP", 53), ("TCP", 8080), ("UDP", 5353))
 CALICO = "CalicoGlobalNetworkPolicy"
 CALICO_NAMESPACED = "CalicoNetworkPolicy"
 CNP = "ClusterNetworkPolicy"
+COMPACT = "Compact"
 
 
 @dataclass(frozen=True)
@@ -58,11 +60,13 @@ class Switches:
     dns_namespace: str
     flavor: str = "NetworkPolicy"
     dns_tier: str = "Baseline"  # ClusterNetworkPolicy flavor only
+    layout: str = "Separate"  # NetworkPolicy flavor only
 
     def spec(self) -> dict[str, Any]:
         cluster = {"clusterNetworkPolicy": {"dnsTier": self.dns_tier}} if self.flavor == CNP else {}
         return {
             **cluster,
+            "layout": self.layout,
             "flavor": self.flavor,
             "policies": {
                 "denyAll": {"ingress": self.deny_ingress, "egress": self.deny_egress},
@@ -79,6 +83,11 @@ class Switches:
 COMBINATIONS = (
     [
         Switches(*flags, dns_namespace)
+        for flags in itertools.product((False, True), repeat=7)
+        for dns_namespace in ("kube-system", "coredns")
+    ]
+    + [  # the same promises from one dpo-baseline object per namespace
+        Switches(*flags, dns_namespace, layout=COMPACT)
         for flags in itertools.product((False, True), repeat=7)
         for dns_namespace in ("kube-system", "coredns")
     ]
@@ -172,7 +181,7 @@ def rendered(switches: Switches) -> list[dict[str, Any]]:
 
 def label(switches: Switches) -> str:
     on = [f.name for f in dataclasses.fields(switches) if getattr(switches, f.name) is True]
-    return "+".join([switches.flavor, *on, switches.dns_namespace])
+    return "+".join([switches.flavor, switches.layout, *on, switches.dns_namespace])
 
 
 @pytest.mark.parametrize("switches", COMBINATIONS, ids=label)
@@ -181,6 +190,9 @@ def test_every_combination_gives_the_connectivity_its_names_promise(switches: Sw
     assert all(p["kind"] == KINDS[switches.flavor] for p in policies)
     if switches.flavor in ("NetworkPolicy", CALICO_NAMESPACED):
         assert all(p["metadata"]["namespace"] == GOVERNED for p in policies)
+    if switches.layout == COMPACT:  # one object, or none when nothing is denied
+        names = [p["metadata"]["name"] for p in policies]
+        assert names == (["dpo-baseline"] if switches.deny_ingress or switches.deny_egress else [])
     evaluate = EVALUATORS[switches.flavor]
     everyone = pods(switches)
     labels: Mapping[str, Mapping[str, str]] = namespaces(switches)
@@ -195,5 +207,5 @@ def test_every_combination_gives_the_connectivity_its_names_promise(switches: Sw
 
 
 def test_the_matrix_covers_every_combination() -> None:
-    assert len(COMBINATIONS) == 2**7 * 2 * 2 + 2**5 * 2 + 2**5 * 2 * 2
+    assert len(COMBINATIONS) == 2**7 * 2 * 3 + 2**5 * 2 + 2**5 * 2 * 2
     assert len(set(COMBINATIONS)) == len(COMBINATIONS)

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from default_policy_operator.core.model import (
+    BASELINE_POLICY,
     BUILTIN_POLICIES,
     MAX_CUSTOM_POLICIES,
     MAX_EXCLUSIONS,
@@ -14,6 +15,7 @@ from default_policy_operator.core.model import (
     DeletionPolicy,
     Directions,
     Flavor,
+    Layout,
     Mode,
     Port,
     Profile,
@@ -415,3 +417,49 @@ def test_the_operator_decides_the_calico_api_version() -> None:
     assert "--calico-api-version" in str(info.value)
     agreeing = parse_profile(body, calico_api_version="projectcalico.org/v3")
     assert agreeing.calico_api_version == "projectcalico.org/v3"
+
+
+# -- layout -----------------------------------------------------------------------------------
+
+
+def test_layout_is_separate_by_default() -> None:
+    p = profile({"customPolicies": [{"name": "baseline", "template": TEMPLATE}]})
+    assert p.layout is Layout.SEPARATE
+    assert p.policy_names() == ("deny-all", "allow-dns", "allow-kube-system", "baseline")
+
+
+def test_compact_layout_wants_one_builtin_object_and_the_custom_policies() -> None:
+    p = profile({"layout": "Compact", "customPolicies": [{"name": "c", "template": TEMPLATE}]})
+    assert p.layout is Layout.COMPACT
+    assert p.builtin_names() == ("deny-all", "allow-dns", "allow-kube-system")
+    assert p.policy_names() == (BASELINE_POLICY, "c")
+
+
+def test_compact_layout_without_deny_all_wants_no_builtin_object() -> None:
+    """With nothing denied no allow takes effect: there is nothing for dpo-baseline to carry."""
+    p = profile({"layout": "Compact", "policies": {"denyAll": {"enabled": False}}})
+    assert p.builtin_names() == ()
+    assert p.policy_names() == ()
+
+
+@pytest.mark.parametrize("flavor", [f for f in Flavor if f is not Flavor.NETWORK_POLICY], ids=str)
+def test_compact_layout_needs_the_network_policy_flavor(flavor: Flavor) -> None:
+    (found,) = problems({"layout": "Compact", "flavor": str(flavor)})
+    assert found.startswith(f"spec.layout Compact needs the NetworkPolicy flavor, not {flavor}")
+
+
+def test_separate_layout_is_fine_with_every_flavor() -> None:
+    for flavor in Flavor:
+        assert profile({"layout": "Separate", "flavor": str(flavor)}).layout is Layout.SEPARATE
+
+
+def test_compact_layout_reserves_the_baseline_name() -> None:
+    (found,) = problems(
+        {"layout": "Compact", "customPolicies": [{"name": "baseline", "template": TEMPLATE}]}
+    )
+    assert "'baseline' is reserved for the built-in policies in layout Compact" in found
+
+
+def test_unknown_layout() -> None:
+    (found,) = problems({"layout": "Tight"})
+    assert found == "spec.layout must be one of Separate, Compact, not 'Tight'"

@@ -39,7 +39,7 @@ from tests.packets import (
     timed,
     wait_reconciled,
 )
-from tests.support import MANAGED, Api, OperatorProcess, wait_for
+from tests.support import MANAGED, Api, ApiStatus, OperatorProcess, wait_for
 
 pytestmark = [
     pytest.mark.e2e,
@@ -139,9 +139,10 @@ class Switches:
     same_ingress: bool = False
     same_egress: bool = False
 
-    def spec(self, selector: dict[str, Any]) -> dict[str, Any]:
+    def spec(self, selector: dict[str, Any], layout: str = "Separate") -> dict[str, Any]:
         return {
             "namespaceSelector": selector,
+            "layout": layout,
             "policies": {
                 "denyAll": {"ingress": self.deny_ingress, "egress": self.deny_egress},
                 "allowDNS": {"enabled": self.dns},
@@ -249,6 +250,51 @@ def test_switch_combination_matches_its_promise(
     }
     REPORT.setdefault("profile_write_to_enforced_s", []).append(round(latency, 3))
     assert seen == expected, table(expected, seen)
+
+
+#: A representative set for the Compact layout: every allow in a rule of dpo-baseline, egress
+#: open (dpo-baseline lists Ingress only), and deny-all with no allow at all.
+COMPACT_COMBINATIONS = ["same-namespace-on", "egress-deny-off", "dns-off"]
+
+
+@pytest.mark.parametrize("combination", COMPACT_COMBINATIONS)
+def test_compact_layout_lets_the_same_packets_through_as_separate(
+    api: Api, dataplane: Dataplane, switch_world: SwitchWorld, combination: str
+) -> None:
+    """The same profile, switched in place from Separate to Compact: the same verdict for every
+    flow, and the promised one."""
+    switches = COMBINATIONS[combination]
+    expected = {f: switches.promise(f, switch_world.governed) for f in switch_world.flows}
+    selector = {"matchLabels": {"dataplane": "switches"}}
+    seen = {}
+    for layout in ("Separate", "Compact"):
+        spec = switches.spec(selector, layout)
+        written = put_profile(api, "switches", spec)
+        wait_reconciled(api, "switches", governed=1)
+        wait_policies(api, [switch_world.governed], spec)
+        converge(dataplane, expected, since=written)
+        seen[layout] = observe(dataplane, switch_world.flows)
+    REPORT.setdefault("compact_layout", {})[combination] = {
+        str(flow): "OPEN" if open_ else "BLOCKED" for flow, open_ in seen["Compact"].items()
+    }
+    assert seen["Compact"] == seen["Separate"], table(seen["Separate"], seen["Compact"])
+    assert seen["Compact"] == expected, table(expected, seen["Compact"])
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"layout": "Compact", "flavor": "CalicoGlobalNetworkPolicy"},
+        {"layout": "Compact", "customPolicies": [{"name": "baseline", "template": "x"}]},
+    ],
+    ids=["other-flavor", "custom-named-baseline"],
+)
+def test_the_crd_refuses_what_compact_cannot_do(api: Api, spec: dict[str, Any]) -> None:
+    """The CEL rules say it before the operator would (with a ProfileError)."""
+    with pytest.raises(ApiStatus) as refused:
+        api.profile("compact-refused", spec)
+    assert refused.value.code == 422
+    assert "layout Compact" in refused.value.body
 
 
 # -- (b) the reference architecture's examples, as custom templates ----------------------------

@@ -23,6 +23,8 @@ MAX_EXCLUSIONS = 1000
 MAX_CUSTOM_POLICIES = 20
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 BUILTIN_POLICIES = ("deny-all", "allow-dns", "allow-kube-system", "allow-same-namespace")
+#: The one built-in policy of the Compact layout: deny-all and the allows in a single object.
+BASELINE_POLICY = "baseline"
 
 
 class Mode(StrEnum):
@@ -57,6 +59,19 @@ class Flavor(StrEnum):
     def calico(self) -> bool:
         """Calico's own kinds: ``order``, ``action``, Calico selectors, its API version."""
         return self in (Flavor.CALICO_NAMESPACED, Flavor.CALICO)
+
+
+class Layout(StrEnum):
+    """How the NetworkPolicy flavor lays the built-ins out in a namespace.
+
+    Separate: one object per built-in (``dpo-deny-all``, ``dpo-allow-dns``, ...), the names
+    users know and drift reported per policy. Compact: one ``dpo-baseline`` carrying them all
+    (NetworkPolicy rules are additive, so the connectivity is the same), one write instead of
+    up to four per namespace. Custom policies stay separate objects in both.
+    """
+
+    SEPARATE = "Separate"
+    COMPACT = "Compact"
 
 
 class DNSTier(StrEnum):
@@ -153,6 +168,7 @@ class Profile:
     mode: Mode = Mode.ENFORCE
     deletion_policy: DeletionPolicy = DeletionPolicy.DELETE
     flavor: Flavor = Flavor.NETWORK_POLICY
+    layout: Layout = Layout.SEPARATE
     calico_order: float = 2000
     calico_api_version: str = CALICO_API_VERSIONS[0]
     cluster: ClusterSettings = ClusterSettings()
@@ -197,9 +213,16 @@ class Profile:
 
     def policy_names(self) -> tuple[str, ...]:
         """Names of the policies this profile wants, built-ins first, in a stable order."""
+        names = list(self.builtin_names())
+        if self.layout is Layout.COMPACT and names:
+            names = [BASELINE_POLICY]  # one object carries them all (render: baseline template)
+        names.extend(c.name for c in self.custom_policies)
+        return tuple(names)
+
+    def builtin_names(self) -> tuple[str, ...]:
+        """The built-ins in force: deny-all if it denies anything, the allows that take effect."""
         names = ["deny-all"] if self.deny_all.enabled else []
         names.extend(p for p in BUILTIN_POLICIES[1:] if self.allows(p).enabled)
-        names.extend(c.name for c in self.custom_policies)
         return tuple(names)
 
 
@@ -408,6 +431,26 @@ def _parse_allow_dns(reader: _Reader, policies: Mapping[str, Any], default: Allo
     )
 
 
+def _parse_layout(
+    reader: _Reader, spec: Mapping[str, Any], flavor: Flavor, customs: Sequence[CustomPolicy]
+) -> Layout:
+    """``spec.layout``: Compact only for the NetworkPolicy flavor, and then the name
+    ``baseline`` belongs to the built-ins (``dpo-baseline`` is the object that carries them)."""
+    layout = Layout(reader.enum(spec, "layout", [x.value for x in Layout], Layout.SEPARATE))
+    if layout is Layout.COMPACT and flavor is not Flavor.NETWORK_POLICY:
+        reader.problems.append(
+            f"spec.layout Compact needs the NetworkPolicy flavor, not {flavor}: only Kubernetes "
+            "NetworkPolicies are laid out as one object per namespace (remove spec.layout or "
+            "set it to Separate)"
+        )
+    if layout is Layout.COMPACT and any(c.name == BASELINE_POLICY for c in customs):
+        reader.problems.append(
+            f"spec.customPolicies: the name {BASELINE_POLICY!r} is reserved for the built-in "
+            "policies in layout Compact (they are one object, dpo-baseline)"
+        )
+    return layout
+
+
 def parse_profile(
     obj: Mapping[str, Any],
     *,
@@ -446,6 +489,7 @@ def parse_profile(
             "namespace'"
         )
 
+    customs = _parse_custom(reader, spec.get("customPolicies"))
     profile = Profile(
         name=name,
         uid=str(metadata.get("uid", "")),
@@ -458,6 +502,7 @@ def parse_profile(
             reader.enum(spec, "deletionPolicy", [d.value for d in DeletionPolicy], "Delete")
         ),
         flavor=flavor,
+        layout=_parse_layout(reader, spec, flavor, customs),
         calico_order=order,
         calico_api_version=calico_api_version,
         cluster=_parse_cluster(reader, spec, cluster_api_version),
@@ -467,7 +512,7 @@ def parse_profile(
             policies, "allowKubeSystem", defaults.allow_kube_system, "spec.policies"
         ),
         allow_same_namespace=same_namespace,
-        custom_policies=_parse_custom(reader, spec.get("customPolicies")),
+        custom_policies=customs,
     )
     if reader.problems:
         raise ProfileError(reader.problems)

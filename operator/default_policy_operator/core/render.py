@@ -38,7 +38,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from default_policy_operator.core import calico_selector
 from default_policy_operator.core.governance import Namespace
-from default_policy_operator.core.model import DNSTier, Flavor, Profile
+from default_policy_operator.core.model import BASELINE_POLICY, DNSTier, Flavor, Profile
 from default_policy_operator.core.normalize import spec_hash
 from default_policy_operator.core.objects import (
     CLUSTER_NETWORK_POLICY,
@@ -577,6 +577,8 @@ def _params(profile: Profile, policy: str) -> dict[str, Any]:
         "denyPriority": profile.cluster.priority + 1,
         "dnsTier": str(profile.cluster.dns_tier),
     }
+    if policy == BASELINE_POLICY:
+        return _baseline_params(profile)
     if policy == "deny-all":
         deny = profile.deny_all
         types = _types(deny.ingress, deny.egress)
@@ -607,3 +609,23 @@ def _params(profile: Profile, policy: str) -> dict[str, Any]:
         "kubeSystemSelector": 'projectcalico.org/name == "kube-system"',
         **calico,
     }
+
+
+def _baseline_params(profile: Profile) -> dict[str, Any]:
+    """The Compact layout's one object: deny-all's directions, and each allow's parameters
+    with the directions it takes effect in (as its separate object would have them)."""
+    dns = profile.allow_dns
+    return {
+        "policyTypes": _types(profile.deny_all.ingress, profile.deny_all.egress),
+        "dns": profile.allows("allow-dns").egress,
+        "namespace": dns.namespace,
+        "podSelector": dns.pod_selector.as_k8s(),
+        "ports": [p.as_k8s() for p in dns.ports],
+        "kubeSystem": _directions(profile, "allow-kube-system"),
+        "sameNamespace": _directions(profile, "allow-same-namespace"),
+    }
+
+
+def _directions(profile: Profile, policy: str) -> dict[str, bool]:
+    directions = profile.allows(policy)
+    return {"ingress": directions.ingress, "egress": directions.egress}
