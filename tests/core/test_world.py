@@ -66,9 +66,18 @@ def apply(world: World, actions: list[Action]) -> None:
 
 
 def converge(world: World) -> None:
-    for name in list(world.namespaces) + sorted(world.namespaces_with_objects()):
-        apply(world, world.plan_namespace(name).actions)
-    apply(world, world.plan_calico().actions)
+    """Plan and apply every scope until nothing is left to write: a handover takes more than
+    one pass (the new cover lands before the old one goes)."""
+    for _ in range(5):
+        wrote = False
+        for name in list(world.namespaces) + sorted(world.namespaces_with_objects()):
+            actions = world.plan_namespace(name).actions
+            apply(world, actions)
+            wrote |= bool(actions)
+        actions = world.plan_calico().actions
+        apply(world, actions)
+        if not (wrote or actions):
+            return
 
 
 def no_actions_left(world: World) -> bool:
