@@ -374,17 +374,6 @@ def ensure_crd_deleted(api: Api) -> None:
     wait_for(lambda: crd_state(api) == "gone", timeout=60, what="the CRD to go")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "CRD deletion hangs while the operator runs: a terminating CRD's discovery drops "
-        "create/patch/update, kopf stops serving the resource ('Non-patchable resources will "
-        "not be served'), so handlers.profile_deleted never releases the finalizer and the CRD "
-        "stays terminating forever. Fix: release the finalizer from the reconciler, which already "
-        "sees deletionTimestamp through its informer (a patch removing FINALIZER after the "
-        "clean-up; patching CRs of a terminating CRD is allowed)"
-    ),
-)
 def test_deleting_the_crd_completes_while_the_operator_runs(
     cluster: Api, operator: OperatorProcess
 ) -> None:

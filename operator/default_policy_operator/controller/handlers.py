@@ -16,7 +16,6 @@ import kopf
 
 from default_policy_operator.controller.reconciler import Reconciler
 from default_policy_operator.core.labels import FINALIZER, GROUP, PLURAL, VERSION
-from default_policy_operator.core.model import DeletionPolicy
 from default_policy_operator.kube.credentials import Credentials
 
 log = logging.getLogger(__name__)
@@ -57,20 +56,10 @@ def build_registry(config: HandlerConfig, reconciler: Reconciler) -> kopf.Operat
 
     @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry)
     async def profile_deleted(name: str, **_: Any) -> None:
-        """Finalizer: remove (Delete) or release (Orphan) the profile's objects, then let go."""
-        await reconciler.synced.wait()
-        entry = reconciler.world.profiles.get(name)
-        if entry is not None and not entry.deleting:
-            # kopf may see the deletion before our informer does: stop governing right now.
-            entry.deleting = True
-            reconciler.world.set_profile(entry)
-        reconciler.profile_changed()
-        await reconciler.idle()
-        if entry is not None and entry.deletion_policy is DeletionPolicy.ORPHAN:
-            await reconciler.orphan(name)
-            return
-        remaining = reconciler.objects_of(name)
-        if remaining:
-            raise kopf.TemporaryError(f"waiting for {len(remaining)} object(s) to go", delay=1)
+        """Finalizer: remove (Delete) or release (Orphan) the profile's objects, then let go.
+
+        The reconciler runs the clean-up (``finalizer.py``) and removes the finalizer itself
+        too, which also works while the CRD is being deleted and kopf no longer serves it."""
+        await reconciler.finalizer.wait(name)
 
     return registry

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from default_policy_operator import metrics
+from default_policy_operator.controller.finalizer import Finalizer
 from default_policy_operator.controller.repairs import (
     ConflictTracker,
     Drift,
@@ -136,6 +137,7 @@ class Reconciler:
         self._bulk_renders = 0  # bulk render requests in flight
         self._landed: set[str] = set()  # bulk scopes whose renders are back, to plan
         self.informers: list[Informer] = []  # set by the runtime; relisted by resync()
+        self.finalizer = Finalizer(self)
         #: set by the runtime with --audit-reports: findings published as policy reports
         self.reports: ReportPublisher | None = None
 
@@ -197,6 +199,7 @@ class Reconciler:
         if event_type == "DELETED":
             self.world.remove_profile(name)
             self.status.forget(name)
+            self.finalizer.forget(name)
             self.profile_changed()
             return
         # Our own status writes come back here too: only a new generation or a deletion
@@ -204,6 +207,8 @@ class Reconciler:
         before = self.world.profiles.get(name)
         entry = self.world.update_profile(body)
         self._record_if_due(entry)
+        if entry.deleting:
+            self.finalizer.start(name)
         if entry is before:
             return
         self._rolling.add(entry.name)

@@ -1,0 +1,94 @@
+"""The profile finalizer's clean-up, run by the reconciler itself.
+
+kopf's ``on.delete`` handler used to do it all, but kopf stops serving a resource whose CRD is
+being deleted (its discovery no longer lists patch), so deleting the CRD while the operator ran
+left every profile -- and the CRD -- terminating for ever. The reconciler sees a profile's
+``deletionTimestamp`` through its own informer, so it cleans up (Delete: the planner removes the
+objects; Orphan: they are released) and then removes the finalizer with a JSON patch guarded by
+a ``test`` of the entry it removes. kopf's handler waits for the same clean-up, so the work is
+done once; whichever removes the finalizer first wins, and the other finds it gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from default_policy_operator.core.labels import FINALIZER
+from default_policy_operator.core.model import DeletionPolicy
+from default_policy_operator.kube.client import PROFILES, ApiError
+
+if TYPE_CHECKING:
+    from default_policy_operator.controller.reconciler import Reconciler
+
+log = logging.getLogger(__name__)
+
+RELEASE_RETRY = 1.0  # seconds between checks that the profile's objects are gone
+
+
+class Finalizer:
+    """One clean-up task per deleted profile, shared by the reconciler and kopf's handler."""
+
+    def __init__(self, reconciler: Reconciler) -> None:
+        self.reconciler = reconciler
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def start(self, name: str) -> asyncio.Task[None]:
+        """Begin cleaning up ``name`` (once; a later call returns the same task)."""
+        task = self._tasks.get(name)
+        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+            task = self._tasks[name] = asyncio.ensure_future(self._run(name))
+        return task
+
+    async def wait(self, name: str) -> None:
+        """kopf's handler: the clean-up of ``name``, whoever started it."""
+        await asyncio.shield(self.start(name))
+
+    def forget(self, name: str) -> None:
+        """The profile is gone: nothing more to clean up (a name used again starts afresh)."""
+        task = self._tasks.pop(name, None)
+        if task is not None and not task.done():
+            task.cancel()
+
+    async def _run(self, name: str) -> None:
+        reconciler = self.reconciler
+        await reconciler.synced.wait()
+        entry = reconciler.world.profiles.get(name)
+        if entry is not None and not entry.deleting:
+            # kopf may see the deletion before our informer does: stop governing right now.
+            entry.deleting = True
+            reconciler.world.set_profile(entry)
+        reconciler.profile_changed()
+        await reconciler.idle()
+        if entry is not None and entry.deletion_policy is DeletionPolicy.ORPHAN:
+            await reconciler.orphan(name)
+        else:
+            while reconciler.objects_of(name):
+                await asyncio.sleep(RELEASE_RETRY)
+                await reconciler.idle()
+        await self._release(name)
+
+    async def _release(self, name: str) -> None:
+        """Remove our finalizer from the profile as the informer last saw it; a ``test`` op
+        makes a stale view fail (422) instead of removing someone else's finalizer."""
+        while (entry := self.reconciler.world.profiles.get(name)) is not None:
+            finalizers: list[Any] = list(entry.metadata.get("finalizers") or [])
+            if FINALIZER not in finalizers:
+                return
+            index = finalizers.index(FINALIZER)
+            path = f"/metadata/finalizers/{index}"
+            patch = [
+                {"op": "test", "path": path, "value": FINALIZER},
+                {"op": "remove", "path": path},
+            ]
+            try:
+                await self.reconciler.api.patch(
+                    PROFILES, name, patch, patch_type="application/json-patch+json"
+                )
+                return
+            except ApiError as exc:
+                if exc.status == 404:
+                    return
+                log.debug("releasing the finalizer of %s: %s; trying again", name, exc)
+                await asyncio.sleep(RELEASE_RETRY)
