@@ -488,12 +488,18 @@ DEMO_PODS = (
 )
 
 
-def up(workdir: Path, log: Log = _stderr_log) -> Dataplane:
-    """Start the dataplane and :data:`DEMO_PODS` against the cluster in ``workdir``.
+def up(workdir: Path, log: Log = _stderr_log, engine: str = "kube-router") -> Dataplane:
+    """Start the dataplane (``engine``: kube-router, or Calico Felix) and :data:`DEMO_PODS`
+    against the cluster in ``workdir``.
 
     The processes run in their own sessions and outlive the caller; :func:`down` removes them.
     """
-    plane = Dataplane(workdir / "kubeconfig", workdir, log=log)
+    kind: type[Dataplane] = Dataplane
+    if engine == "calico":
+        from dpo_dev.felix_dataplane import FelixDataplane  # imports this module
+
+        kind = FelixDataplane
+    plane = kind(workdir / "kubeconfig", workdir, log=log)
     plane.start()
     try:
         for namespace in sorted({ns for ns, _, _ in DEMO_PODS} - {"kube-system"}):
@@ -523,11 +529,20 @@ def probe_from_state(workdir: Path, source: str, destination: str, protocol: str
 
 def add_parser(sub: Any) -> None:
     """The ``dataplane up|down|probe`` subcommand of ``python -m dpo_dev``."""
-    parser = sub.add_parser("dataplane", help="kube-router + pods as network namespaces")
+    parser = sub.add_parser(
+        "dataplane", help="kube-router or Calico Felix + pods as network namespaces"
+    )
     actions = parser.add_subparsers(dest="action", required=True)
     for name, text in (("up", "start it"), ("down", "remove it"), ("probe", "one fresh flow")):
         action = actions.add_parser(name, help=text)
         action.add_argument("--dir", default=".dpo-cluster", help="the cluster's state directory")
+        if name == "up":
+            action.add_argument(
+                "--engine",
+                choices=["kube-router", "calico"],
+                default="kube-router",
+                help="the policy engine: kube-router, or Calico Felix (v3.31.0)",
+            )
         if name == "probe":
             action.add_argument("source", help="namespace/pod")
             action.add_argument("destination", help="namespace/pod")
@@ -537,7 +552,7 @@ def add_parser(sub: Any) -> None:
 
 def main(args: Any, workdir: Path) -> int:
     if args.action == "up":
-        plane = up(workdir)
+        plane = up(workdir, engine=args.engine)
         for pod in plane.pods.values():
             print(f"{pod.identity:32} {pod.ip:15} {pod.netns}")
         return 0

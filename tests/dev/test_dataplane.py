@@ -31,6 +31,13 @@ def _running(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] != "Z"
 
 
+def _command(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
 def _host_state() -> tuple[str, str]:
     """The host's own filter rules and interface names."""
     rules = subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout
@@ -39,19 +46,22 @@ def _host_state() -> tuple[str, str]:
     return rules, "\n".join(sorted(line.split(":")[1] for line in links.splitlines()))
 
 
-def test_up_probe_down_leaves_nothing_behind(tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ["kube-router", "calico"])
+def test_up_probe_down_leaves_nothing_behind(tmp_path: Path, engine: str) -> None:
     host_before = _host_state()
     with ControlPlane(tmp_path / "plane") as plane:
-        topology = dataplane.up(plane.workdir)
+        topology = dataplane.up(plane.workdir, engine=engine)
         prefix = topology.prefix
         created = netns.names(prefix)
         assert len(created) == 1 + len(dataplane.DEMO_PODS)
         pids = [pid for name in created for pid in netns.pids(name)]
-        assert len(pids) >= 2 + len(dataplane.DEMO_PODS)  # kube-router, forwarder, responders
+        assert len(pids) >= 2 + len(dataplane.DEMO_PODS)  # the engine, forwarder, responders
         assert _host_state() == host_before
         flow = ("dataplane-b/client", "dataplane-a/web")
         assert dataplane.probe_from_state(plane.workdir, *flow, "TCP", 80) is Outcome.OPEN
         assert dataplane.probe_from_state(plane.workdir, *flow, "TCP", 1) is Outcome.REFUSED
+        if engine == "calico":
+            assert any("calico-felix" in _command(pid) for pid in pids), "Felix is not running"
 
         assert dataplane.down(plane.workdir)
         assert netns.names(prefix) == []
