@@ -733,3 +733,24 @@ def test_calico_selector_leaves_out_the_dns_namespace() -> None:
     selector = to_text(world.calico_selector(cal))
     assert not evaluate(selector, calico_labels(world.namespaces["coredns"]))
     assert evaluate(selector, calico_labels(world.namespaces["web"]))
+
+
+def test_a_calico_profile_with_a_conflict_still_removes_a_policy_it_dropped() -> None:
+    """Review find: the cover check counted a key held by a foreign object, which never goes
+    live as ours, so a profile in conflict could never delete a policy it no longer has."""
+    world = make_world(ns("web", env="prod"))
+    world.update_profile(profile_body("cal", flavor=CALICO))
+    conflicted = ObjectKey(GLOBAL_NETWORK_POLICY, "", "default.dpo-3-cal-allow-dns")
+    world.conflicts[conflicted] = "exists and was not created by the operator"
+    world.blocked = {conflicted}
+    converge(world)
+    assert conflicted not in world.objects
+    dropped = ObjectKey(GLOBAL_NETWORK_POLICY, "", "default.dpo-3-cal-allow-kube-system")
+    assert dropped in world.objects
+    world.update_profile(
+        profile_body(
+            "cal", generation=2, flavor=CALICO, policies={"allowKubeSystem": {"enabled": False}}
+        )
+    )
+    converge(world)
+    assert dropped not in world.objects

@@ -479,7 +479,11 @@ class World:
         """
         if not profile.enforcing or namespace not in self.calico_covered.get(profile.name, ()):
             return False  # staged objects are no cover
-        keys = [k for k, owner in self._calico_owner.items() if owner == profile.name]
+        keys = [  # a name a foreign object holds is never ours to wait for (a conflict)
+            k
+            for k, owner in self._calico_owner.items()
+            if owner == profile.name and k not in self.conflicts
+        ]
         return bool(keys) and all(
             k in self.objects and self.objects[k].spec_hash == self._calico_hashes[k] for k in keys
         )
