@@ -7,13 +7,8 @@ flavor, and the objects it would create are evaluated by the reference evaluator
 ``tests/netpol.py`` (NetworkPolicy, Calico NetworkPolicy and GlobalNetworkPolicy,
 ClusterNetworkPolicy with either DNS tier; the NetworkPolicy flavor in both layouts, Separate
 and Compact) for every ordered pair of pods and a few ports. The outcome must equal
-:func:`promised`, which says what the switches' names promise and is written from their names
-alone, not from the templates:
-
-* a direction whose deny is off is open;
-* a denied direction admits exactly what an enabled allow names: DNS (UDP and TCP 53 to the DNS
-  pods), kube-system (any port, from or to any kube-system pod), the same namespace;
-* nothing outside the governed namespace is restricted.
+:func:`promised` (``tests/switches.py``, shared with the Felix packet tests), which says what
+the switches' names promise, written from their names alone, not from the templates.
 """
 
 from __future__ import annotations
@@ -21,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -37,48 +31,14 @@ from tests.netpol import (
     calico_namespaced_allowed,
     cluster_allowed,
 )
+from tests.switches import CNP, DNS_LABELS, Switches, promised
 
 GOVERNED = "team-a"
 OTHER = "team-b"  # exempt: a namespace no profile governs
-DNS_LABELS = {"k8s-app": "kube-dns"}
 PORTS = (("UDP", 53), ("TCP", 53), ("TCP", 8080), ("UDP", 5353))
 CALICO = "CalicoGlobalNetworkPolicy"
 CALICO_NAMESPACED = "CalicoNetworkPolicy"
-CNP = "ClusterNetworkPolicy"
 COMPACT = "Compact"
-
-
-@dataclass(frozen=True)
-class Switches:
-    deny_ingress: bool
-    deny_egress: bool
-    dns: bool
-    kube_system_ingress: bool
-    kube_system_egress: bool
-    same_ingress: bool
-    same_egress: bool
-    dns_namespace: str
-    flavor: str = "NetworkPolicy"
-    dns_tier: str = "Baseline"  # ClusterNetworkPolicy flavor only
-    layout: str = "Separate"  # NetworkPolicy flavor only
-
-    def spec(self) -> dict[str, Any]:
-        cluster = {"clusterNetworkPolicy": {"dnsTier": self.dns_tier}} if self.flavor == CNP else {}
-        return {
-            **cluster,
-            "layout": self.layout,
-            "flavor": self.flavor,
-            "policies": {
-                "denyAll": {"ingress": self.deny_ingress, "egress": self.deny_egress},
-                "allowDNS": {"enabled": self.dns, "namespace": self.dns_namespace},
-                "allowKubeSystem": {
-                    "ingress": self.kube_system_ingress,
-                    "egress": self.kube_system_egress,
-                },
-                "allowSameNamespace": {"ingress": self.same_ingress, "egress": self.same_egress},
-            },
-        }
-
 
 COMBINATIONS = (
     [
@@ -132,29 +92,6 @@ def pods(switches: Switches) -> dict[str, Pod]:
     }
 
 
-def promised(switches: Switches, source: Pod, destination: Pod, protocol: str, port: int) -> bool:
-    """What the switch names promise, from the names alone."""
-    egress = True
-    if source.namespace == GOVERNED and switches.deny_egress:
-        to_dns = (
-            destination.namespace == switches.dns_namespace
-            and dict(destination.labels) == DNS_LABELS
-            and port == 53
-            and protocol in ("UDP", "TCP")
-        )
-        egress = (
-            (switches.dns and to_dns)
-            or (switches.kube_system_egress and destination.namespace == "kube-system")
-            or (switches.same_egress and destination.namespace == GOVERNED)
-        )
-    ingress = True
-    if destination.namespace == GOVERNED and switches.deny_ingress:
-        ingress = (switches.kube_system_ingress and source.namespace == "kube-system") or (
-            switches.same_ingress and source.namespace == GOVERNED
-        )
-    return egress and ingress
-
-
 def namespaces(switches: Switches) -> dict[str, dict[str, str]]:
     """The cluster's namespaces and their labels (as the API server sets them)."""
     names = {GOVERNED: {}, OTHER: {EXEMPT_LABEL: "true"}, "kube-system": {}}
@@ -201,7 +138,7 @@ def test_every_combination_gives_the_connectivity_its_names_promise(switches: Sw
         for (a, source), (b, destination) in itertools.permutations(everyone.items(), 2)
         for protocol, port in PORTS
         if (got := evaluate(policies, source, destination, protocol, port, labels))
-        is not promised(switches, source, destination, protocol, port)
+        is not promised(switches, GOVERNED, source, destination, protocol, port)
     ]
     assert not wrong, wrong
 
