@@ -754,3 +754,23 @@ def test_a_calico_profile_with_a_conflict_still_removes_a_policy_it_dropped() ->
     )
     converge(world)
     assert dropped not in world.objects
+
+
+def test_a_calico_profile_switched_to_no_policies_removes_its_objects() -> None:
+    """Found by the Felix switch matrix: with every built-in off, the profile wanted nothing,
+    its cover check waited for objects it would never have, and the old deny-all stayed."""
+    world = make_world(ns("team-a", env="prod"), ns("kube-system"))
+    selector = {"matchLabels": {"env": "prod"}}
+    world.update_profile(profile_body("p", 1, namespaceSelector=selector, flavor=CALICO))
+    converge(world)
+    assert world.calico_objects()
+    off = {
+        "denyAll": {"ingress": False, "egress": False},
+        "allowDNS": {"enabled": False},
+        "allowKubeSystem": {"ingress": False, "egress": False},
+    }
+    world.update_profile(
+        profile_body("p", 2, namespaceSelector=selector, flavor=CALICO, policies=off)
+    )
+    converge(world)
+    assert world.calico_objects() == {}

@@ -479,6 +479,8 @@ class World:
         """
         if not profile.enforcing or namespace not in self.calico_covered.get(profile.name, ()):
             return False  # staged objects are no cover
+        if not profile.policy_names():
+            return True  # it wants nothing here: nothing to wait for
         keys = [  # a name a foreign object holds is never ours to wait for (a conflict)
             k
             for k, owner in self._calico_owner.items()
