@@ -7,11 +7,13 @@ Staged objects (mode Stage) enforce nothing and count for nothing here.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from hypothesis import strategies as st
 
 from default_policy_operator.core.labels import CALICO_NAME_LABEL, NAMESPACE_NAME_LABEL
+from default_policy_operator.core.model import Flavor
 from default_policy_operator.core.normalize import state_of
 from default_policy_operator.core.objects import (
     CALICO_NETWORK_POLICY,
@@ -26,6 +28,12 @@ from tests.calico_selector import evaluate
 from tests.netpol import selector_matches
 
 TEAM = "team-a"
+KIND_OF = {
+    Flavor.NETWORK_POLICY: NETWORK_POLICY,
+    Flavor.CALICO_NAMESPACED: CALICO_NETWORK_POLICY,
+    Flavor.CALICO: GLOBAL_NETWORK_POLICY,
+    Flavor.CLUSTER_NETWORK_POLICY: CLUSTER_NETWORK_POLICY,
+}
 LABELS = {NAMESPACE_NAME_LABEL: TEAM, CALICO_NAME_LABEL: TEAM, "env": "prod"}
 
 
@@ -46,22 +54,7 @@ class Cluster:
             self.world.set_object(state_of(action.body))
 
     def denies_all(self) -> bool:
-        for key, body in self.live.items():
-            # the Compact layout's dpo-baseline is a deny-all for the directions it lists
-            baseline = key.name.endswith("baseline") and body["spec"].get("policyTypes")
-            if not (key.name.endswith("deny-all") or baseline):
-                continue
-            if key.kind in (NETWORK_POLICY, CALICO_NETWORK_POLICY) and key.namespace == TEAM:
-                return True
-            if key.kind == GLOBAL_NETWORK_POLICY and evaluate(
-                body["spec"]["namespaceSelector"], LABELS
-            ):
-                return True
-            if key.kind == CLUSTER_NETWORK_POLICY and selector_matches(
-                body["spec"]["subject"]["namespaces"], LABELS
-            ):
-                return True
-        return False
+        return denies_all(self.live)
 
     def kinds(self) -> set[str]:
         return {key.kind for key in self.live}
@@ -80,3 +73,27 @@ def step(cluster: Cluster, data: st.DataObject, *, check: bool) -> bool:
             if check:
                 assert cluster.denies_all(), f"no deny-all after {action.verb} {action.key}"
     return wrote
+
+
+def denies_all(live: Mapping[ObjectKey, Mapping[str, Any]]) -> bool:
+    """Whether a deny-all selecting the team namespace is among ``live``."""
+    return any(_in_force(key, body, "deny-all") for key, body in live.items())
+
+
+def allows_dns(live: Mapping[ObjectKey, Mapping[str, Any]]) -> bool:
+    """Whether an allow-dns selecting the team namespace is among ``live``."""
+    return any(_in_force(key, body, "allow-dns") for key, body in live.items())
+
+
+def _in_force(key: ObjectKey, body: Mapping[str, Any], policy: str) -> bool:
+    # the Compact layout's dpo-baseline is a deny-all for the directions it lists
+    baseline = key.name.endswith("baseline") and body["spec"].get("policyTypes")
+    if not (key.name.endswith(policy) or (baseline and policy == "deny-all")):
+        return False
+    if key.kind in (NETWORK_POLICY, CALICO_NETWORK_POLICY):
+        return key.namespace == TEAM
+    if key.kind == GLOBAL_NETWORK_POLICY:
+        return evaluate(body["spec"]["namespaceSelector"], LABELS)
+    if key.kind == CLUSTER_NETWORK_POLICY:
+        return selector_matches(body["spec"]["subject"]["namespaces"], LABELS)
+    return False

@@ -179,6 +179,7 @@ def test_values_reach_the_objects(helm_env: dict[str, str]) -> None:
         "operator.workers=8",
         "operator.resyncPeriod=120",
         "operator.watchTimeout=30",
+        "operator.handoverSettle=0",
         "operator.logFormat=text",
         "operator.calicoApiVersion=projectcalico.org/v3",
         "commonLabels.team=platform",
@@ -193,7 +194,8 @@ def test_values_reach_the_objects(helm_env: dict[str, str]) -> None:
     assert container["image"].endswith(":1.2.3")
     assert container["args"] == [
         "--namespace=$(POD_NAMESPACE)", "--log-format=text", "--resync-period=120",
-        "--workers=8", "--watch-timeout=30", "--calico-api-version=projectcalico.org/v3",
+        "--workers=8", "--handover-settle=0", "--watch-timeout=30",
+        "--calico-api-version=projectcalico.org/v3",
         "--leader-elect",
     ]  # fmt: skip
     assert spec["template"]["metadata"]["annotations"] == {"example.com/note": "hi"}

@@ -21,21 +21,9 @@ from hypothesis import strategies as st
 from default_policy_operator.core.governance import Namespace, protected_namespaces
 from default_policy_operator.core.labels import NAMESPACE_NAME_LABEL
 from default_policy_operator.core.model import Flavor
-from default_policy_operator.core.objects import (
-    CALICO_NETWORK_POLICY,
-    CLUSTER_NETWORK_POLICY,
-    GLOBAL_NETWORK_POLICY,
-    NETWORK_POLICY,
-)
-from tests.handover import TEAM, Cluster, step
+from tests.handover import KIND_OF, TEAM, Cluster, step
 from tests.inline_render import InlineWorld
 
-KIND_OF = {
-    Flavor.NETWORK_POLICY: NETWORK_POLICY,
-    Flavor.CALICO_NAMESPACED: CALICO_NETWORK_POLICY,
-    Flavor.CALICO: GLOBAL_NETWORK_POLICY,
-    Flavor.CLUSTER_NETWORK_POLICY: CLUSTER_NETWORK_POLICY,
-}
 PAIRS = list(itertools.permutations(Flavor, 2))
 
 

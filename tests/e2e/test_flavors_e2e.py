@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import json
 import threading
+import time
 import urllib.parse
 import urllib.request
 from typing import Any
@@ -48,6 +49,7 @@ FLAVORS = (
     "ClusterNetworkPolicy",
 )
 BUILTINS = ("deny-all", "allow-dns", "allow-kube-system")
+HANDOVER_SETTLE = 3.0  # dpo run's default
 
 
 @pytest.fixture
@@ -72,7 +74,8 @@ class History:
         for path, page in zip(self.paths, listed, strict=True):
             for item in page["items"]:
                 self.live[path, item["metadata"]["name"]] = item
-        self.events: list[tuple[int, str, str, dict[str, Any]]] = []
+        #: (resourceVersion, event type, path, object, monotonic time received)
+        self.events: list[tuple[int, str, str, dict[str, Any], float]] = []
         self._lock = threading.Lock()
         self._ended = {path: threading.Event() for path in self.paths}
         self._threads = [
@@ -94,7 +97,7 @@ class History:
                     return
                 with self._lock:
                     version = int(body["metadata"]["resourceVersion"])
-                    self.events.append((version, event["type"], path, body))
+                    self.events.append((version, event["type"], path, body, time.monotonic()))
 
     def end(self) -> None:
         """Mark the end of each stream with an object of its kind, and wait for the marks."""
@@ -120,7 +123,7 @@ class History:
     def uncovered(self) -> tuple[int, list[int]]:
         """Replay the history: (events replayed, resourceVersions after which nothing denied)."""
         gaps = []
-        for version, kind, path, body in sorted(self.events, key=lambda e: e[0]):
+        for version, kind, path, body, _ in sorted(self.events, key=lambda e: e[0]):
             key = (path, body["metadata"]["name"])
             if kind == "DELETED":
                 self.live.pop(key, None)
@@ -129,6 +132,15 @@ class History:
             if not self.covered():
                 gaps.append(version)
         return len(self.events), gaps
+
+    def settled_for(self) -> float:
+        """Seconds between the last write of the new kinds and the first delete of the old
+        kind: how long the new cover had been live before the old one started to go."""
+        ordered = sorted(self.events, key=lambda e: e[0])
+        first_delete = next(e for e in ordered if e[1] == "DELETED")
+        old_path = first_delete[2]
+        before = [e for e in ordered if e[0] < first_delete[0] and e[2] != old_path]
+        return first_delete[4] - max(e[4] for e in before)
 
     def covered(self) -> bool:
         nps, cnps, gnps, knps = self.paths
@@ -235,9 +247,16 @@ def test_a_flavor_switch_keeps_a_deny_all_in_force(
     wait_for(lambda: flavor_in_place(api, tag, namespace, after), what=f"{after} in place")
     history.end()
     replayed, gaps = history.uncovered()
-    print(f"\n{before} -> {after}: {replayed} events replayed, {len(gaps)} without a deny-all")
+    settled = history.settled_for()
+    print(
+        f"\n{before} -> {after}: {replayed} events replayed, {len(gaps)} without a deny-all, "
+        f"the new cover live {settled:.2f} s before the old one started to go"
+    )
     assert replayed >= 6, "the switch should have created and deleted three objects each"
     assert gaps == [], f"no deny-all in force after resourceVersion(s) {gaps}"
+    # engines watch each kind on its own stream: the new one gets --handover-settle (3 s) to
+    # reach them first (less a margin for when this test's watches deliver)
+    assert settled > HANDOVER_SETTLE - 0.5, f"the old cover went {settled:.2f} s after the new"
 
 
 def test_cluster_network_policies_select_exactly_the_governed_namespaces(

@@ -75,6 +75,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         resync_period=args.resync_period,
         watch_timeout=args.watch_timeout,
         workers=args.workers,
+        handover_settle=args.handover_settle,
         calico_api_version=args.calico_api_version,
         cluster_api_version=args.cluster_network_policy_api_version,
         audit_reports=args.audit_reports,
@@ -195,6 +196,14 @@ def _add_run(add_parser: AddParser) -> None:
         help="seconds before a watch is renewed; liveness fails after 3 without any word",
     )
     run.add_argument("--workers", type=int, default=32, help="concurrent API writes")
+    run.add_argument(
+        "--handover-settle",
+        type=float,
+        default=3.0,
+        help="seconds a new cover of another kind (a flavor switch, a handover between "
+        "namespaced and cluster-scoped policies) is live before the old one is removed; policy "
+        "engines watch each kind separately and may apply a delete before an earlier create",
+    )
     run.add_argument(
         "--calico-api-version",
         default="crd.projectcalico.org/v1",

@@ -481,6 +481,8 @@ class Reconciler:
             return
         if result.withheld:
             self._replan.add(scope)  # the deletes come once the new cover has landed
+        if result.retry_in is not None:
+            self._schedule(result.retry_in, scope)  # ... and has settled
         for action, drift in self._admit(result, scope):
             if action.key in self._inflight:
                 self._replan.add(scope)  # decide again once that write has landed

@@ -61,6 +61,8 @@ class RunOptions:
     resync_period: float = 600.0
     watch_timeout: int = 60
     workers: int = 32
+    #: ``--handover-settle``: seconds a new cover of another kind is live before the old goes
+    handover_settle: float = 3.0
     calico_api_version: str = "crd.projectcalico.org/v1"
     cluster_api_version: str = CLUSTER_POLICY_APIS[0]
     #: ``--audit-reports``: publish Audit findings as OpenReports / PolicyReports
@@ -210,6 +212,7 @@ def _build_reconciler(options: RunOptions, api: KubeApi, pool: RenderPool) -> Re
         protected_namespaces(options.namespace),
         calico_api_version=options.calico_api_version,
         cluster_api_version=options.cluster_api_version,
+        handover_settle=options.handover_settle,
     )
     reconciler = Reconciler(world, api, settings, pool)
     if options.audit_reports:

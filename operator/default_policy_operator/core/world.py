@@ -16,8 +16,9 @@ the profile version and the namespace's name, labels and annotations (all a temp
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,7 +65,14 @@ from default_policy_operator.core.objects import (
     copy_tree,
     object_key,
 )
-from default_policy_operator.core.plan import Action, Desired, merge_desired, plan, writes_first
+from default_policy_operator.core.plan import (
+    Action,
+    Desired,
+    Verb,
+    merge_desired,
+    plan,
+    writes_first,
+)
 from default_policy_operator.core.render import (
     ProfileRender,
     RenderError,
@@ -141,6 +149,8 @@ class ScopePlan:
     withheld: bool = False
     #: renders the plan needs are missing (see World.missing_renders): nothing was planned
     incomplete: bool = False
+    #: seconds until a new cover has settled (see ``World.handover_settle``): plan again then
+    retry_in: float | None = None
 
 
 @dataclass
@@ -169,7 +179,20 @@ class World:
         *,
         calico_api_version: str = CALICO_API_VERSIONS[0],
         cluster_api_version: str = CLUSTER_POLICY_APIS[0],
+        handover_settle: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        #: Seconds a new cover of another kind must have been live before the old one goes.
+        #: A policy engine watches each kind on its own stream: order holds within a stream,
+        #: not across streams, so an engine may see the old kind's delete before the new
+        #: kind's create (Felix was seen to drop a DNS answer that way). Within one kind the
+        #: stream's order is enough and nothing waits.
+        self.handover_settle = handover_settle
+        self.clock = clock
+        #: when each object's current spec was first seen (see :meth:`set_object`)
+        self._since: dict[ObjectKey, float] = {}
+        #: the soonest a cover now settling will have settled, for the plan being made
+        self._settling: float | None = None
         #: the fixed protected set (system and operator namespaces); see :attr:`protected`
         self.base_protected = protected
         #: the operator's Calico API: every profile's Calico objects are written in it
@@ -321,12 +344,16 @@ class World:
             del self._rendered[key]
 
     def set_object(self, state: ObjectState) -> None:
+        previous = self.objects.get(state.key)
+        if previous is None or previous.spec_hash != state.spec_hash:
+            self._since[state.key] = self.clock()
         self.objects[state.key] = state
         if state.key.namespace:
             self._by_namespace.setdefault(state.key.namespace, set()).add(state.key)
 
     def remove_object(self, key: ObjectKey) -> None:
         self.objects.pop(key, None)
+        self._since.pop(key, None)
         keys = self._by_namespace.get(key.namespace)
         if keys is not None:
             keys.discard(key)
@@ -423,6 +450,7 @@ class World:
         otherwise, so a Calico selector does not change for a namespace on its way out.
         """
         result = ScopePlan()
+        self._settling = None
         namespace = self.namespaces.get(name)
         if namespace is not None and namespace.terminating:
             return result
@@ -464,18 +492,45 @@ class World:
         result.desired_keys = set(desired)
         actions = plan(desired, actual, may_delete=may_delete, blocked=self.blocked)
         result.actions, result.withheld = writes_first(actions)
+        if not result.withheld:
+            result.actions = self._once_settled(result.actions, cover=desired)
         calico = governor if governor is not None and not governor.flavor.namespaced else None
         if calico is not None and result.actions and not self.calico_covers(calico, name):
             result.actions, result.withheld = [], True
             self.waiting_for_calico.add(name)
+        result.retry_in = self._settling
         return result
 
-    def calico_covers(self, profile: Profile, namespace: str) -> bool:
+    def _once_settled(self, actions: list[Action], cover: Collection[ObjectKey]) -> list[Action]:
+        """The actions, less the deletes whose cover of another kind has not settled yet."""
+        return [
+            action
+            for action in actions
+            if action.verb is not Verb.DELETE
+            or self._settled([k for k in cover if k in self.objects], action.key.kind)
+        ]
+
+    def _settled(self, keys: Collection[ObjectKey], removing: str | None = None) -> bool:
+        """Whether each of ``keys`` not of kind ``removing`` (the kind the cover replaces)
+        has been live with its spec for ``handover_settle`` seconds; if not, when it will have
+        is noted for the plan (``ScopePlan.retry_in``)."""
+        if not self.handover_settle:
+            return True
+        now = self.clock()
+        ages = (self._since.get(k, now) for k in keys if k.kind != removing)
+        left = max((since + self.handover_settle - now for since in ages), default=0)
+        if left <= 0:
+            return True
+        self._settling = left if self._settling is None else min(self._settling, left)
+        return False
+
+    def calico_covers(self, profile: Profile, namespace: str, removing: str | None = None) -> bool:
         """Whether ``profile``'s live GlobalNetworkPolicies already select ``namespace``.
 
         True once the last Calico plan put the namespace in the profile's selector and every one
-        of the profile's objects is live with the spec that plan wanted: only then may the
-        namespace's own policies go (a flavor handover never leaves it without a deny-all).
+        of the profile's objects is live with the spec that plan wanted, and has settled (see
+        ``handover_settle``): only then may the namespace's own policies go (a flavor handover
+        never leaves it without a deny-all).
         """
         if not profile.enforcing or namespace not in self.calico_covered.get(profile.name, ()):
             return False  # staged objects are no cover
@@ -486,17 +541,26 @@ class World:
             for k, owner in self._calico_owner.items()
             if owner == profile.name and k not in self.conflicts
         ]
-        return bool(keys) and all(
-            k in self.objects and self.objects[k].spec_hash == self._calico_hashes[k] for k in keys
+        return (
+            bool(keys)
+            and all(
+                k in self.objects and self.objects[k].spec_hash == self._calico_hashes[k]
+                for k in keys
+            )
+            and self._settled(keys, removing)
         )
 
-    def network_policies_cover(self, profile: Profile, namespace: str) -> bool:
-        """Whether every namespaced policy ``profile`` wants in ``namespace`` is live and owned
-        (never for a profile that does not enforce: staged objects are no cover)."""
+    def network_policies_cover(
+        self, profile: Profile, namespace: str, removing: str | None = None
+    ) -> bool:
+        """Whether every namespaced policy ``profile`` wants in ``namespace`` is live, owned
+        and settled (never for a profile that does not enforce: staged objects are no cover)."""
         if not profile.enforcing:
             return False
         wanted = [object_key(profile, policy, namespace) for policy in profile.policy_names()]
-        return all(k in self.objects and self.objects[k].profile == profile.name for k in wanted)
+        return all(
+            k in self.objects and self.objects[k].profile == profile.name for k in wanted
+        ) and self._settled(wanted, removing)
 
     def wanted_in(
         self, profile: Profile, namespace: Namespace
@@ -586,16 +650,17 @@ class World:
         selected until the governor's cover is in force there (no gap)."""
         return namespace in self.calico_covered.get(
             profile.name, frozenset()
-        ) and not self._covered_by(governor, namespace)
+        ) and not self._covered_by(governor, namespace, object_key(profile, "", None).kind)
 
-    def _covered_by(self, governor: Profile, namespace: str) -> bool:
-        """Whether ``governor``'s policies are in force in ``namespace``: its namespaced
-        objects live there, or its cluster-scoped ones live and selecting it. A cluster-scoped
+    def _covered_by(self, governor: Profile, namespace: str, removing: str) -> bool:
+        """Whether ``governor``'s policies are in force in ``namespace``, for replacing objects
+        of kind ``removing``: its namespaced objects live there, or its cluster-scoped ones live
+        and selecting it, and settled where their kind differs. A cluster-scoped
         handover still waiting is noted: the cluster scope is planned again once its writes
         land (see :meth:`plan_calico`)."""
         if governor.flavor.namespaced:
-            return self.network_policies_cover(governor, namespace)
-        if self.calico_covers(governor, namespace):
+            return self.network_policies_cover(governor, namespace, removing)
+        if self.calico_covers(governor, namespace, removing):
             return True
         self._cluster_handover_pending = True
         return False
@@ -607,6 +672,7 @@ class World:
         in ``calico_clashes``, which the status reports as a conflict of each.
         """
         result = ScopePlan()
+        self._settling = None
         wanted: list[Desired] = []
         held_profiles: set[str] = set()
         audit_profiles: set[str] = set()
@@ -630,9 +696,7 @@ class World:
 
         def may_delete(state: ObjectState) -> bool:
             held = state.profile in held_profiles or state.key in held_keys
-            return (
-                not held and self.may_delete(state) and self._calico_cover_released(state.profile)
-            )
+            return not held and self.may_delete(state) and self._calico_cover_released(state)
 
         actions = plan(
             {k: d for k, d in merged.items() if d.profile not in audit_profiles},
@@ -642,6 +706,7 @@ class World:
         )
         result.actions, result.withheld = writes_first(actions)
         result.withheld |= self._cluster_handover_pending  # plan again once the new cover lands
+        result.retry_in = self._settling
         result.audit_findings = plan(
             {k: d for k, d in merged.items() if d.profile in audit_profiles},
             {k: v for k, v in actual.items() if v.profile in audit_profiles},
@@ -669,15 +734,16 @@ class World:
             self._calico_hashes[obj.key] = Desired.of(obj).spec_hash
             self._calico_owner[obj.key] = profile.name
 
-    def _calico_cover_released(self, profile: str) -> bool:
+    def _calico_cover_released(self, state: ObjectState) -> bool:
         """A leaving cluster-scoped profile's objects go only once every namespace they
-        covered that another profile now governs has that profile's cover in force."""
-        for name in self.calico_covered.get(profile, frozenset()):
+        covered that another profile now governs has that profile's cover in force (and,
+        where its kind differs from the leaving object's, settled)."""
+        for name in self.calico_covered.get(state.profile, frozenset()):
             namespace = self.namespaces.get(name)
             governor = self.governor(namespace) if namespace is not None else None
             if governor is None:
                 continue  # nobody's now: nothing to hand over
-            if not self._covered_by(governor, name):
+            if not self._covered_by(governor, name, state.key.kind):
                 self.calico_waiting_for.add(name)
                 return False
         return True
