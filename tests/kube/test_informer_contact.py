@@ -28,11 +28,12 @@ class NotFoundApi:
         self.lists = 0
         self.asked: asyncio.Event | None = None
 
-    async def list_with_version(self, resource: Resource, **_: Any) -> Any:
+    async def list_pages(self, resource: Resource, **_: Any) -> Any:
         self.lists += 1
         if self.asked is not None:
             self.asked.set()
         raise ApiError(404, "NotFound", "404 page not found")
+        yield  # an async generator, as the real one
 
 
 def test_an_http_error_answer_counts_as_contact() -> None:

@@ -161,30 +161,28 @@ class Reconciler:
 
     # -- informer callbacks: a list is merged by resourceVersion; events update the view -
 
-    def namespaces_listed(self, items: list[dict[str, Any]], version: str) -> None:
-        listed = {(i.get("metadata") or {}).get("name", ""): i for i in items}
+    def namespaces_listed(self, namespaces: list[Namespace], version: str) -> None:
+        listed = {namespace.name: namespace for namespace in namespaces}
         for name, known in list(self.world.namespaces.items()):
             if name not in listed and not _older(version, known.resource_version):
                 self.namespace_event("DELETED", {"metadata": {"name": name}})
-        for name, body in listed.items():
+        for name, namespace in listed.items():
             seen = self.world.namespaces.get(name)
-            if seen is None or _older(seen.resource_version, _version_of(body)):
-                self.namespace_event("MODIFIED", body)
+            if seen is None or _older(seen.resource_version, namespace.resource_version):
+                self._namespace_seen(namespace)
 
-    def objects_listed(self, kind: str, items: list[dict[str, Any]], version: str) -> None:
+    def objects_listed(self, kind: str, states: list[ObjectState], version: str) -> None:
         """A (re)list of one kind of managed object; what vanished unseen was deleted."""
-        listed = {state_of(body).key: body for body in items}
+        listed = {state.key: state for state in states}
         for key in [k for k in self.world.objects if k.kind == kind and k not in listed]:
             known = self.world.objects[key]
             if _older(version, known.resource_version):
                 continue  # created after the list was taken
-            self.object_event("DELETED", {"kind": kind, "metadata": {
-                "name": key.name, "namespace": key.namespace, "uid": known.uid,
-                "resourceVersion": known.resource_version}})  # fmt: skip
-        for key, body in listed.items():
+            self._object_changed("DELETED", known)
+        for key, state in listed.items():
             current = self.world.objects.get(key)
-            if current is None or _older(current.resource_version, _version_of(body)):
-                self.object_event("ADDED" if current is None else "MODIFIED", body)
+            if current is None or _older(current.resource_version, state.resource_version):
+                self._object_changed("ADDED" if current is None else "MODIFIED", state)
 
     def profiles_listed(self, items: list[dict[str, Any]], version: str) -> None:
         listed = {(i.get("metadata") or {}).get("name", ""): i for i in items}
@@ -281,25 +279,21 @@ class Reconciler:
                 return
             self.world.remove_namespace(name)
             self._forget_scope(name)
+            self.mark([name, CALICO_SCOPE])
         else:
-            annotations = dict(meta.get("annotations") or {})
-            annotations.pop("kubectl.kubernetes.io/last-applied-configuration", None)
-            namespace = Namespace(
-                name=name,
-                labels=dict(meta.get("labels") or {}),
-                annotations=annotations,
-                resource_version=str(meta.get("resourceVersion", "")),
-                terminating=bool(meta.get("deletionTimestamp")),
-            )
-            previous = self.world.namespaces.get(name)
-            self.world.set_namespace(namespace)
-            if previous == namespace:
-                return  # status or finalizers moved, or a re-list: nothing we read changed
-        self.mark([name, CALICO_SCOPE])
+            self._namespace_seen(namespace_of(body))
+
+    def _namespace_seen(self, namespace: Namespace) -> None:
+        previous = self.world.namespaces.get(namespace.name)
+        self.world.set_namespace(namespace)
+        if previous != namespace:  # else status or finalizers moved: nothing we read changed
+            self.mark([namespace.name, CALICO_SCOPE])
 
     def object_event(self, event_type: str | None, body: dict[str, Any]) -> None:
         """A managed object changed: update the index, detect drift, re-plan its scope."""
-        state = state_of(body)
+        self._object_changed(event_type, state_of(body))
+
+    def _object_changed(self, event_type: str | None, state: ObjectState) -> None:
         key = state.key
         known = self.world.objects.get(key)
         if known is not None and _older(state.resource_version, known.resource_version):
@@ -821,8 +815,18 @@ class Reconciler:
         metrics.RECONCILE_DURATION.labels(trigger="resync").observe(time.monotonic() - started)
 
 
-def _version_of(body: dict[str, Any]) -> str:
-    return str((body.get("metadata") or {}).get("resourceVersion", ""))
+def namespace_of(body: dict[str, Any]) -> Namespace:
+    """What the operator reads of a Namespace (never its spec or status)."""
+    meta = body.get("metadata") or {}
+    annotations = dict(meta.get("annotations") or {})
+    annotations.pop("kubectl.kubernetes.io/last-applied-configuration", None)
+    return Namespace(
+        name=meta.get("name", ""),
+        labels=dict(meta.get("labels") or {}),
+        annotations=annotations,
+        resource_version=str(meta.get("resourceVersion", "")),
+        terminating=bool(meta.get("deletionTimestamp")),
+    )
 
 
 def _older(candidate: str, current: str) -> bool:

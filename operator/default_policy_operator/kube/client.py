@@ -226,6 +226,20 @@ class KubeApi:
     ) -> tuple[list[dict[str, Any]], str]:
         """All items and the list's resourceVersion, the point a watch continues from."""
         items: list[dict[str, Any]] = []
+        version = ""
+        async for page, page_version in self.list_pages(
+            resource, label_selector=label_selector, namespace=namespace
+        ):
+            items.extend(page)
+            version = page_version
+        return items, version
+
+    async def list_pages(
+        self, resource: Resource, *, label_selector: str = "", namespace: str = ""
+    ) -> AsyncIterator[tuple[list[dict[str, Any]], str]]:
+        """The items a page (``limit``/``continue``) at a time, each with the list's
+        resourceVersion: a caller that digests each page holds one page of whole objects at a
+        time, not the whole list (tens of MB at 15,000 objects)."""
         params = {"limit": "500"}
         if label_selector:
             params["labelSelector"] = label_selector
@@ -233,13 +247,15 @@ class KubeApi:
             page = await self.request("GET", resource.path(namespace), params=params)
             kind = page.get("kind", "").removesuffix("List")
             api_version = page.get("apiVersion", "")
-            for item in page.get("items", []):
+            items = page.get("items") or []
+            for item in items:
                 item.setdefault("kind", kind)
                 item.setdefault("apiVersion", api_version)
-                items.append(item)
-            token = (page.get("metadata") or {}).get("continue")
+            meta = page.get("metadata") or {}
+            yield items, str(meta.get("resourceVersion", ""))
+            token = meta.get("continue")
             if not token:
-                return items, str((page.get("metadata") or {}).get("resourceVersion", ""))
+                return
             params["continue"] = token
 
     async def watch(
