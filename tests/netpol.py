@@ -254,6 +254,21 @@ def calico_namespaced_allowed(
     return calico_allowed(as_global, source, destination, protocol, port, namespace_labels)
 
 
+def calico_tier_allowed(
+    global_policies: list[Mapping[str, Any]],
+    namespaced_policies: list[Mapping[str, Any]],
+    source: Pod,
+    destination: Pod,
+    protocol: str,
+    port: int,
+    namespace_labels: Mapping[str, Mapping[str, str]],
+) -> bool:
+    """GlobalNetworkPolicies and Calico NetworkPolicies together: both kinds share the default
+    tier, evaluated by order then name."""
+    merged = [*global_policies, *(_in_own_namespace(p) for p in namespaced_policies)]
+    return calico_allowed(merged, source, destination, protocol, port, namespace_labels)
+
+
 # -- ClusterNetworkPolicy (sigs.k8s.io/network-policy-api v1beta1) --------------------------------
 #
 # From the API's documentation: the Admin tier is evaluated first, then the namespaces' own

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -31,6 +32,7 @@ from dpo_dev.cluster import ControlPlane
 from dpo_dev.dataplane import PodNet
 from dpo_dev.felix import FELIX_VERSION
 from dpo_dev.felix_dataplane import FelixDataplane
+from tests.calico_generated import APPS, TEAMS, evaluate, random_flows, random_profile
 from tests.packets import (
     ENFORCE_TIMEOUT,
     Flow,
@@ -496,3 +498,49 @@ def first_seen(dataplane: FelixDataplane, flow: Flow, open_: bool, since: float)
             assert observe(dataplane, [flow])[flow] == open_, f"{flow} flapped"
             return began - since
     raise AssertionError(f"{flow} not {'open' if open_ else 'blocked'} after {ENFORCE_TIMEOUT} s")
+
+
+# -- the reference evaluator against Felix, on generated profiles -----------------------------
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_reference_evaluator_agrees_with_felix(
+    api: Api, dataplane: FelixDataplane, base: Base, seed: int
+) -> None:
+    """A generated profile (a Calico flavor, drawn switches, Calico custom templates with Allow
+    and Deny) over three of four namespaces, 30 drawn flows between eight pods and the two
+    kube-system ones: Felix lets exactly the flows through that ``tests.netpol`` says it should
+    (converge polls until it does, and reports the table where they disagree)."""
+    rng = random.Random(seed)
+    label = f"seed-{seed}"
+    name = f"diff-{seed}"
+    spec = random_profile(rng, label)
+    governed = []
+    specs = []
+    for i in range(4):
+        labels = {"team": rng.choice(TEAMS)} | ({"diff": label} if i < 3 else {})
+        created = namespace(api, f"fdiff{seed}-n{i}", **labels)
+        governed += [created] if i < 3 else []
+        specs += [(created, f"p{j}", {"app": rng.choice(APPS)}) for j in range(2)]
+    pods = [base.dns, base.system, *dataplane.add_pods(specs)]
+    wanted = parse_profile({"metadata": {"name": name}, "spec": spec}).policy_names()
+    put_profile(api, name, spec)
+    wait_reconciled(api, name, governed=3)
+    wait_for(
+        lambda: in_place(api, name, governed, spec["flavor"], wanted),
+        what=f"{spec['flavor']} objects of {name}",
+    )
+    flows = random_flows(rng, pods, 30)
+    expected = evaluate(api, flows)
+    try:
+        converge(dataplane, expected)
+    finally:
+        REPORT.setdefault("differential", {})[label] = {
+            "flavor": spec["flavor"],
+            "policies": list(wanted),
+            "probes": len(flows),
+            "open": sum(expected.values()),
+        }
+        api.delete_profile(name)
+        for pod in pods[2:]:
+            dataplane.remove_pod(pod)
