@@ -1,7 +1,7 @@
 """Generated Calico profiles and the reference evaluator's verdicts on what the operator wrote,
 for the differential test against Felix (``tests/e2e/test_felix_dataplane_e2e.py``).
 
-A profile draws a Calico flavor, the built-in switches and up to two custom templates in
+A profile of a given Calico flavor draws the built-in switches and one or two custom templates in
 Calico's own language: Allow or Deny, pod and namespace selectors (``==``, ``!=``, ``has``),
 a protocol with or without a port. Everything is drawn from a seeded ``random.Random``, so a
 disagreement replays exactly.
@@ -26,21 +26,23 @@ CALICO_NPS = "/apis/crd.projectcalico.org/v1/networkpolicies"
 KUBERNETES_NPS = "/apis/networking.k8s.io/v1/networkpolicies"
 
 
-def random_profile(rng: random.Random, label: str) -> dict[str, Any]:
-    """A profile over the namespaces labelled ``diff=<label>``."""
-    flavor = rng.choice(("CalicoNetworkPolicy", "CalicoGlobalNetworkPolicy"))
+def random_profile(rng: random.Random, label: str, flavor: str) -> dict[str, Any]:
+    """A profile of ``flavor`` over the namespaces labelled ``diff=<label>``, with one or two
+    custom templates."""
     flags = [rng.random() < 0.5 for _ in range(7)]
     deny_in, deny_out, dns, system_in, system_out, same_in, same_out = flags
+    policies: dict[str, Any] = {
+        "denyAll": {"ingress": deny_in, "egress": deny_out},
+        "allowDNS": {"enabled": dns},
+        "allowKubeSystem": {"ingress": system_in, "egress": system_out},
+    }
+    if flavor == "CalicoNetworkPolicy":  # a global policy cannot say "the pod's own namespace"
+        policies["allowSameNamespace"] = {"ingress": same_in, "egress": same_out}
     return {
         "namespaceSelector": {"matchLabels": {"diff": label}},
         "flavor": flavor,
-        "policies": {
-            "denyAll": {"ingress": deny_in, "egress": deny_out},
-            "allowDNS": {"enabled": dns},
-            "allowKubeSystem": {"ingress": system_in, "egress": system_out},
-            "allowSameNamespace": {"ingress": same_in, "egress": same_out},
-        },
-        "customPolicies": [_custom(rng, i, flavor) for i in range(rng.randint(0, 2))],
+        "policies": policies,
+        "customPolicies": [_custom(rng, i, flavor) for i in range(rng.randint(1, 2))],
     }
 
 

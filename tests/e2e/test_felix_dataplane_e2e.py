@@ -503,18 +503,19 @@ def first_seen(dataplane: FelixDataplane, flow: Flow, open_: bool, since: float)
 # -- the reference evaluator against Felix, on generated profiles -----------------------------
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
 def test_reference_evaluator_agrees_with_felix(
     api: Api, dataplane: FelixDataplane, base: Base, seed: int
 ) -> None:
-    """A generated profile (a Calico flavor, drawn switches, Calico custom templates with Allow
-    and Deny) over three of four namespaces, 30 drawn flows between eight pods and the two
-    kube-system ones: Felix lets exactly the flows through that ``tests.netpol`` says it should
-    (converge polls until it does, and reports the table where they disagree)."""
+    """A generated profile (each Calico flavor in turn, drawn switches, Calico custom
+    templates with Allow and Deny) over three of four namespaces, 30 drawn flows between eight
+    pods and the two kube-system ones: Felix lets exactly the flows through that
+    ``tests.netpol`` says it should (converge polls until it does, and reports the table where
+    they disagree)."""
     rng = random.Random(seed)
     label = f"seed-{seed}"
     name = f"diff-{seed}"
-    spec = random_profile(rng, label)
+    spec = random_profile(rng, label, CALICO_FLAVORS[seed % 2])
     governed = []
     specs = []
     for i in range(4):
