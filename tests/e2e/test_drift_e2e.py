@@ -86,6 +86,30 @@ def test_edited_policy_is_restored_with_one_write(
     assert [e for e in api.events_for(profile) if e["reason"] == "DriftRepaired"]
 
 
+def test_a_burst_of_repairs_is_one_event_counting_them_all(
+    api: Api, operator_process: OperatorProcess, unique_name: str
+) -> None:
+    """Five namespaces' deny-alls deleted at once: five repairs, one DriftRepaired Event (posted
+    at the first repair, its count brought to five within the 10 s report interval), so the
+    Event writes stay at two however many repairs a burst holds."""
+    namespaces = [f"{unique_name}-{i}" for i in range(5)]
+    for namespace in namespaces:
+        api.namespace(namespace, {"dpo-test": unique_name})
+    api.profile(unique_name, {"namespaceSelector": {"matchLabels": {"dpo-test": unique_name}}})
+    for namespace in namespaces:
+        wait_for(lambda n=namespace: set(api.policies(n, MANAGED)) == BUILTINS, what="baseline")
+    for namespace in namespaces:
+        api.delete(api.policy_path(namespace, "dpo-deny-all"))
+
+    def repaired() -> list[dict[str, Any]]:
+        return [e for e in api.events_for(unique_name) if e["reason"] == "DriftRepaired"]
+
+    wait_for(lambda: [e["count"] for e in repaired()] == [5], timeout=30, what="count 5")
+    (event,) = repaired()
+    assert "more like this since the last report, 5 in all" in event["message"]
+    assert all(set(api.policies(n, MANAGED)) == BUILTINS for n in namespaces)
+
+
 def test_relabelled_policy_is_restored(api: Api, governed: tuple[str, str]) -> None:
     profile, namespace = governed
     path = api.policy_path(namespace, "dpo-deny-all")

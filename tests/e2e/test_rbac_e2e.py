@@ -342,6 +342,15 @@ def scenario(admin: Api, operator: OperatorProcess) -> str:
         timeout=30,
         what="a DriftRepaired event",
     )
+    # A second repair is folded into that Event (patched: its count becomes 2).
+    admin.delete(admin.policy_path(ns_in, "dpo-allow-dns"))
+    wait_for(
+        lambda: (
+            [e["count"] for e in admin.events_for(tag) if e["reason"] == "DriftRepaired"] == [2]
+        ),
+        timeout=30,
+        what="the DriftRepaired event's count to reach 2",
+    )
 
     # An edit updates the objects in place.
     admin.patch_profile(tag, {"policies": {"denyAll": {"ingress": False}}})

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from default_policy_operator import metrics
+from default_policy_operator.controller.events import EventRecorder
 from default_policy_operator.controller.finalizer import Finalizer
 from default_policy_operator.controller.repairs import (
     ConflictTracker,
@@ -122,6 +123,7 @@ class Reconciler:
         self._own_versions: dict[ObjectKey, str] = {}  # resourceVersions of our own writes
         self.repairs = RepairTracker()
         self.conflicts = ConflictTracker()
+        self.events = EventRecorder(api)
         #: per scope, (profile, what) -> message: render errors and refused writes
         self._errors: dict[str, dict[tuple[str, str], str]] = {}
         self._pending: dict[str, int] = {}  # profile -> actions in flight
@@ -196,6 +198,7 @@ class Reconciler:
         name = (body.get("metadata") or {}).get("name", "")
         if event_type == "DELETED":
             self.world.remove_profile(name)
+            self.events.forget(name)
             self.status.forget(name)
             self.finalizer.forget(name)
             self.profile_changed()
@@ -764,7 +767,7 @@ class Reconciler:
             "kind": KIND,
             "metadata": {"name": profile, "uid": uid},
         }
-        await self.api.post_event(regarding, event_type=event_type, reason=reason, message=msg)
+        await self.events.record(regarding, event_type, reason, msg)
 
     # -- status ------------------------------------------------------------------------
 

@@ -353,8 +353,9 @@ class KubeApi:
         reason: str,
         message: str,
         namespace: str = "default",
-    ) -> None:
-        """A core/v1 Event; cluster-scoped objects' events live in ``default``, like kubectl's."""
+    ) -> str | None:
+        """A core/v1 Event; cluster-scoped objects' events live in ``default``, like kubectl's.
+        Returns the Event's name (None if it could not be posted: events are best-effort)."""
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         meta = regarding.get("metadata") or {}
         event = {
@@ -378,10 +379,12 @@ class KubeApi:
             "reportingComponent": "default-policy-operator",
         }
         try:
-            await self.request("POST", EVENTS.path(namespace), body=event)
-            metrics.API_WRITES.labels(verb="create", resource=EVENTS.plural).inc()
+            created = await self.request("POST", EVENTS.path(namespace), body=event)
         except ApiError as exc:  # an event is best-effort: never fail a reconcile over it
             log.warning("could not post event %s: %s", reason, exc)
+            return None
+        metrics.API_WRITES.labels(verb="create", resource=EVENTS.plural).inc()
+        return str((created.get("metadata") or {}).get("name", "")) or None
 
 
 def _connection_error(verb: str, exc: Exception) -> ApiError:
