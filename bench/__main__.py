@@ -226,14 +226,21 @@ async def phase_latency(b: Bench, result: dict[str, Any]) -> None:
 
 
 async def arrival_latency(
-    watch: PolicyWatch, names: list[str], rate: float, progress: Progress, act: Any
+    watch: PolicyWatch,
+    names: list[str],
+    rate: float,
+    progress: Progress,
+    act: Any,
+    policies: int = 3,
+    until: asyncio.Event | None = None,
 ) -> list[float]:
-    """Perform ``act`` on each name at ``rate``/s; time until its namespace holds 3 policies."""
+    """Perform ``act`` on each name at ``rate``/s (until ``until`` is set, if given); time until
+    its namespace holds ``policies`` policies."""
     latencies: list[float] = []
 
     async def one(name: str) -> None:
         future = watch.expect(
-            lambda _t, ns, _n, _o: ns == name and len(watch.seen.get(name, ())) >= 3
+            lambda _t, ns, _n, _o: ns == name and len(watch.seen.get(name, ())) >= policies
         )
         started = time.monotonic()
         await act(name)
@@ -243,6 +250,8 @@ async def arrival_latency(
     tasks = []
     begin = time.monotonic()
     for i, name in enumerate(names):
+        if until is not None and until.is_set():
+            break
         tasks.append(asyncio.create_task(one(name)))
         await asyncio.sleep(max(0.0, begin + (i + 1) / rate - time.monotonic()))
     await asyncio.gather(*tasks)
@@ -346,6 +355,54 @@ async def phase_calico(b: Bench, result: dict[str, Any]) -> None:
                         "deleted_objects": governed, "handback_seconds": handback}  # fmt: skip
 
 
+#: The change rolled out: a policy every namespace gains (one create per namespace).
+ROLLOUT_POLICY = {"name": "metrics", "template": json.dumps({
+    "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+    "spec": {"podSelector": {}, "policyTypes": ["Ingress"], "ingress": [{
+        "from": [{"namespaceSelector": {"matchLabels": {"module": "prometheus"}}}],
+        "ports": [{"protocol": "TCP", "port": 9100}]}]}})}  # fmt: skip
+
+
+async def phase_rollout(b: Bench, result: dict[str, Any]) -> dict[str, Any]:
+    """A change rolled out to every governed namespace -- the profile gains a custom policy (a
+    create per namespace) and allow-kube-system's egress (an update per namespace) -- and, while
+    it is in progress, new namespaces at ``--rate``/s: their latency under the rollout's load.
+    Arrivals stop once the profile is Ready on its new generation (every write landed)."""
+    progress = b.phases.begin("rollout", unit="new namespaces with their policies")
+    log(f"rollout: a new policy and an edit to every namespace, new namespaces at {b.args.rate}/s")
+    generation = (await b.client.call("GET", f"{PROFILES}/bench"))["metadata"]["generation"] + 1
+    patch = {
+        "spec": {
+            "customPolicies": [ROLLOUT_POLICY],
+            "policies": {"allowKubeSystem": {"ingress": True, "egress": True}},
+        }
+    }
+    governed = b.n + 2 * b.extra
+    done = asyncio.Event()
+
+    async def rolled_out() -> float:
+        seconds = await wait_until(
+            lambda: _profile_ready(b.client, "bench", generation), 3600, "rolled out"
+        )
+        done.set()
+        return seconds
+
+    await b.client.call("PATCH", f"{PROFILES}/bench", patch, patch=True)
+    rollout = asyncio.create_task(rolled_out())
+    arrivals = await arrival_latency(
+        b.watch, [f"roll-{i:05d}" for i in range(governed)], b.args.rate, progress,
+        lambda name: b.client.call("POST", "/api/v1/namespaces", namespace(name, BENCH_LABEL)),
+        policies=4, until=done,
+    )  # fmt: skip
+    seconds = await rollout
+    result["rollout"] = {
+        "namespaces": governed, "writes_planned": 2 * governed, "seconds": seconds,
+        "latency_create": summary(arrivals, target_p50=0.25, target_p99=1.0),
+    }  # fmt: skip
+    log(f"rollout over {governed} namespaces in {seconds:.1f}s, {len(arrivals)} arrivals")
+    return result["rollout"]
+
+
 async def phase_restart(b: Bench, result: dict[str, Any]) -> None:
     b.phases.begin("restart")
     log("operator restart")
@@ -373,14 +430,17 @@ async def run_phases(b: Bench, result: dict[str, Any]) -> None:
                         ("drift_burst", phase_drift_burst), ("calico", phase_calico)):  # fmt: skip
         await phase(b, result)
         peaks[name] = b.peak_mb()
-    namespaces = b.n + 2 * b.extra
+    rollout = await phase_rollout(b, result)
+    peaks["rollout"] = peak = b.peak_mb()
+    namespaces = b.n + 2 * b.extra + rollout["latency_create"]["count"]
     memory.update(
-        peak_mb=peaks["calico"], peak_by_phase=peaks, namespaces_at_peak=namespaces,
-        mb_per_1000_namespaces=peaks["calico"] / namespaces * 1000,
-        mb_per_1000_namespaces_above_empty=(peaks["calico"] - memory["rss_mb_ready_empty"])
+        peak_mb=peak, peak_by_phase=peaks, namespaces_at_peak=namespaces,
+        mb_per_1000_namespaces=peak / namespaces * 1000,
+        mb_per_1000_namespaces_above_empty=(peak - memory["rss_mb_ready_empty"])
         / namespaces * 1000,
         process="one uninterrupted process: converge, no-op resync, latency, drift, burst, "
-        "Calico hand-over and hand-back (the restart phase runs after the peak is read)",
+        "Calico hand-over and hand-back, a rollout with arrivals (the restart phase runs after "
+        "the peak is read)",
     )  # fmt: skip
     await phase_restart(b, result)
     b.phases.end()
@@ -420,9 +480,13 @@ async def _count_is(client: Client, path: str, want: int, progress: Progress | N
     return count == want
 
 
-async def _profile_ready(client: Client, name: str) -> bool:
+async def _profile_ready(client: Client, name: str, generation: int = 0) -> bool:
+    """Ready, and (given ``generation``) on that generation of its spec or a later one."""
     found = await client.call("GET", f"{PROFILES}/{name}")
-    conditions = (found.get("status") or {}).get("conditions") or []
+    status = found.get("status") or {}
+    if status.get("observedGeneration", 0) < generation:
+        return False
+    conditions = status.get("conditions") or []
     return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
 

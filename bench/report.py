@@ -40,6 +40,15 @@ def _per_1000(r: dict[str, Any]) -> str:
     return f"{m['mb_per_1000_namespaces']:.1f} ({m['mb_per_1000_namespaces_above_empty']:.1f})"
 
 
+def _rollout(r: dict[str, Any]) -> str:
+    return f"{r['rollout']['namespaces']} / {r['rollout']['seconds']:.1f}"
+
+
+def _rollout_latency(r: dict[str, Any]) -> str:
+    latency = r["rollout"]["latency_create"]
+    return f"{_ms(latency, ('p50', 'p99'))}, {latency['count']}"
+
+
 def sizing(results: list[dict[str, Any]]) -> str | None:
     """With two sizes or more: the peak's slope per 1,000 namespaces between the extremes."""
     if len(results) < 2:
@@ -66,6 +75,8 @@ ROWS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
     ("restart to ready (s)", lambda r: f"{r['restart_seconds_to_ready']:.1f}"),
     ("new ns -> policies p50/p99 (ms)", lambda r: _ms(r["latency_create"], ("p50", "p99"))),
     ("relabel -> policies p50/p99 (ms)", lambda r: _ms(r["latency_relabel"], ("p50", "p99"))),
+    ("rollout: namespaces / seconds to Ready", _rollout),
+    ("  new ns during it p50/p99 (ms), count", _rollout_latency),
     ("drift one at a time p50/p99/max (ms)", lambda r: _ms(r["drift"])),
     ("  writes per repair np/ev/other +refused", lambda r: _per(r["drift"]["writes_per_repair"])),
     ("drift burst p50/p99/max (ms)", lambda r: _ms(r["drift_burst"])),

@@ -142,6 +142,10 @@ def test_bench_smoke_run_prints_and_writes_figures(tmp_path: Path) -> None:
     assert run["drift"]["writes_per_repair"]["networkpolicies"] == 1.0
     assert run["drift_burst"]["count"] == 100
     assert run["drift_burst"]["writes_per_repair"]["networkpolicies"] == 1.0
+    rollout = run["rollout"]
+    assert rollout["seconds"] > 0
+    assert rollout["latency_create"]["count"] >= 1, "no namespace arrived during the rollout"
+    assert "rollout: namespaces / seconds to Ready" in result.stdout
     memory = run["memory"]
     assert memory["peak_mb"] >= max(memory["peak_by_phase"].values()) > 0
     assert memory["peak_mb"] >= memory["rss_mb_converged"]
