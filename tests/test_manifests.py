@@ -162,7 +162,9 @@ def test_bindings_name_the_shipped_service_account() -> None:
         assert binding["metadata"]["namespace"] == roles[name]["metadata"]["namespace"]
     events, leases = roles[f"{ACCOUNT}-events"], roles[f"{ACCOUNT}-leader-election"]
     assert events["metadata"]["namespace"] == "default"
-    assert events["rules"] == [{"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}]
+    assert events["rules"] == [
+        {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]}
+    ]
     assert leases["metadata"]["namespace"] == NAMESPACE
     assert leases["rules"] == [
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
