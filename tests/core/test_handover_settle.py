@@ -95,19 +95,23 @@ def profile(name: str, flavor: Flavor, priority: int, generation: int = 1) -> di
 def run(engine: Engine, data: st.DataObject) -> None:
     """Plan both scopes in a drawn order until nothing is left to do; writes land one by one
     in a drawn order, some milliseconds apart; when only a settling cover is awaited, the
-    clock moves on to the moment it has settled."""
+    clock moves on to the moment it has settled. A Calico plan with nothing to write sends the
+    namespaces waiting for it back to planning, as the reconciler does."""
     world, clock = engine.world, engine.clock
     for _ in range(40):
-        wrote, retry = False, []
+        wrote, retry, again = False, [], False
         for scope in data.draw(st.permutations(["", TEAM])):
             result = world.plan_calico() if scope == "" else world.plan_namespace(scope)
             if result.retry_in is not None:
                 retry.append(result.retry_in)
+            if scope == "" and not result.actions and world.waiting_for_calico:
+                world.waiting_for_calico.clear()  # as the reconciler does: plan them again
+                again = True
             for action in data.draw(st.permutations(result.actions)):
                 clock.now += data.draw(st.sampled_from([0.0, 0.001, 0.02]))
                 engine.apply(action)
                 wrote = True
-        if not wrote and not retry:
+        if not wrote and not retry and not again:
             return
         clock.now += min(retry) if retry and not wrote else 0.01
     raise AssertionError("the handover never finished")
@@ -187,3 +191,37 @@ def test_within_one_kind_the_old_cover_goes_without_waiting(
     assert_handed_over(engine)
     took = engine.history[-1][0] - engine.history[0][0]
     assert took < 1.0, f"a same-kind handover took {took:.2f} s of settling"
+
+
+NAMESPACED = [f for f in Flavor if f.namespaced]
+CLUSTER_SCOPED = [f for f in Flavor if not f.namespaced]
+
+
+@pytest.mark.parametrize("before", NAMESPACED)
+@pytest.mark.parametrize("after", CLUSTER_SCOPED)
+@settings(max_examples=10, deadline=None)
+@given(data=st.data())
+def test_a_relabel_into_a_cluster_scoped_profile_waits_too(
+    before: Flavor, after: Flavor, data: st.DataObject
+) -> None:
+    """The namespace moves from a namespaced profile to a cluster-scoped one by a label change:
+    the cluster-scoped objects are not written at all (their selector already matches the new
+    label), and an engine learns of the relabel on its namespace stream. The old policies must
+    still wait ``handover_settle`` from the moment the namespace came into the new cover."""
+    clock = Clock()
+    world = InlineWorld(protected_namespaces("dpo-system"), handover_settle=SETTLE, clock=clock)
+    world.set_namespace(Namespace(TEAM, {NAMESPACE_NAME_LABEL: TEAM, "team": "a"}, {}))
+    engine = Engine(world, clock)
+    old = profile("old", before, 5)
+    old["spec"]["namespaceSelector"] = {"matchLabels": {"team": "a"}}
+    world.update_profile(old)
+    world.update_profile(profile("new", after, 1))  # selects env=prod: nothing yet
+    run(engine, data)
+    clock.now += 60
+    engine.history.clear()
+    relabelled = clock.now
+    world.set_namespace(Namespace(TEAM, {NAMESPACE_NAME_LABEL: TEAM, "env": "prod"}, {}))
+    run(engine, data)
+    deletes = [at for at, action in engine.history if action.verb is Verb.DELETE]
+    assert deletes, "the old policies were never removed"
+    assert min(deletes) - relabelled >= SETTLE

@@ -480,6 +480,11 @@ class Reconciler:
             self._replan.add(scope)  # the deletes come once the new cover has landed
         if result.retry_in is not None:
             self._schedule(result.retry_in, scope)  # ... and has settled
+        if scope == CALICO_SCOPE and not result.actions and self.world.waiting_for_calico:
+            # No write to land: the cluster-scoped cover they wait for is already as planned
+            # (a relabel moved a namespace into it), so they look again now, not at a resync.
+            self.mark(self.world.waiting_for_calico)
+            self.world.waiting_for_calico.clear()
         for action, drift in self._admit(result, scope):
             if action.key in self._inflight:
                 self._replan.add(scope)  # decide again once that write has landed

@@ -191,6 +191,8 @@ class World:
         self.clock = clock
         #: when each object's current spec was first seen (see :meth:`set_object`)
         self._since: dict[ObjectKey, float] = {}
+        #: (cluster-scoped profile, namespace) -> since when its live objects select it
+        self._selecting_since: dict[tuple[str, str], float] = {}
         #: the soonest a cover now settling will have settled, for the plan being made
         self._settling: float | None = None
         #: the fixed protected set (system and operator namespaces); see :attr:`protected`
@@ -335,6 +337,8 @@ class World:
 
     def remove_profile(self, name: str) -> None:
         self.profiles.pop(name, None)
+        for cover in [c for c in self._selecting_since if c[0] == name]:
+            del self._selecting_since[cover]
         self.audit_findings.pop(name, None)
         self._forget_renders(name)
         self._sorted = self._protected = None
@@ -512,26 +516,32 @@ class World:
 
     def _settled(self, keys: Collection[ObjectKey], removing: str | None = None) -> bool:
         """Whether each of ``keys`` not of kind ``removing`` (the kind the cover replaces)
-        has been live with its spec for ``handover_settle`` seconds; if not, when it will have
-        is noted for the plan (``ScopePlan.retry_in``)."""
-        if not self.handover_settle:
-            return True
+        has been live with its spec for ``handover_settle`` seconds."""
         now = self.clock()
-        ages = (self._since.get(k, now) for k in keys if k.kind != removing)
-        left = max((since + self.handover_settle - now for since in ages), default=0)
+        return all(self._waited(self._since.get(k, now)) for k in keys if k.kind != removing)
+
+    def _waited(self, since: float) -> bool:
+        """Whether ``handover_settle`` seconds have passed since ``since``; if not, when they
+        will have is noted for the plan being made (``ScopePlan.retry_in``)."""
+        left = since + self.handover_settle - self.clock()
         if left <= 0:
             return True
         self._settling = left if self._settling is None else min(self._settling, left)
         return False
 
     def calico_covers(self, profile: Profile, namespace: str, removing: str | None = None) -> bool:
-        """Whether ``profile``'s live GlobalNetworkPolicies already select ``namespace``.
+        """Whether ``profile``'s live cluster-scoped objects select ``namespace``, and have
+        selected it for ``handover_settle`` seconds (unless they are of kind ``removing``).
 
-        True once the last Calico plan put the namespace in the profile's selector and every one
-        of the profile's objects is live with the spec that plan wanted, and has settled (see
-        ``handover_settle``): only then may the namespace's own policies go (a flavor handover
-        never leaves it without a deny-all).
+        It starts once the last Calico plan put the namespace in the profile's cover and every
+        one of the profile's objects is live with the spec that plan wanted; only then may the
+        namespace's own policies go (a handover never leaves it without a deny-all). The wait
+        counts from that moment, not from the objects' last write: the namespace may have come
+        in by a relabel (no write of ours at all; an engine learns it on its namespace stream),
+        and while it stays in the cover every later spec selects it too, so the churn of other
+        namespaces rewriting the selector does not start the wait again.
         """
+        cover = (profile.name, namespace)
         if not profile.enforcing or namespace not in self.calico_covered.get(profile.name, ()):
             return False  # staged objects are no cover
         if not profile.policy_names():
@@ -541,14 +551,14 @@ class World:
             for k, owner in self._calico_owner.items()
             if owner == profile.name and k not in self.conflicts
         ]
-        return (
-            bool(keys)
-            and all(
-                k in self.objects and self.objects[k].spec_hash == self._calico_hashes[k]
-                for k in keys
-            )
-            and self._settled(keys, removing)
-        )
+        if not keys or any(k not in self.objects for k in keys):
+            self._selecting_since.pop(cover, None)
+            return False
+        if cover not in self._selecting_since:
+            if any(self.objects[k].spec_hash != self._calico_hashes[k] for k in keys):
+                return False  # the first spec that selects it has not landed yet
+            self._selecting_since[cover] = self.clock()
+        return all(k.kind == removing for k in keys) or self._waited(self._selecting_since[cover])
 
     def network_policies_cover(
         self, profile: Profile, namespace: str, removing: str | None = None
@@ -719,7 +729,7 @@ class World:
         """What this plan's selector covers: the governed namespaces plus those still held for
         a handover (see ``_still_covering``)."""
         previous = self.calico_covered.get(profile.name, frozenset())
-        self.calico_covered[profile.name] = frozenset(
+        covered = self.calico_covered[profile.name] = frozenset(
             n.name
             for n in self.namespaces.values()
             if (governor := self.governor(n)) is not None
@@ -728,6 +738,9 @@ class World:
                 or (self._still_covering(profile, governor, n.name) and n.name in previous)
             )
         )
+        for cover in [c for c in self._selecting_since if c[0] == profile.name]:
+            if cover[1] not in covered:  # left the cover: coming back starts the wait again
+                del self._selecting_since[cover]
         for key in [k for k, owner in self._calico_owner.items() if owner == profile.name]:
             del self._calico_owner[key], self._calico_hashes[key]  # policies it no longer has
         for obj in rendered:
