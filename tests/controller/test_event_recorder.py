@@ -18,16 +18,19 @@ PROFILE = {"apiVersion": "defaultpolicy.dev/v1alpha1", "kind": "DefaultPolicyPro
 
 
 class FakeApi:
-    def __init__(self) -> None:
+    def __init__(self, delay: float = 0.0) -> None:
         self.posted: list[dict[str, Any]] = []
         self.patched: list[tuple[str, dict[str, Any]]] = []
         self.gone = False
+        self.delay = delay  # each request takes this long (others run meanwhile)
 
     async def post_event(self, regarding: Any, **event: Any) -> str:
+        await asyncio.sleep(self.delay)
         self.posted.append(event)
         return f"base.{len(self.posted)}"
 
     async def patch(self, resource: Resource, name: str, patch: Any, **_: Any) -> Any:
+        await asyncio.sleep(self.delay)
         if self.gone:
             raise ApiError(404, "NotFound", "events not found")
         self.patched.append((name, patch))
@@ -95,3 +98,37 @@ def test_after_the_window_a_repeat_is_posted_as_a_new_event() -> None:
 
     asyncio.run(run())
     assert [e["message"] for e in api.posted] == ["first", "much later"]
+
+
+def test_concurrent_repeats_while_the_first_is_posted_are_counted_into_it() -> None:
+    """Writers record concurrently: 32 repairs at once still make one Event (count 32)."""
+    api = FakeApi(delay=0.02)
+    recorder = EventRecorder(api, interval=0.05)  # type: ignore[arg-type]
+
+    async def at_once() -> None:
+        await asyncio.gather(
+            *(recorder.record(PROFILE, "Normal", "DriftRepaired", f"r{i}") for i in range(32))
+        )
+        await asyncio.sleep(0.3)
+
+    asyncio.run(at_once())
+    assert len(api.posted) == 1
+    assert [patch["count"] for _, patch in api.patched] == [32]
+
+
+def test_repeats_during_a_report_are_reported_next() -> None:
+    """Nothing counted while a PATCH is in flight is lost: the counts add up."""
+    api = FakeApi(delay=0.03)
+    recorder = EventRecorder(api, interval=0.02)  # type: ignore[arg-type]
+
+    async def trickle() -> None:
+        for i in range(20):
+            await recorder.record(PROFILE, "Normal", "DriftRepaired", f"r{i}")
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)
+
+    asyncio.run(trickle())
+    assert len(api.posted) == 1
+    counts = [patch["count"] for _, patch in api.patched]
+    assert counts == sorted(counts)
+    assert counts[-1] == 20

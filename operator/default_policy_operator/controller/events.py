@@ -31,11 +31,13 @@ REPORT_INTERVAL = 10.0
 
 @dataclass
 class _Series:
-    name: str
+    key: tuple[str, str, str]
     began: float
-    count: int = 1
-    unreported: int = 0
-    message: str = ""
+    message: str
+    #: the Event's name; None while the first one is being posted (repeats count meanwhile)
+    name: str | None = None
+    count: int = 1  # what the Event says
+    unreported: int = 0  # counted since
     flushing: bool = False
 
 
@@ -58,7 +60,10 @@ class EventRecorder:
     async def record(
         self, regarding: Mapping[str, Any], event_type: str, reason: str, message: str
     ) -> None:
-        """Post the event, or count it into its series' Event (reported within ``interval``)."""
+        """Post the event, or count it into its series' Event (reported within ``interval``).
+
+        Writers call this concurrently: a repeat that comes while the series' first Event is
+        still being posted is counted into it, not posted again."""
         key = (str((regarding.get("metadata") or {}).get("name", "")), event_type, reason)
         series = self._series.get(key)
         if series is None or self.clock() - series.began > self.window:
@@ -66,11 +71,7 @@ class EventRecorder:
             return
         series.unreported += 1
         series.message = message
-        if not series.flushing:  # never makes the caller wait: the report comes later
-            series.flushing = True
-            task = asyncio.create_task(self._flush_later(key, series))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        self._report_later(series)
 
     async def _begin(
         self,
@@ -80,21 +81,32 @@ class EventRecorder:
         reason: str,
         message: str,
     ) -> None:
-        self._series.pop(key, None)
+        series = self._series[key] = _Series(key, self.clock(), message)
         name = await self.api.post_event(
             regarding, event_type=event_type, reason=reason, message=message
         )
-        if name is not None:
-            self._series[key] = _Series(name, self.clock(), message=message)
-
-    async def _flush_later(self, key: tuple[str, str, str], series: _Series) -> None:
-        """Fold what was counted into the series' Event, ``interval`` from now."""
-        await asyncio.sleep(self.interval)
-        series.flushing = False
-        if not series.unreported or self._series.get(key) is not series:
+        if name is None:  # not posted (best-effort): the next one starts afresh
+            self._end(series)
             return
-        count = series.count + series.unreported
-        more = f" ({series.unreported} more like this since the last report, {count} in all)"
+        series.name = name
+        self._report_later(series)
+
+    def _report_later(self, series: _Series) -> None:
+        """A report of what was counted, ``interval`` from now (never makes the caller wait)."""
+        if series.flushing or series.name is None or not series.unreported:
+            return
+        series.flushing = True
+        task = asyncio.create_task(self._flush_later(series))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _flush_later(self, series: _Series) -> None:
+        """Fold what was counted into the series' Event (even one a newer series replaced)."""
+        await asyncio.sleep(self.interval)
+        assert series.name is not None
+        reporting = series.unreported
+        count = series.count + reporting
+        more = f" ({reporting} more like this since the last report, {count} in all)"
         patch = {
             "count": count,
             "lastTimestamp": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -104,9 +116,17 @@ class EventRecorder:
             await self.api.patch(EVENTS, series.name, patch, namespace=EVENT_NAMESPACE)
         except ApiError as exc:  # gone (events expire) or refused: the next one starts afresh
             log.debug("could not update event %s: %s", series.name, exc)
-            self._series.pop(key, None)
+            self._end(series)
             return
-        series.count, series.unreported = count, 0
+        finally:
+            series.flushing = False
+        series.count = count
+        series.unreported -= reporting  # what came during the PATCH is reported next time
+        self._report_later(series)
+
+    def _end(self, series: _Series) -> None:
+        if self._series.get(series.key) is series:
+            del self._series[series.key]
 
     def forget(self, profile: str) -> None:
         """A deleted profile's series end with it."""
