@@ -370,7 +370,6 @@ async def phase_rollout(b: Bench, result: dict[str, Any]) -> dict[str, Any]:
     Arrivals stop once the profile is Ready on its new generation (every write landed)."""
     progress = b.phases.begin("rollout", unit="new namespaces with their policies")
     log(f"rollout: a new policy and an edit to every namespace, new namespaces at {b.args.rate}/s")
-    generation = (await b.client.call("GET", f"{PROFILES}/bench"))["metadata"]["generation"] + 1
     patch = {
         "spec": {
             "customPolicies": [ROLLOUT_POLICY],
@@ -387,7 +386,8 @@ async def phase_rollout(b: Bench, result: dict[str, Any]) -> dict[str, Any]:
         done.set()
         return seconds
 
-    await b.client.call("PATCH", f"{PROFILES}/bench", patch, patch=True)
+    patched = await b.client.call("PATCH", f"{PROFILES}/bench", patch, patch=True)
+    generation = patched["metadata"]["generation"]
     rollout = asyncio.create_task(rolled_out())
     arrivals = await arrival_latency(
         b.watch, [f"roll-{i:05d}" for i in range(governed)], b.args.rate, progress,
