@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -24,10 +24,9 @@ from default_policy_operator.core.governance import Namespace, protected_namespa
 from default_policy_operator.core.labels import NAMESPACE_NAME_LABEL
 from default_policy_operator.core.labels import PROFILE_LABEL as PROFILE
 from default_policy_operator.core.model import Flavor
-from default_policy_operator.core.normalize import state_of
 from default_policy_operator.core.objects import ObjectKey
 from default_policy_operator.core.plan import Action, Verb
-from tests.handover import KIND_OF, TEAM, allows_dns, denies_all
+from tests.handover import KIND_OF, TEAM, Cluster, allows_dns, denies_all
 from tests.inline_render import InlineWorld
 
 SETTLE = 3.0
@@ -42,24 +41,17 @@ class Clock:
         return self.now
 
 
-@dataclass
-class Engine:
+class Engine(Cluster):
     """What the API server holds, and when each change happened (for the engine's view)."""
 
-    world: InlineWorld
-    clock: Clock
-    live: dict[ObjectKey, dict[str, Any]] = field(default_factory=dict)
-    history: list[tuple[float, Action]] = field(default_factory=list)
+    def __init__(self, world: InlineWorld, clock: Clock) -> None:
+        super().__init__(world)
+        self.clock = clock
+        self.history: list[tuple[float, Action]] = []
 
     def apply(self, action: Action) -> None:
         self.history.append((self.clock.now, action))
-        if action.verb is Verb.DELETE:
-            self.live.pop(action.key, None)
-            self.world.remove_object(action.key)
-        else:
-            assert action.body is not None
-            self.live[action.key] = action.body
-            self.world.set_object(state_of(action.body))
+        super().apply(action)
 
     def gaps(self, start: Mapping[ObjectKey, dict[str, Any]], lag: Mapping[str, float]) -> list:
         """Moments the view of an engine whose stream of kind K runs ``lag[K]`` behind lacks a
