@@ -161,3 +161,33 @@ def test_a_result_that_does_not_answer_its_task_is_refused() -> None:
     assert isinstance(
         decode_result(task, {"object": {"policy": "c", "body": body, "hash": "x"}}), RenderedObject
     )
+
+
+def _orphaned_worker(*, after_ready: bool) -> subprocess.Popen[bytes]:
+    """A worker whose operator is gone (as after a kill -9): nobody reads its replies, from
+    the start or from when it said it was ready."""
+    reader, writer = os.pipe()
+    worker = subprocess.Popen(
+        [sys.executable, "-m", WORKER_MODULE, "--time-limit", "1", "--memory-mb", "512"],
+        stdin=subprocess.PIPE, stdout=writer, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    os.close(writer)
+    if after_ready:
+        assert read_frame(reader, time.monotonic() + 30) == READY
+    os.close(reader)
+    return worker
+
+
+def test_a_worker_whose_operator_died_before_it_was_ready_exits_quietly() -> None:
+    """Seen in CI: the operator was killed while its worker started, and the worker's
+    BrokenPipeError traceback landed in the operator's log."""
+    worker = _orphaned_worker(after_ready=False)
+    _, errors = worker.communicate(timeout=30)
+    assert (worker.returncode, errors) == (0, b"")
+
+
+def test_a_worker_whose_operator_died_mid_batch_exits_quietly() -> None:
+    worker = _orphaned_worker(after_ready=True)
+    request = frame(pickle.dumps((tasks_for(custom(DATA_DEPENDENT), [0] * 50), True)))
+    _, errors = worker.communicate(request, timeout=30)
+    assert (worker.returncode, errors) == (0, b"")

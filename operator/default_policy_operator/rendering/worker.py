@@ -110,7 +110,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--time-limit", type=float, required=True)
     parser.add_argument("--memory-mb", type=int, required=True)
     args = parser.parse_args(argv)
-    serve(args.time_limit, args.memory_mb)
+    try:
+        serve(args.time_limit, args.memory_mb)
+    except BrokenPipeError:
+        # The operator is gone (killed, say) and nobody is left to answer. Its stderr is ours:
+        # a traceback would land in its log as an error of its own. ``_exit`` skips the
+        # buffered flush that would raise again at shutdown.
+        os._exit(0)
 
 
 if __name__ == "__main__":
