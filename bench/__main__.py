@@ -46,6 +46,7 @@ from typing import Any
 
 from bench.floor import ensure_floor, floor_built, run_floor
 from bench.harness import (
+    MANAGED,
     NETPOL,
     Client,
     Operator,
@@ -363,6 +364,57 @@ ROLLOUT_POLICY = {"name": "metrics", "template": json.dumps({
         "ports": [{"protocol": "TCP", "port": 9100}]}]}})}  # fmt: skip
 
 
+#: A policy whose template reads the namespace (a label the apiserver sets on every namespace),
+#: so that it renders once per namespace in the worker pool instead of once per profile.
+TEMPLATED_POLICY = {
+    "name": "own-namespace",
+    "template": """\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+spec:
+  podSelector: {}
+  policyTypes: [Ingress]
+  ingress:
+  - from:
+    - namespaceSelector:
+        matchLabels:
+          kubernetes.io/metadata.name: {{ namespace.labels['kubernetes.io/metadata.name'] }}
+""",
+}
+TEMPLATED_SELECTOR = f"{MANAGED},defaultpolicy.dev/policy=own-namespace"
+
+
+async def phase_templated(b: Bench, result: dict[str, Any]) -> None:
+    """A custom policy that reads the namespace, added to every governed namespace (one render
+    and one create each), then removed again (one delete each) so the rollout that follows
+    measures what it always did. Its convergence counts against the same floor W."""
+    governed = b.n + 2 * b.extra
+    progress = b.phases.begin("templated", unit="objects present", total=governed)
+    log(f"a namespace-reading template added to {governed} namespaces")
+    before = await b.client.mark()
+    path = f"{NETPOL}/networkpolicies"
+    patch = {"spec": {"customPolicies": [TEMPLATED_POLICY]}}
+    await b.client.call("PATCH", f"{PROFILES}/bench", patch, patch=True)
+    seconds = await wait_until(
+        lambda: _accepted_and_count_is(b.client, path, governed, progress, TEMPLATED_SELECTOR),
+        3600, "templated convergence", 0.5,
+    )  # fmt: skip
+    await asyncio.sleep(SETTLE)
+    writes = await b.client.writes_since(before)
+    await b.client.call("PATCH", f"{PROFILES}/bench", {"spec": {"customPolicies": []}}, patch=True)
+    removed = await wait_until(
+        lambda: _count_is(b.client, path, 0, selector=TEMPLATED_SELECTOR), 3600, "removal", 0.5
+    )
+    w = result["W"]["W"]
+    result["templated"] = {
+        "objects": governed, "seconds": seconds, "removed_seconds": removed,
+        "ratio_to_W": seconds / (governed / w) if w else None,
+        "ratio_to_W_py": seconds / (governed / result["W_py"]["W"]),
+        "writes": writes,
+    }  # fmt: skip
+    log(f"templated policy in {governed} namespaces in {seconds:.1f}s, removed in {removed:.1f}s")
+
+
 async def phase_rollout(b: Bench, result: dict[str, Any]) -> dict[str, Any]:
     """A change rolled out to every governed namespace -- the profile gains a custom policy (a
     create per namespace) and allow-kube-system's egress (an update per namespace) -- and, while
@@ -427,7 +479,8 @@ async def run_phases(b: Bench, result: dict[str, Any]) -> None:
     peaks["noop_resync"] = b.peak_mb()
     await b.watch.start()
     for name, phase in (("latency", phase_latency), ("drift", phase_drift_single),
-                        ("drift_burst", phase_drift_burst), ("calico", phase_calico)):  # fmt: skip
+                        ("drift_burst", phase_drift_burst), ("calico", phase_calico),
+                        ("templated", phase_templated)):  # fmt: skip
         await phase(b, result)
         peaks[name] = b.peak_mb()
     rollout = await phase_rollout(b, result)
@@ -439,8 +492,8 @@ async def run_phases(b: Bench, result: dict[str, Any]) -> None:
         mb_per_1000_namespaces_above_empty=(peak - memory["rss_mb_ready_empty"])
         / namespaces * 1000,
         process="one uninterrupted process: converge, no-op resync, latency, drift, burst, "
-        "Calico hand-over and hand-back, a rollout with arrivals (the restart phase runs after "
-        "the peak is read)",
+        "Calico hand-over and hand-back, a namespace-reading template, a rollout with arrivals "
+        "(the restart phase runs after the peak is read)",
     )  # fmt: skip
     await phase_restart(b, result)
     b.phases.end()
@@ -472,12 +525,29 @@ async def _async(value: bool) -> bool:
     return value
 
 
-async def _count_is(client: Client, path: str, want: int, progress: Progress | None = None) -> bool:
+async def _count_is(
+    client: Client,
+    path: str,
+    want: int,
+    progress: Progress | None = None,
+    selector: str = MANAGED,
+) -> bool:
     """Whether ``want`` objects are present; the count goes to ``progress`` as well."""
-    count = await client.count(path)
+    count = await client.count(path, selector)
     if progress is not None:
         progress.update(count)
     return count == want
+
+
+async def _accepted_and_count_is(
+    client: Client, path: str, want: int, progress: Progress, selector: str
+) -> bool:
+    """:func:`_count_is`, failing at once if the operator refused the bench's profile."""
+    found = await client.call("GET", f"{PROFILES}/bench")
+    for condition in (found.get("status") or {}).get("conditions") or []:
+        if condition["type"] == "Degraded" and condition["reason"] == "InvalidSpec":
+            raise RuntimeError(f"the operator refused the bench's profile: {condition['message']}")
+    return await _count_is(client, path, want, progress, selector)
 
 
 async def _profile_ready(client: Client, name: str, generation: int = 0) -> bool:

@@ -25,9 +25,12 @@ def _per(w: dict[str, float]) -> str:
     return f"{w['networkpolicies']:.2f}/{w['events']:.2f}/{w['other']:.2f} +{w['refused']:.2f}"
 
 
-def _convergence_ratio(r: dict[str, Any]) -> str:
-    c = r["convergence"]
+def _ratio(c: dict[str, Any]) -> str:
     return f"{_num(c['ratio_to_W'], '.2f')} (W_py: {c['ratio_to_W_py']:.2f})"
+
+
+def _templated(r: dict[str, Any]) -> str:
+    return f"{r['templated']['objects']} in {r['templated']['seconds']:.1f}"
 
 
 def _memory(r: dict[str, Any]) -> str:
@@ -67,7 +70,7 @@ ROWS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
     ("W_py Python floor (creates/s)", lambda r: f"{r['W_py']['W']:.0f}"),
     ("converge 3N objects (s)", lambda r: f"{r['convergence']['seconds']:.1f}"),
     ("  target 1.5*objects/W+2 (s)", lambda r: _num(r["convergence"]["target_seconds"], ".1f")),
-    ("  ratio to objects/W (to objects/W_py)", _convergence_ratio),
+    ("  ratio to objects/W (to objects/W_py)", lambda r: _ratio(r["convergence"])),
     ("writes: np/events/other +refused", lambda r: ""),
     ("  first convergence", lambda r: _writes(r["writes_first_convergence"])),
     ("  no-op resync", lambda r: _writes(r["writes_noop_resync"])),
@@ -88,6 +91,10 @@ ROWS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
     ("  peak MB per 1k namespaces (above empty)", _per_1000),
     ("CPU converging (s) / idle (%)",
      lambda r: f"{r['convergence']['cpu_seconds']:.1f} / {r['cpu_idle_percent']:.1f}"),
+    ("namespace-reading template: N objects (s)", _templated),
+    ("  ratio to objects/W (to objects/W_py)", lambda r: _ratio(r["templated"])),
+    ("  writes np/events/other +refused", lambda r: _writes(r["templated"]["writes"])),
+    ("  removed again (s)", lambda r: f"{r['templated']['removed_seconds']:.1f}"),
     ("Calico: GNPs present / hand-back (s)",
      lambda r: f"{r['calico']['gnp_seconds']:.1f} / {r['calico']['handback_seconds']:.1f}"),
 ]  # fmt: skip
