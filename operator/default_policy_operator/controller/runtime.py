@@ -19,11 +19,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from default_policy_operator import metrics
 from default_policy_operator.controller.handlers import HandlerConfig, build_registry
-from default_policy_operator.controller.reconciler import Reconciler, Settings, namespace_of
+from default_policy_operator.controller.reconciler import Reconciler, Settings
 from default_policy_operator.controller.reports import ReportPublisher
 from default_policy_operator.core.governance import protected_namespaces
 from default_policy_operator.core.labels import MANAGED_SELECTOR
-from default_policy_operator.core.normalize import state_of
 from default_policy_operator.core.objects import (
     CALICO_NETWORK_POLICY,
     CLUSTER_NETWORK_POLICY,
@@ -180,24 +179,24 @@ def build_informers(api: KubeApi, reconciler: Reconciler, watch_timeout: int) ->
     """One list-then-watch cache per kind the operator reads."""
     informer = functools.partial(Informer, api, watch_timeout=watch_timeout)
     return [
-        informer(NAMESPACES, on_list=reconciler.namespaces_listed, digest=namespace_of,
-                 on_event=reconciler.namespace_event),
+        informer(NAMESPACES, on_list=reconciler.namespaces_listed,
+                 digest=reconciler.namespace_digest, on_event=reconciler.namespace_event),
         informer(PROFILES, on_list=reconciler.profiles_listed, on_event=reconciler.profile_event),
         informer(NETWORK_POLICIES, label_selector=MANAGED_SELECTOR,
                  on_list=functools.partial(reconciler.objects_listed, NETWORK_POLICY),
-                 on_event=reconciler.object_event, digest=state_of),
+                 on_event=reconciler.object_event, digest=reconciler.object_digest),
         informer(reconciler.calico, label_selector=MANAGED_SELECTOR, optional=True,
                  on_list=functools.partial(reconciler.objects_listed, GLOBAL_NETWORK_POLICY),
-                 on_event=reconciler.object_event, digest=state_of),
+                 on_event=reconciler.object_event, digest=reconciler.object_digest),
         informer(reconciler.calico_namespaced, label_selector=MANAGED_SELECTOR, optional=True,
                  on_list=functools.partial(reconciler.objects_listed, CALICO_NETWORK_POLICY),
-                 on_event=reconciler.object_event, digest=state_of),
+                 on_event=reconciler.object_event, digest=reconciler.object_digest),
         informer(reconciler.cluster_policies, label_selector=MANAGED_SELECTOR, optional=True,
                  on_list=functools.partial(reconciler.objects_listed, CLUSTER_NETWORK_POLICY),
-                 on_event=reconciler.object_event, digest=state_of),
+                 on_event=reconciler.object_event, digest=reconciler.object_digest),
         *(informer(resource, label_selector=MANAGED_SELECTOR, optional=True,
                    on_list=functools.partial(reconciler.objects_listed, kind),
-                   on_event=reconciler.object_event, digest=state_of)
+                   on_event=reconciler.object_event, digest=reconciler.object_digest)
           for kind, resource in reconciler.staged.items()),
     ]  # fmt: skip
 

@@ -29,7 +29,7 @@ class Standing(StrEnum):
     UNSELECTED = "unselected"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Namespace:
     name: str
     labels: Mapping[str, str] = field(default_factory=dict)
