@@ -16,9 +16,16 @@ noisy machines:
   policies present, p50/p99, from a watch (client-side clocks).
 * **Drift repair** - random deletions and edits of managed policies one at a time, then a burst
   (100 deleted at once): p50/p99/max and the writes each repair cost the apiserver.
-* **Calico** - the same profile in the Calico flavor (higher priority): time until its
-  GlobalNetworkPolicies exist and the NetworkPolicies are gone; then the Calico profile is
-  deleted and the NetworkPolicies come back (hand-back).
+* **Cluster-scoped flavors** - the same profile as CalicoGlobalNetworkPolicy, then as
+  ClusterNetworkPolicy (higher priority): time until its 3 objects exist and the NetworkPolicies
+  are gone, the writes that took; then that profile is deleted and the NetworkPolicies come back
+  (hand-back). Their cost moves into the selector, which names every namespace the profile
+  leaves out: ``bench/selectors.py`` measures its length, the bytes of a plan and the planner's
+  time against N and the number left out.
+* **Namespace-reading template** - a custom policy whose template reads a namespace label, so
+  it renders once per namespace in the worker pool: convergence against objects / W, writes.
+* **Rollout** - a new policy and an edit to every namespace, with new namespaces arriving at
+  20/s meanwhile: time to Ready, and the arrivals' latency under that load.
 * **Memory** - ONE operator process sees every phase above; its peak RSS (``VmHWM``) is read
   after each, and at the end, before the restart phase (the last) replaces it. RSS at
   convergence, and MB per 1,000 namespaces.
@@ -64,6 +71,8 @@ from bench.harness import (
 )
 from bench.phases import Phases
 from bench.report import table
+from bench.selectors import selector_growth
+from bench.selectors import table as selector_table
 from bench.writes import per
 from default_policy_operator.controller.events import REPORT_INTERVAL
 from dpo_dev.cluster import ControlPlane
@@ -73,6 +82,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 BENCH_LABEL = {"bench": "yes"}
 PROFILES = "/apis/defaultpolicy.dev/v1alpha1/defaultpolicyprofiles"
 GNPS = "/apis/crd.projectcalico.org/v1/globalnetworkpolicies"
+CNPS = "/apis/policy.networking.k8s.io/v1beta1/clusternetworkpolicies"
 POLICY_NAMES = ("dpo-deny-all", "dpo-allow-dns", "dpo-allow-kube-system")
 SETTLE = 2.0  # seconds for the apiserver's counters (and queued Events) to catch up
 #: after repairs, the repeats' report (one PATCH of the first Event) is due within this long
@@ -336,24 +346,43 @@ async def phase_drift_burst(b: Bench, result: dict[str, Any]) -> None:
 
 async def phase_calico(b: Bench, result: dict[str, Any]) -> None:
     """The Calico flavor takes over (priority), then hands back when its profile goes."""
-    progress = b.phases.begin("Calico", unit="NetworkPolicies present")
-    log("Calico flavor")
+    result["calico"] = await cluster_flavor_handover(b, "CalicoGlobalNetworkPolicy", GNPS)
+
+
+async def phase_cluster_network_policy(b: Bench, result: dict[str, Any]) -> None:
+    """The same for the upstream ClusterNetworkPolicy flavor (Baseline tier)."""
+    result["cluster_network_policy"] = await cluster_flavor_handover(
+        b, "ClusterNetworkPolicy", CNPS
+    )
+
+
+async def cluster_flavor_handover(b: Bench, flavor: str, path: str) -> dict[str, Any]:
+    """A cluster-scoped flavor takes every namespace over (priority): its few objects are
+    written, then the 3 NetworkPolicies of each namespace deleted once they have settled; its
+    profile is deleted and the NetworkPolicies come back. Writes are O(profiles) one way and
+    O(namespaces) the other."""
+    progress = b.phases.begin(flavor, unit="NetworkPolicies present")
+    log(f"{flavor} flavor takes over")
     governed = 3 * (b.n + 2 * b.extra)
-    spec = {"namespaceSelector": {"matchLabels": BENCH_LABEL}, "priority": 10,
-            "flavor": "CalicoGlobalNetworkPolicy"}  # fmt: skip
-    await b.client.call("POST", PROFILES, profile("bench-calico", spec))
-    gnp = await wait_until(lambda: _count_is(b.client, GNPS, 3), 600, "Calico objects")
+    spec = {"namespaceSelector": {"matchLabels": BENCH_LABEL}, "priority": 10, "flavor": flavor}
+    before = await b.client.mark()
+    await b.client.call("POST", PROFILES, profile("bench-cluster", spec))
+    present = await wait_until(lambda: _count_is(b.client, path, 3), 600, f"{flavor} objects")
     handover = await wait_until(
         lambda: _count_is(b.client, f"{NETPOL}/networkpolicies", 0, progress), 3600, "handed over"
     )
-    log("Calico profile deleted: NetworkPolicies come back")
-    await b.client.call("DELETE", f"{PROFILES}/bench-calico")
+    await asyncio.sleep(SETTLE)
+    writes = await b.client.writes_since(before)
+    log(f"{flavor} profile deleted: NetworkPolicies come back")
+    await b.client.call("DELETE", f"{PROFILES}/bench-cluster")
     handback = await wait_until(
         lambda: _count_is(b.client, f"{NETPOL}/networkpolicies", governed, progress),
         3600, "handed back",
     )  # fmt: skip
-    result["calico"] = {"gnp_seconds": gnp, "networkpolicy_cleanup_seconds": handover + gnp,
-                        "deleted_objects": governed, "handback_seconds": handback}  # fmt: skip
+    await wait_until(lambda: _count_is(b.client, path, 0), 600, f"{flavor} objects removed")
+    return {"gnp_seconds": present, "networkpolicy_cleanup_seconds": handover + present,
+            "deleted_objects": governed, "handback_seconds": handback,
+            "takeover_writes": writes}  # fmt: skip
 
 
 #: The change rolled out: a policy every namespace gains (one create per namespace).
@@ -480,6 +509,7 @@ async def run_phases(b: Bench, result: dict[str, Any]) -> None:
     await b.watch.start()
     for name, phase in (("latency", phase_latency), ("drift", phase_drift_single),
                         ("drift_burst", phase_drift_burst), ("calico", phase_calico),
+                        ("cluster_network_policy", phase_cluster_network_policy),
                         ("templated", phase_templated)):  # fmt: skip
         await phase(b, result)
         peaks[name] = b.peak_mb()
@@ -492,8 +522,8 @@ async def run_phases(b: Bench, result: dict[str, Any]) -> None:
         mb_per_1000_namespaces_above_empty=(peak - memory["rss_mb_ready_empty"])
         / namespaces * 1000,
         process="one uninterrupted process: converge, no-op resync, latency, drift, burst, "
-        "Calico hand-over and hand-back, a namespace-reading template, a rollout with arrivals "
-        "(the restart phase runs after the peak is read)",
+        "Calico and ClusterNetworkPolicy hand-overs and hand-backs, a namespace-reading "
+        "template, a rollout with arrivals (the restart phase runs after the peak is read)",
     )  # fmt: skip
     await phase_restart(b, result)
     b.phases.end()
@@ -513,6 +543,7 @@ async def run_size(
         result["W_py"] = await measure_w_py(client, args.quick, phases)
         result["W"] = await measure_floor(plane, binary, args, phases)
         await run_phases(b, result)
+        result["selector_growth"] = selector_growth(n)
     finally:
         await b.watch.stop()
         operator.stop()
@@ -620,6 +651,12 @@ def main() -> int:
     path = args.out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}{'-quick' if args.quick else ''}.json"
     path.write_text(json.dumps(report, indent=2, default=str))
     print(table(results))
+    for result in results:
+        print(
+            f"\ncluster-scoped flavors at N={result['namespaces']} (the operator's planner, "
+            "in process):"
+        )
+        print(selector_table(result["selector_growth"]))
     print(f"\nwritten to {path}")
     return 0
 

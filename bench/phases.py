@@ -17,7 +17,8 @@ from dpo_dev.progress import Clock, Progress, duration, numbered, say
 #: Every phase of one size, in the order run_size runs them.
 PHASES = (
     "W_py", "W client-go", "namespaces", "operator start", "converge", "no-op resync",
-    "latency", "drift", "drift burst", "Calico", "templated", "rollout", "restart",
+    "latency", "drift", "drift burst", "CalicoGlobalNetworkPolicy", "ClusterNetworkPolicy",
+    "templated", "rollout", "restart",
 )  # fmt: skip
 
 

@@ -33,6 +33,14 @@ def _templated(r: dict[str, Any]) -> str:
     return f"{r['templated']['objects']} in {r['templated']['seconds']:.1f}"
 
 
+def _takeover(c: dict[str, Any]) -> str:
+    """Seconds until the flavor's objects exist, the NetworkPolicies are gone, and are back."""
+    return (
+        f"{c['gnp_seconds']:.1f} / {c['networkpolicy_cleanup_seconds']:.1f}"
+        f" / {c['handback_seconds']:.1f}"
+    )
+
+
 def _memory(r: dict[str, Any]) -> str:
     m = r["memory"]
     return f"{m['peak_mb']:.0f} / {m['rss_mb_converged']:.0f} / {m['rss_mb_ready_empty']:.0f}"
@@ -95,8 +103,11 @@ ROWS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
     ("  ratio to objects/W (to objects/W_py)", lambda r: _ratio(r["templated"])),
     ("  writes np/events/other +refused", lambda r: _writes(r["templated"]["writes"])),
     ("  removed again (s)", lambda r: f"{r['templated']['removed_seconds']:.1f}"),
-    ("Calico: GNPs present / hand-back (s)",
-     lambda r: f"{r['calico']['gnp_seconds']:.1f} / {r['calico']['handback_seconds']:.1f}"),
+    ("Calico GNP: 3 objects / NPs gone / back (s)", lambda r: _takeover(r["calico"])),
+    ("  writes to take over np/events/other", lambda r: _writes(r["calico"]["takeover_writes"])),
+    ("ClusterNetworkPolicy: the same (s)", lambda r: _takeover(r["cluster_network_policy"])),
+    ("  writes to take over np/events/other",
+     lambda r: _writes(r["cluster_network_policy"]["takeover_writes"])),
 ]  # fmt: skip
 
 
