@@ -616,10 +616,12 @@ class Reconciler:
 
     def _admit(self, result: ScopePlan, scope: str) -> list[tuple[Action, Drift | None]]:
         """Record errors and audit findings; hold back repairs of contested objects."""
-        self._errors[scope] = {}
-        for profile, error in result.errors:
-            self._errors[scope][profile, f"policy {error.policy}"] = error.message
-            metrics.RECONCILE_ERRORS.labels(reason="render").inc()
+        errors = {(p, f"policy {error.policy}"): error.message for p, error in result.errors}
+        if errors:
+            metrics.RECONCILE_ERRORS.labels(reason="render").inc(len(result.errors))
+            self._errors[scope] = errors
+        else:  # most scopes, most of the time: no empty record per namespace
+            self._errors.pop(scope, None)
         self._record_findings(result, scope)
         self._end_stale_conflicts(result, scope)
         admission = self.repairs.admit(result.actions, scope, time.monotonic())
