@@ -59,3 +59,11 @@ def test_namespaces_relisted_keep_their_record_until_they_change() -> None:
     relabelled = rec.namespace_digest(namespace("4", "blue"))
     assert relabelled is not known
     assert relabelled.labels == {"team": "blue"}
+
+
+def test_the_echo_of_a_known_version_is_not_hashed_again() -> None:
+    rec = reconciler()
+    rec.object_event("ADDED", policy("7"))
+    known = next(iter(rec.world.objects.values()))
+    rec.object_event("MODIFIED", policy("7"))
+    assert next(iter(rec.world.objects.values())) is known

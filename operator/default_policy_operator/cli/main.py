@@ -195,7 +195,7 @@ def _add_run(add_parser: AddParser) -> None:
         default=60,
         help="seconds before a watch is renewed; liveness fails after 3 without any word",
     )
-    run.add_argument("--workers", type=int, default=32, help="concurrent API writes")
+    run.add_argument("--workers", type=int, default=64, help="concurrent API writes")
     run.add_argument(
         "--handover-settle",
         type=float,

@@ -311,8 +311,11 @@ class Reconciler:
             self.mark([namespace.name, CALICO_SCOPE])
 
     def object_event(self, event_type: str | None, body: dict[str, Any]) -> None:
-        """A managed object changed: update the index, detect drift, re-plan its scope."""
-        self._object_changed(event_type, state_of(body))
+        """A managed object changed: update the index, detect drift, re-plan its scope.
+
+        The echo of our own write carries the resourceVersion its response did, so it is not
+        hashed a second time (see :meth:`object_digest`)."""
+        self._object_changed(event_type, self.object_digest(body))
 
     def _object_changed(self, event_type: str | None, state: ObjectState) -> None:
         key = state.key

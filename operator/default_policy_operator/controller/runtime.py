@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 #: Watches end and are renewed every --watch-timeout seconds and carry bookmarks: this many
 #: timeouts without a word from the API server means a stream is stuck, and liveness says so.
 STALE_WATCH_TIMEOUTS = 3
+#: Connections beyond one per writer: the informers' watches (up to ten kinds), a list during a
+#: resync, status and Event writes, so that writers never wait for a socket.
+WATCH_CONNECTIONS = 16
 
 
 @dataclass
@@ -60,7 +63,7 @@ class RunOptions:
     log_level: str = "INFO"
     resync_period: float = 600.0
     watch_timeout: int = 60
-    workers: int = 32
+    workers: int = 64
     #: ``--handover-settle``: seconds a new cover of another kind is live before the old goes
     handover_settle: float = 3.0
     calico_api_version: str = "crd.projectcalico.org/v1"
@@ -243,14 +246,15 @@ async def _run_with_kopf(
 
 async def run_operator(options: RunOptions, stop: asyncio.Event | None = None) -> None:
     credentials = await load_credentials(options.kubeconfig)
+    connections = options.workers + WATCH_CONNECTIONS
     elector = None
     if options.leader_election is not None:
         elector = LeaderElector(credentials, options.leader_election)
         # The reconciler's client refuses to write once the Lease is lost or released.
-        api: KubeApi = FencedKubeApi(credentials, elector)
+        api: KubeApi = FencedKubeApi(credentials, elector, connections=connections)
     else:
         metrics.LEADER.set(1)  # without leader election this process is the writer
-        api = KubeApi(credentials)
+        api = KubeApi(credentials, connections=connections)
     pool = RenderPool(options.render)
     reconciler = _build_reconciler(options, api, pool)
     registry = build_registry(HandlerConfig(credentials=credentials), reconciler)

@@ -336,8 +336,10 @@ class FencedKubeApi(KubeApi):
     the Lease was lost or released (a task not yet cancelled, a late callback) cannot write.
     """
 
-    def __init__(self, credentials: Credentials, elector: LeaderElector) -> None:
-        super().__init__(credentials)
+    def __init__(
+        self, credentials: Credentials, elector: LeaderElector, *, connections: int = 64
+    ) -> None:
+        super().__init__(credentials, connections=connections)
         self._elector = elector
 
     async def request(
