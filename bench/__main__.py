@@ -544,6 +544,7 @@ async def run_size(
         result["W"] = await measure_floor(plane, binary, args, phases)
         await run_phases(b, result)
         result["selector_growth"] = selector_growth(n)
+        result["bench_watch_restarts"] = b.watch.restarts
     finally:
         await b.watch.stop()
         operator.stop()
@@ -632,14 +633,11 @@ def main() -> int:
     args = parse_args()
     load_at_start = os.getloadavg()
     binary = floor_binary(args)
-    results = []
+    results: list[dict[str, Any]] = []
     sizes = [int(s) for s in args.sizes.split(",")]
     phases = Phases(sizes)
-    with tempfile.TemporaryDirectory(prefix="dpo-bench-") as tmp:
-        for n in sizes:
-            log(f"=== N = {n} ===")
-            phases.n = n
-            results.append(asyncio.run(run_size(n, args, Path(tmp), binary, phases)))
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}{'-quick' if args.quick else ''}.json"
     report = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {**machine(), "load_average_at_start": load_at_start},
@@ -647,9 +645,13 @@ def main() -> int:
         "args": {k: v for k, v in vars(args).items() if k != "out"},
         "results": results,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}{'-quick' if args.quick else ''}.json"
-    path.write_text(json.dumps(report, indent=2, default=str))
+    with tempfile.TemporaryDirectory(prefix="dpo-bench-") as tmp:
+        for n in sizes:
+            log(f"=== N = {n} ===")
+            phases.n = n
+            results.append(asyncio.run(run_size(n, args, Path(tmp), binary, phases)))
+            # written after every size: a later size that fails loses only itself
+            path.write_text(json.dumps(report, indent=2, default=str))
     print(table(results))
     for result in results:
         print(

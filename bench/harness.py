@@ -239,16 +239,33 @@ class PolicyWatch:
         self.seen: dict[str, set[str]] = {}
         self.waiters: list[tuple[Predicate, asyncio.Future[float]]] = []
         self.task: asyncio.Task[None] | None = None
+        #: how often the stream had to be resumed (reported: each one is a gap the bench heard
+        #: of late, never a gap in the operator's work)
+        self.restarts = 0
 
     async def start(self) -> None:
+        version = await self._list()
+        self.task = asyncio.create_task(self._run(version))
+
+    async def _list(self) -> str:
         listing = await self.client.call("GET", f"{NETPOL}/networkpolicies?labelSelector={MANAGED}")
+        self.seen = {}
         for item in listing["items"]:
             meta = item["metadata"]
             self.seen.setdefault(meta["namespace"], set()).add(meta["name"])
-        version = listing["metadata"]["resourceVersion"]
-        self.task = asyncio.create_task(self._run(version))
+        return str(listing["metadata"]["resourceVersion"])
 
     async def _run(self, version: str) -> None:
+        """Watch from ``version``, and again from the last version seen whenever the server ends
+        the stream: under a flood of events (tens of thousands in a hand-over) the apiserver
+        drops a watcher that falls behind, and a bench that stopped hearing would time out
+        waiting for policies that exist. A 410 (too old to resume) starts from a fresh list."""
+        while True:
+            version = await self._watch(version) or await self._list()
+            self.restarts += 1
+
+    async def _watch(self, version: str) -> str:
+        """One watch stream; returns the last resourceVersion seen, or "" after a 410."""
         url = (f"{self.client.server}{NETPOL}/networkpolicies?watch=true&labelSelector={MANAGED}"
                f"&resourceVersion={version}&allowWatchBookmarks=true")  # fmt: skip
         async with self.client.session.get(
@@ -257,18 +274,24 @@ class PolicyWatch:
             async for line in response.content:
                 now = time.monotonic()
                 event = json.loads(line)
-                if event["type"] == "BOOKMARK":
-                    continue
-                meta = event["object"]["metadata"]
-                ns, name = meta["namespace"], meta["name"]
-                if event["type"] == "DELETED":
-                    self.seen.get(ns, set()).discard(name)
-                else:
-                    self.seen.setdefault(ns, set()).add(name)
-                for predicate, future in list(self.waiters):
-                    if not future.done() and predicate(event["type"], ns, name, event["object"]):
-                        future.set_result(now)
-                        self.waiters.remove((predicate, future))
+                if event["type"] == "ERROR":
+                    return ""
+                version = event["object"]["metadata"]["resourceVersion"]
+                if event["type"] != "BOOKMARK":
+                    self._seen_event(event, now)
+        return version
+
+    def _seen_event(self, event: dict[str, Any], now: float) -> None:
+        meta = event["object"]["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        if event["type"] == "DELETED":
+            self.seen.get(ns, set()).discard(name)
+        else:
+            self.seen.setdefault(ns, set()).add(name)
+        for predicate, future in list(self.waiters):
+            if not future.done() and predicate(event["type"], ns, name, event["object"]):
+                future.set_result(now)
+                self.waiters.remove((predicate, future))
 
     def expect(self, predicate: Predicate) -> asyncio.Future[float]:
         future: asyncio.Future[float] = asyncio.get_running_loop().create_future()

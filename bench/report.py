@@ -119,4 +119,10 @@ def table(results: list[dict[str, Any]]) -> str:
     skipped = {r["W"].get("skipped") for r in results} - {None}
     notes = [f"note: client-go floor skipped: {s}; ratios to W_py only" for s in skipped]
     notes += [line for line in (sizing(results),) if line]
+    notes += [
+        f"note: N={r['namespaces']}: the bench's own policy watch was resumed "
+        f"{r['bench_watch_restarts']} time(s); latencies around a resume include its gap"
+        for r in results
+        if r.get("bench_watch_restarts")
+    ]
     return "\n".join(lines + notes)
