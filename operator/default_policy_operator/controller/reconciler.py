@@ -123,6 +123,7 @@ class Reconciler:
         self.last_loop = time.monotonic()  # liveness heartbeat
         self.last_resync = 0.0
         self._own_versions: dict[ObjectKey, str] = {}  # resourceVersions of our own writes
+        self._gone: dict[ObjectKey, str] = {}  # uids we deleted, until the watch says so
         self.repairs = RepairTracker()
         self.conflicts = ConflictTracker()
         self.events = EventRecorder(api)
@@ -194,6 +195,8 @@ class Reconciler:
     def objects_listed(self, kind: str, states: list[ObjectState], version: str) -> None:
         """A (re)list of one kind of managed object; what vanished unseen was deleted."""
         listed = {state.key: state for state in states}
+        for key in [k for k in self._gone if k.kind == kind and k not in listed]:
+            del self._gone[key]  # the list is newer than its delete: no older event can follow
         for key in [k for k in self.world.objects if k.kind == kind and k not in listed]:
             known = self.world.objects[key]
             if _older(version, known.resource_version):
@@ -322,6 +325,11 @@ class Reconciler:
         known = self.world.objects.get(key)
         if known is not None and _older(state.resource_version, known.resource_version):
             return  # a stale event overtaken by our own write's response
+        if self._gone.get(key) == state.uid:
+            if event_type != "DELETED":
+                self._own_versions.pop(key, None)
+                return  # a late event of an object we deleted: it changes nothing
+            del self._gone[key]  # its delete's own echo: handled as ever
         own = self._own_versions.get(key) == state.resource_version
         if own and event_type != "DELETED":
             # The echo of our own write: the index already holds it, nothing to re-plan.
@@ -715,7 +723,7 @@ class Reconciler:
                 await self.api.delete(
                     resource, key.name, namespace=key.namespace, uid=known.uid if known else ""
                 )
-                self.world.remove_object(key)
+                self._deleted(key)
         except ApiError as exc:
             await self._failed(action, exc)
             return
@@ -727,6 +735,16 @@ class Reconciler:
             await self._profile_event(
                 action.profile, "Normal", "DriftRepaired", f"{key} was {drift.kind}; restored"
             )
+
+    def _deleted(self, key: ObjectKey) -> None:
+        """Our delete of ``key`` succeeded. The object's uid is kept until the watch delivers
+        the delete (or a list no longer shows it): an older event of that object still queued
+        in the watch would otherwise put it back in the index, and the planner delete it again.
+        """
+        known = self.world.objects.get(key)
+        if known is not None:
+            self._gone[key] = known.uid
+        self.world.remove_object(key)
 
     def _remember(self, body: dict[str, Any]) -> None:
         state = state_of(body)
