@@ -651,6 +651,7 @@ def main() -> int:
             phases.n = n
             results.append(asyncio.run(run_size(n, args, Path(tmp), binary, phases)))
             # written after every size: a later size that fails loses only itself
+            report["machine"] = {**machine(), "load_average_at_start": load_at_start}
             path.write_text(json.dumps(report, indent=2, default=str))
     print(table(results))
     for result in results:
