@@ -146,6 +146,15 @@ def test_bench_smoke_run_prints_and_writes_figures(tmp_path: Path) -> None:
     assert rollout["seconds"] > 0
     assert rollout["latency_create"]["count"] >= 1, "no namespace arrived during the rollout"
     assert "rollout: namespaces / seconds to Ready" in result.stdout
+    templated = run["templated"]
+    assert templated["writes"]["networkpolicies"] == templated["objects"] > run["namespaces"]
+    for flavor in ("calico", "cluster_network_policy"):
+        takeover = run[flavor]
+        assert takeover["takeover_writes"]["networkpolicies"] == takeover["deleted_objects"]
+    assert {row["flavor"] for row in run["selector_growth"]} == {
+        "CalicoGlobalNetworkPolicy",
+        "ClusterNetworkPolicy",
+    }
     memory = run["memory"]
     assert memory["peak_mb"] >= max(memory["peak_by_phase"].values()) > 0
     assert memory["peak_mb"] >= memory["rss_mb_converged"]
