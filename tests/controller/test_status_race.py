@@ -13,7 +13,7 @@ from typing import Any
 
 from default_policy_operator.controller.reconciler import Reconciler, Settings
 from default_policy_operator.core.world import World
-from default_policy_operator.kube.client import Resource
+from default_policy_operator.kube.client import ApiError, Resource
 
 
 class VanishingApi:
@@ -46,3 +46,41 @@ def test_a_profile_removed_during_a_status_write_is_skipped() -> None:
     reconciler = Reconciler(world, api, Settings())  # type: ignore[arg-type]
     asyncio.run(reconciler.status.publish())
     assert api.patched == ["a", "c"]
+
+
+class RefusingApi:
+    """Refuses the first status write with 503 and a Retry-After, then accepts."""
+
+    def __init__(self, retry_after: float) -> None:
+        self.retry_after = retry_after
+        self.attempts: list[float] = []
+
+    async def patch(self, resource: Resource, name: str, body: Any, **_: Any) -> dict[str, Any]:
+        self.attempts.append(asyncio.get_running_loop().time())
+        if len(self.attempts) == 1:
+            raise ApiError(503, "ServiceUnavailable", "busy", retry_after=self.retry_after)
+        return {}
+
+
+def test_a_refused_status_write_is_tried_again_and_not_before_retry_after() -> None:
+    """Seen in CI: a status write that ran out of retries was written again by the next round,
+    one status interval (1 s) later, although the server had asked for 2 s. And had nothing else
+    moved, it would not have been written again at all."""
+    world = World(frozenset())
+    world.update_profile(profile("a"))
+    api = RefusingApi(retry_after=0.4)
+    reconciler = Reconciler(world, api, Settings(status_interval=0.05))  # type: ignore[arg-type]
+
+    async def run() -> None:
+        reconciler.synced.set()
+        reconciler._status_dirty.set()
+        loop = asyncio.ensure_future(reconciler._status_loop())
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if len(api.attempts) >= 2:
+                break
+        loop.cancel()
+
+    asyncio.run(run())
+    assert len(api.attempts) == 2, "the refused status was never written again"
+    assert api.attempts[1] - api.attempts[0] >= 0.4

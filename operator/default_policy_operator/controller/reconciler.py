@@ -818,7 +818,8 @@ class Reconciler:
     # -- status ------------------------------------------------------------------------
 
     async def _status_loop(self) -> None:
-        """Publish statuses at most once per ``status_interval``, when something moved.
+        """Publish statuses at most once per ``status_interval``, when something moved; a
+        refused write is tried again, not before the server's Retry-After.
 
         Not before the first full pass: a restart would otherwise publish "Reconciling" and then
         "Ready" again, two writes where nothing changed.
@@ -827,11 +828,16 @@ class Reconciler:
         while True:
             await self._status_dirty.wait()
             self._status_dirty.clear()
+            pause = self.settings.status_interval
             try:
                 await self.status.publish()
+            except ApiError as exc:  # the client's retries ran out: try again, when allowed
+                log.warning("status update failed: %s", exc)
+                self._status_dirty.set()
+                pause = max(pause, exc.retry_after or 0.0)
             except Exception:
                 log.exception("status update failed")
-            await asyncio.sleep(self.settings.status_interval)
+            await asyncio.sleep(pause)
 
     # -- resync -------------------------------------------------------------------------
 
