@@ -84,3 +84,18 @@ def test_a_late_echo_of_an_object_we_deleted_does_not_bring_it_back() -> None:
     recreated["metadata"]["uid"] = "u2"
     rec.object_event("ADDED", recreated)  # someone creates it again: a new object
     assert rec.world.objects[key].uid == "u2"
+
+
+def test_a_list_ends_the_record_of_a_deleted_object_even_if_its_name_was_reused() -> None:
+    """Deleted and created again (a quick switch back): the old delete's echo is older than the
+    new object and is dropped unseen, so only the next list can end the old uid's record."""
+    rec = reconciler()
+    rec._remember(policy("7"))
+    key = next(iter(rec.world.objects))
+    rec._deleted(key)
+    again = policy("9")
+    again["metadata"]["uid"] = "u2"
+    rec._remember(again)
+    rec.objects_listed(NETWORK_POLICY, [rec.object_digest(again)], "10")
+    assert rec._gone == {}
+    assert rec.world.objects[key].uid == "u2"

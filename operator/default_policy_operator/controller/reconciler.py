@@ -59,6 +59,7 @@ from default_policy_operator.core.world import ProfileEntry, ScopePlan, World
 from default_policy_operator.kube.client import (
     NETWORK_POLICIES,
     PROFILES,
+    RETRYABLE,
     ApiError,
     KubeApi,
     Resource,
@@ -195,8 +196,9 @@ class Reconciler:
     def objects_listed(self, kind: str, states: list[ObjectState], version: str) -> None:
         """A (re)list of one kind of managed object; what vanished unseen was deleted."""
         listed = {state.key: state for state in states}
-        for key in [k for k in self._gone if k.kind == kind and k not in listed]:
-            del self._gone[key]  # the list is newer than its delete: no older event can follow
+        for key in [k for k in self._gone if k.kind == kind]:
+            if key not in listed or listed[key].uid != self._gone[key]:
+                del self._gone[key]  # the list is newer than its delete: no older event follows
         for key in [k for k in self.world.objects if k.kind == kind and k not in listed]:
             known = self.world.objects[key]
             if _older(version, known.resource_version):
@@ -831,10 +833,11 @@ class Reconciler:
             pause = self.settings.status_interval
             try:
                 await self.status.publish()
-            except ApiError as exc:  # the client's retries ran out: try again, when allowed
+            except ApiError as exc:
                 log.warning("status update failed: %s", exc)
-                self._status_dirty.set()
-                pause = max(pause, exc.retry_after or 0.0)
+                if exc.status in RETRYABLE:  # the client's retries ran out: again, when allowed
+                    self._status_dirty.set()
+                    pause = max(pause, exc.retry_after or 0.0)
             except Exception:
                 log.exception("status update failed")
             await asyncio.sleep(pause)
