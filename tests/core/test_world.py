@@ -297,6 +297,39 @@ def test_a_deleted_calico_profile_keeps_its_objects_until_the_successor_covers(
     assert {v for v, _ in verbs(world.plan_calico())} == {Verb.DELETE}
 
 
+# -- deletion ---------------------------------------------------------------------------------
+
+
+def test_a_deletion_seen_first_is_not_undone_by_an_older_event_of_the_profile() -> None:
+    """kopf's watch can see a profile's deletion before our informer delivers an older event of
+    it (the echo of our own status write). Deletion is irreversible: that event must not make the
+    profile govern again, or the objects its Orphan finalizer releases are written back with our
+    labels, and deleted once the profile is gone (CI saw them still labelled)."""
+    world = make_world(ns("team-a", env="prod"))
+    body = profile_body(
+        "base", namespaceSelector={"matchLabels": {"env": "prod"}}, deletionPolicy="Orphan"
+    )
+    world.update_profile(body)
+    converge(world)
+    assert world.objects_in("team-a")
+    world.mark_deleting("base")  # kopf's handler, ahead of our informer
+    world.update_profile(body)  # the older event: same object, no deletionTimestamp yet
+    assert not world.profiles["base"].active
+    for key in world.objects_in("team-a"):
+        world.remove_object(key)  # what the Orphan finalizer releases
+    assert world.plan_namespace("team-a").actions == []
+
+
+def test_a_profile_recreated_under_the_same_name_is_not_taken_for_the_deleted_one(
+    world: World,
+) -> None:
+    world.mark_deleting("base")
+    recreated = profile_body("base", namespaceSelector={"matchLabels": {"env": "prod"}})
+    recreated["metadata"]["uid"] = "uid-base-2"
+    world.update_profile(recreated)
+    assert world.profiles["base"].deleting is False
+
+
 # -- audit ------------------------------------------------------------------------------------
 
 

@@ -55,10 +55,7 @@ class Finalizer:
         reconciler = self.reconciler
         await reconciler.synced.wait()
         entry = reconciler.world.profiles.get(name)
-        if entry is not None and not entry.deleting:
-            # kopf may see the deletion before our informer does: stop governing right now.
-            entry.deleting = True
-            reconciler.world.set_profile(entry)
+        reconciler.world.mark_deleting(name)  # kopf may see it before our informer does
         reconciler.profile_changed()
         await reconciler.idle()
         if entry is not None and entry.deletion_policy is DeletionPolicy.ORPHAN:

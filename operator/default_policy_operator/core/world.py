@@ -243,6 +243,13 @@ class World:
         self.profiles[entry.name] = entry
         self._sorted = self._protected = None
 
+    def mark_deleting(self, name: str) -> None:
+        """The profile's deletion was seen elsewhere first (kopf's watch): stop governing now."""
+        entry = self.profiles.get(name)
+        if entry is not None and not entry.deleting:
+            entry.deleting = True
+            self.set_profile(entry)
+
     def update_profile(self, body: Mapping[str, Any]) -> ProfileEntry:
         """Admit a profile object: parse, validate, trial-render; keep the last good version.
 
@@ -253,7 +260,13 @@ class World:
         name = str(meta.get("name", ""))
         previous = self.profiles.get(name)
         generation = int(meta.get("generation") or 0)
-        deleting = bool(meta.get("deletionTimestamp"))
+        # Deletion is irreversible: once seen (kopf's watch may see it first), an event of the
+        # same object without it is older news and must not make the profile govern again.
+        deleting = bool(meta.get("deletionTimestamp")) or (
+            previous is not None
+            and previous.deleting
+            and previous.metadata.get("uid") == meta.get("uid")
+        )
         version = str(meta.get("resourceVersion", ""))
         recorded = str((meta.get("annotations") or {}).get(LAST_VALID_SPEC_ANNOTATION, ""))
         if previous and (previous.generation, previous.deleting) == (generation, deleting):
