@@ -52,7 +52,8 @@ unit: venv
 demo: binaries
 	$(BIN)/python -m dpo_dev.demo
 
-# BENCH_ARGS="--sizes 1000" for a shorter run; --profile adds a py-spy flame graph.
+# BENCH_ARGS="--sizes 1000" for a shorter run; --profile adds a py-spy flame graph;
+# --peer kyverno measures Kyverno beside us (built from the Go module proxy once, ~13 min cold).
 # The client-go floor (bench/floor, a Go module) is built into the binary cache on first use,
 # keyed by its source hash; `make test`'s smoke run uses it only if already built.
 bench: binaries

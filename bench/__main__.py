@@ -30,6 +30,11 @@ noisy machines:
   after each, and at the end, before the restart phase (the last) replaces it. RSS at
   convergence, and MB per 1,000 namespaces.
 * **Restart** - the operator restarted on the final state: time to ready and writes.
+* **Compact layout** - before all that, a profile with ``layout: Compact`` (one NetworkPolicy
+  per namespace) converges over the N namespaces and is deleted again: N objects against W.
+* **Peer** (``--peer kyverno``, at ``--peer-sizes``) - Kyverno's ClusterPolicy and
+  GeneratingPolicy on the same namespaces before the operator starts (``bench/peer_kyverno.py``),
+  printed beside the operator's figures as ratios.
 
 Prints a table and writes JSON under ``bench/results/``. ``--quick`` is the smoke run used by
 the test suite (it skips the Go floor unless its binary is already built; ``--floor build``
@@ -59,6 +64,7 @@ from bench.harness import (
     Operator,
     PolicyWatch,
     Predicate,
+    arrival_latency,
     gather_limited,
     log,
     namespace,
@@ -69,8 +75,9 @@ from bench.harness import (
     summary,
     wait_until,
 )
-from bench.phases import Phases
-from bench.report import table
+from bench.peer_kyverno import Kyverno, PeerRun, ensure_kyverno, measure_both
+from bench.phases import Phases, phases_with_peer
+from bench.report import peer_table, table
 from bench.selectors import selector_growth
 from bench.selectors import table as selector_table
 from bench.writes import per
@@ -168,6 +175,36 @@ async def create_namespaces(b: Bench) -> None:
     )  # fmt: skip
 
 
+async def phase_compact(b: Bench, result: dict[str, Any]) -> None:
+    """The Compact layout's convergence: one NetworkPolicy per namespace carries deny-all,
+    allow-DNS and allow-kube-system, so N objects against N / W. The profile is then deleted
+    (its objects with it), and the Separate layout's convergence starts from nothing."""
+    w, w_py = result["W"]["W"], result["W_py"]["W"]
+    progress = b.phases.begin("compact", unit="objects present", total=b.n)
+    log(f"Compact layout over {b.n} namespaces")
+    before = await b.client.mark()
+    spec = {"namespaceSelector": {"matchLabels": BENCH_LABEL}, "layout": "Compact"}
+    await b.client.call("POST", PROFILES, profile("bench-compact", spec))
+    path = f"{NETPOL}/networkpolicies"
+    seconds = await wait_until(
+        lambda: _count_is(b.client, path, b.n, progress), 3600, "compact convergence", 0.5
+    )
+    await asyncio.sleep(SETTLE)
+    writes = await b.client.writes_since(before)
+    await b.client.call("DELETE", f"{PROFILES}/bench-compact")
+    removed = await wait_until(lambda: _count_is(b.client, path, 0), 3600, "compact removal", 0.5)
+    await wait_until(lambda: _absent(b.client, f"{PROFILES}/bench-compact"), 120, "profile gone")
+    target = 1.5 * b.n / w + 2 if w else None
+    result["compact"] = {
+        "objects": b.n, "seconds": seconds, "target_seconds": target,
+        "ratio_to_W": seconds / (b.n / w) if w else None,
+        "ratio_to_W_py": seconds / (b.n / w_py),
+        "met": seconds <= target if target else None,
+        "writes": writes, "removed_seconds": removed,
+    }  # fmt: skip
+    log(f"Compact: {b.n} objects in {seconds:.1f}s, removed in {removed:.1f}s")
+
+
 async def phase_converge(b: Bench, result: dict[str, Any]) -> None:
     w, w_py = result["W"]["W"], result["W_py"]["W"]
     cpu0 = b.operator.cpu_seconds()
@@ -234,39 +271,6 @@ async def phase_latency(b: Bench, result: dict[str, Any]) -> None:
     )  # fmt: skip
     result["latency_create"] = summary(created, target_p50=0.25, target_p99=1.0)
     result["latency_relabel"] = summary(relabelled, target_p50=0.25, target_p99=1.0)
-
-
-async def arrival_latency(
-    watch: PolicyWatch,
-    names: list[str],
-    rate: float,
-    progress: Progress,
-    act: Any,
-    policies: int = 3,
-    until: asyncio.Event | None = None,
-) -> list[float]:
-    """Perform ``act`` on each name at ``rate``/s (until ``until`` is set, if given); time until
-    its namespace holds ``policies`` policies."""
-    latencies: list[float] = []
-
-    async def one(name: str) -> None:
-        future = watch.expect(
-            lambda _t, ns, _n, _o: ns == name and len(watch.seen.get(name, ())) >= policies
-        )
-        started = time.monotonic()
-        await act(name)
-        latencies.append(await asyncio.wait_for(future, 60) - started)
-        progress.advance()
-
-    tasks = []
-    begin = time.monotonic()
-    for i, name in enumerate(names):
-        if until is not None and until.is_set():
-            break
-        tasks.append(asyncio.create_task(one(name)))
-        await asyncio.sleep(max(0.0, begin + (i + 1) / rate - time.monotonic()))
-    await asyncio.gather(*tasks)
-    return latencies
 
 
 EDITED = {"matchLabels": {"bench": "edit"}}
@@ -495,13 +499,25 @@ async def phase_restart(b: Bench, result: dict[str, Any]) -> None:
     result["memory"]["rss_mb_after_restart"] = b.operator.memory_mb("VmRSS")
 
 
+async def run_peer(b: Bench, result: dict[str, Any]) -> None:
+    """``--peer kyverno``: Kyverno on the bench's namespaces, before the operator starts."""
+    kyverno = Kyverno(b.plane, b.client, b.plane.workdir.parent)
+    run = PeerRun(kyverno, b.client, b.apps, BENCH_LABEL, result["W"]["W"], b.args.rate,
+                  b.args.peer_duration, b.args.peer_drift, b.phases)  # fmt: skip
+    result["peer"] = {"kyverno": await measure_both(run)}
+
+
 async def run_phases(b: Bench, result: dict[str, Any]) -> None:
     """Every phase on one operator process, its peak RSS read after each; restart last."""
     await create_namespaces(b)
+    if b.args.peer == "kyverno" and b.n in b.args.peer_sizes:
+        await run_peer(b, result)
     b.phases.begin("operator start")
     result["startup_seconds_empty"] = b.operator.start()
     memory = result["memory"] = {"rss_mb_ready_empty": b.operator.memory_mb("VmRSS")}
     peaks: dict[str, float] = {}
+    await phase_compact(b, result)
+    peaks["compact"] = b.peak_mb()
     await phase_converge(b, result)
     peaks["converge"] = b.peak_mb()
     await phase_noop_resync(b, result)
@@ -521,9 +537,10 @@ async def run_phases(b: Bench, result: dict[str, Any]) -> None:
         mb_per_1000_namespaces=peak / namespaces * 1000,
         mb_per_1000_namespaces_above_empty=(peak - memory["rss_mb_ready_empty"])
         / namespaces * 1000,
-        process="one uninterrupted process: converge, no-op resync, latency, drift, burst, "
-        "Calico and ClusterNetworkPolicy hand-overs and hand-backs, a namespace-reading "
-        "template, a rollout with arrivals (the restart phase runs after the peak is read)",
+        process="one uninterrupted process: Compact convergence and removal, converge, "
+        "no-op resync, latency, drift, burst, Calico and ClusterNetworkPolicy hand-overs and "
+        "hand-backs, a namespace-reading template, a rollout with arrivals (the restart "
+        "phase runs after the peak is read)",
     )  # fmt: skip
     await phase_restart(b, result)
     b.phases.end()
@@ -569,6 +586,16 @@ async def _count_is(
     if progress is not None:
         progress.update(count)
     return count == want
+
+
+async def _absent(client: Client, path: str) -> bool:
+    try:
+        await client.call("GET", path)
+    except RuntimeError as error:
+        if ": 404 " in str(error):
+            return True
+        raise
+    return False
 
 
 async def _accepted_and_count_is(
@@ -620,12 +647,27 @@ def parse_args() -> argparse.Namespace:
         help="client-go floor: auto builds it unless --quick (then only if cached)")  # fmt: skip
     add("--floor-workers", default="16,64,128", help="client-go floor worker counts")
     add("--floor-count", type=int, default=5000, help="creates per floor measurement")
+    add(
+        "--peer",
+        choices=("none", "kyverno"),
+        default="none",
+        help="also measure Kyverno's generate rules (built from the Go module proxy, cached)",
+    )
+    add(
+        "--peer-duration",
+        type=float,
+        default=15.0,
+        help="seconds of namespace arrivals for the peer (at --rate)",
+    )
+    add("--peer-drift", type=int, default=20, help="peer drift repairs, one at a time")
     add("--profile", action="store_true", help="py-spy the operator (if installed)")
     add("--out", type=Path, default=RESULTS)
+    add("--workdir", type=Path, help="keep the control planes' and processes' logs here")
     args = parser.parse_args()
     if args.quick:
         args.sizes, args.duration, args.drift, args.resync = "50", 2.0, 10, 5.0
         args.floor_count = 500
+        args.peer_duration, args.peer_drift, args.peer_sizes = 2.0, 5, [50]
     return args
 
 
@@ -633,27 +675,37 @@ def main() -> int:
     args = parse_args()
     load_at_start = os.getloadavg()
     binary = floor_binary(args)
+    if args.peer == "kyverno":
+        log(f"Kyverno binaries ready: {', '.join(p.name for p in ensure_kyverno().values())}")
     results: list[dict[str, Any]] = []
     sizes = [int(s) for s in args.sizes.split(",")]
-    phases = Phases(sizes)
+    phases = Phases(sizes, names=phases_with_peer(args.peer == "kyverno"))
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}{'-quick' if args.quick else ''}.json"
     report = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {**machine(), "load_average_at_start": load_at_start},
         "command": " ".join(["python -m bench", *sys.argv[1:]]),
-        "args": {k: v for k, v in vars(args).items() if k != "out"},
+        "args": {k: v for k, v in vars(args).items() if k not in ("out", "workdir")},
         "results": results,
     }
     with tempfile.TemporaryDirectory(prefix="dpo-bench-") as tmp:
+        workdir = args.workdir or Path(tmp)
         for n in sizes:
             log(f"=== N = {n} ===")
             phases.n = n
-            results.append(asyncio.run(run_size(n, args, Path(tmp), binary, phases)))
+            results.append(asyncio.run(run_size(n, args, workdir, binary, phases)))
             # written after every size: a later size that fails loses only itself
             report["machine"] = {**machine(), "load_average_at_start": load_at_start}
             path.write_text(json.dumps(report, indent=2, default=str))
     print(table(results))
+    for result in results:
+        if "peer" in result:
+            print(
+                f"\nKyverno {result['peer']['kyverno']['version']} beside the operator at "
+                f"N={result['namespaces']} (ratio: Kyverno / operator):"
+            )
+            print(peer_table(result))
     for result in results:
         print(
             f"\ncluster-scoped flavors at N={result['namespaces']} (the operator's planner, "

@@ -232,10 +232,12 @@ Predicate = Callable[[str, str, str, dict[str, Any]], bool]
 
 
 class PolicyWatch:
-    """Watches managed NetworkPolicies and records when each (namespace, name) event arrives."""
+    """Watches NetworkPolicies (the operator's, or ``selector``'s) and records when each
+    (namespace, name) event arrives."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, selector: str = MANAGED) -> None:
         self.client = client
+        self.selector = selector
         self.seen: dict[str, set[str]] = {}
         self.waiters: list[tuple[Predicate, asyncio.Future[float]]] = []
         self.task: asyncio.Task[None] | None = None
@@ -248,7 +250,8 @@ class PolicyWatch:
         self.task = asyncio.create_task(self._run(version))
 
     async def _list(self) -> str:
-        listing = await self.client.call("GET", f"{NETPOL}/networkpolicies?labelSelector={MANAGED}")
+        path = f"{NETPOL}/networkpolicies?labelSelector={self.selector}"
+        listing = await self.client.call("GET", path)
         self.seen = {}
         for item in listing["items"]:
             meta = item["metadata"]
@@ -266,8 +269,9 @@ class PolicyWatch:
 
     async def _watch(self, version: str) -> str:
         """One watch stream; returns the last resourceVersion seen, or "" after a 410."""
-        url = (f"{self.client.server}{NETPOL}/networkpolicies?watch=true&labelSelector={MANAGED}"
-               f"&resourceVersion={version}&allowWatchBookmarks=true")  # fmt: skip
+        url = (f"{self.client.server}{NETPOL}/networkpolicies?watch=true"
+               f"&labelSelector={self.selector}&resourceVersion={version}"
+               "&allowWatchBookmarks=true")  # fmt: skip
         async with self.client.session.get(
             url, headers=self.client.headers, timeout=aiohttp.ClientTimeout(total=None)
         ) as response:
@@ -303,6 +307,40 @@ class PolicyWatch:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self.task
+
+
+async def arrival_latency(
+    watch: PolicyWatch,
+    names: list[str],
+    rate: float,
+    progress: Progress,
+    act: Any,
+    policies: int = 3,
+    until: asyncio.Event | None = None,
+    each_within: float = 60.0,
+) -> list[float]:
+    """Perform ``act`` on each name at ``rate``/s (until ``until`` is set, if given); time until
+    its namespace holds ``policies`` policies (at most ``each_within`` seconds each)."""
+    latencies: list[float] = []
+
+    async def one(name: str) -> None:
+        future = watch.expect(
+            lambda _t, ns, _n, _o: ns == name and len(watch.seen.get(name, ())) >= policies
+        )
+        started = time.monotonic()
+        await act(name)
+        latencies.append(await asyncio.wait_for(future, each_within) - started)
+        progress.advance()
+
+    tasks = []
+    begin = time.monotonic()
+    for i, name in enumerate(names):
+        if until is not None and until.is_set():
+            break
+        tasks.append(asyncio.create_task(one(name)))
+        await asyncio.sleep(max(0.0, begin + (i + 1) / rate - time.monotonic()))
+    await asyncio.gather(*tasks)
+    return latencies
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -16,19 +16,35 @@ from dpo_dev.progress import Clock, Progress, duration, numbered, say
 
 #: Every phase of one size, in the order run_size runs them.
 PHASES = (
-    "W_py", "W client-go", "namespaces", "operator start", "converge", "no-op resync",
-    "latency", "drift", "drift burst", "CalicoGlobalNetworkPolicy", "ClusterNetworkPolicy",
-    "templated", "rollout", "restart",
+    "W_py", "W client-go", "namespaces", "operator start", "compact", "converge",
+    "no-op resync", "latency", "drift", "drift burst", "CalicoGlobalNetworkPolicy",
+    "ClusterNetworkPolicy", "templated", "rollout", "restart",
 )  # fmt: skip
+#: With ``--peer kyverno``: Kyverno's two policy APIs, measured after "namespaces".
+PEER_PHASES = ("Kyverno ClusterPolicy", "Kyverno GeneratingPolicy")
+
+
+def phases_with_peer(peer: bool) -> tuple[str, ...]:
+    """The phases of one size: :data:`PHASES`, with the peer's after "namespaces" if asked."""
+    if not peer:
+        return PHASES
+    at = PHASES.index("namespaces") + 1
+    return (*PHASES[:at], *PEER_PHASES, *PHASES[at:])
 
 
 class Phases:
     """The bench's position: the size being measured and the phase running in it."""
 
     def __init__(
-        self, sizes: Sequence[int], *, stream: TextIO | None = None, clock: Clock = time.monotonic
+        self,
+        sizes: Sequence[int],
+        *,
+        names: Sequence[str] = PHASES,
+        stream: TextIO | None = None,
+        clock: Clock = time.monotonic,
     ) -> None:
         self.sizes = list(sizes)
+        self.names = list(names)
         self.n = self.sizes[0]
         self.current: Progress | None = None
         self._stream = stream
@@ -39,7 +55,7 @@ class Phases:
         """End the running phase, announce ``name`` and return its progress to count on."""
         self.end()
         size = numbered(f"N={self.n}", self.sizes.index(self.n) + 1, len(self.sizes))
-        phase = numbered(f"phase {name}", PHASES.index(name) + 1, len(PHASES))
+        phase = numbered(f"phase {name}", self.names.index(name) + 1, len(self.names))
         label = f"[bench] {size}, {phase}"
         bench_time = duration(self._clock() - self._started)
         say(f"{label}: started, {bench_time} into the bench", self._stream)

@@ -79,6 +79,10 @@ ROWS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
     ("converge 3N objects (s)", lambda r: f"{r['convergence']['seconds']:.1f}"),
     ("  target 1.5*objects/W+2 (s)", lambda r: _num(r["convergence"]["target_seconds"], ".1f")),
     ("  ratio to objects/W (to objects/W_py)", lambda r: _ratio(r["convergence"])),
+    ("Compact layout: converge N objects (s)", lambda r: f"{r['compact']['seconds']:.1f}"),
+    ("  target 1.5*objects/W+2 (s)", lambda r: _num(r["compact"]["target_seconds"], ".1f")),
+    ("  ratio to objects/W (to objects/W_py)", lambda r: _ratio(r["compact"])),
+    ("  writes np/events/other +refused", lambda r: _writes(r["compact"]["writes"])),
     ("writes: np/events/other +refused", lambda r: ""),
     ("  first convergence", lambda r: _writes(r["writes_first_convergence"])),
     ("  no-op resync", lambda r: _writes(r["writes_noop_resync"])),
@@ -124,5 +128,59 @@ def table(results: list[dict[str, Any]]) -> str:
         f"{r['bench_watch_restarts']} time(s); latencies around a resume include its gap"
         for r in results
         if r.get("bench_watch_restarts")
+    ]
+    return "\n".join(lines + notes)
+
+
+def _total(writes: dict[str, Any]) -> int:
+    """Accepted writes of every resource but leases (refused attempts apart): lease renewals
+    follow the clock, not the work, and the apiserver's own cannot be told from a client's."""
+    return int(sum(v for k, v in writes["by_resource"].items() if k != "leases"))
+
+
+#: (figure, ours, theirs): each a number (for the ratio) from the operator's result or from one
+#: of Kyverno's runs, and the format to print it in.
+PEER_ROWS: list[tuple[str, Callable[[dict[str, Any]], float], Callable[[dict[str, Any]], float],
+                      str]] = [
+    ("converge 3N objects (s)", lambda r: r["convergence"]["seconds"], lambda k: k["seconds"],
+     ".1f"),
+    ("writes per object, converging (no leases)",
+     lambda r: _total(r["writes_first_convergence"]) / r["convergence"]["objects"],
+     lambda k: _total(k["writes_convergence"]) / k["objects"], ".2f"),
+    ("new namespace -> policies p50 (ms)", lambda r: 1000 * r["latency_create"]["p50"],
+     lambda k: 1000 * k["latency_create"]["p50"], ".0f"),
+    ("new namespace -> policies p99 (ms)", lambda r: 1000 * r["latency_create"]["p99"],
+     lambda k: 1000 * k["latency_create"]["p99"], ".0f"),
+    ("drift repair (a deleted policy) p50 (ms)", lambda r: 1000 * r["drift"]["p50"],
+     lambda k: 1000 * k["drift"]["p50"], ".0f"),
+    ("drift repair p99 (ms)", lambda r: 1000 * r["drift"]["p99"],
+     lambda k: 1000 * k["drift"]["p99"], ".0f"),
+    ("writes per repair (every resource but leases)",
+     lambda r: _total(r["drift"]["writes"]) / r["drift"]["count"],
+     lambda k: _total(k["drift"]["writes"]) / k["drift"]["count"], ".2f"),
+    ("peak RSS (MB, all processes)", lambda r: r["memory"]["peak_mb"],
+     lambda k: sum(k["peak_mb"].values()), ".0f"),
+]  # fmt: skip
+
+
+def peer_table(result: dict[str, Any]) -> str:
+    """The operator beside each of Kyverno's runs, with Kyverno / operator as a ratio."""
+    kyverno = result["peer"]["kyverno"]
+    kinds = [k for k in ("ClusterPolicy", "GeneratingPolicy") if k in kyverno]
+    rows: list[Row] = [("figure", "operator", *(f"Kyverno {k}" for k in kinds))]
+    for label, ours, theirs, fmt in PEER_ROWS:
+        mine = ours(result)
+        cells = []
+        for kind in kinds:
+            value = theirs(kyverno[kind])
+            ratio = f" ({value / mine:.1f} x)" if mine else ""
+            cells.append(format(value, fmt) + ratio)
+        rows.append((label, format(mine, fmt), *cells))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    notes = [
+        f"note: Kyverno's new namespaces at {kyverno['rate']:g}/s for {kyverno['duration']:g} s; "
+        "the operator's latency and drift phases are longer (see the table above); the "
+        "operator's peak RSS covers every phase of the bench, Kyverno's its own run"
     ]
     return "\n".join(lines + notes)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from bench.phases import PHASES, Phases
+from bench.phases import PEER_PHASES, PHASES, Phases, phases_with_peer
 
 from dpo_dev.progress import LOG_INTERVAL
 
@@ -48,3 +48,20 @@ def test_one_size_is_not_numbered_and_end_reports_once() -> None:
         f"[bench] N=50, phase restart ({len(PHASES)}/{len(PHASES)}): started, 0s into the bench",
         f"[bench] N=50, phase restart ({len(PHASES)}/{len(PHASES)}): 0s (done)",
     ]
+
+
+def test_the_peer_phases_come_after_the_namespaces_and_shift_the_rest() -> None:
+    log = io.StringIO()
+    names = phases_with_peer(peer=True)
+    phases = Phases([50], names=names, stream=log, clock=Clock())
+    phases.begin("Kyverno GeneratingPolicy")
+    phases.begin("restart")
+    at = PHASES.index("namespaces")
+    assert names[at + 1 : at + 3] == PEER_PHASES
+    assert phases_with_peer(peer=False) == PHASES
+    total = len(PHASES) + 2
+    assert log.getvalue().splitlines()[0] == (
+        f"[bench] N=50, phase Kyverno GeneratingPolicy ({at + 3}/{total}): started, 0s into the"
+        " bench"
+    )
+    assert f"phase restart ({total}/{total}): started" in log.getvalue()

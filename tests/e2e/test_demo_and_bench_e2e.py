@@ -134,6 +134,9 @@ def test_bench_smoke_run_prints_and_writes_figures(tmp_path: Path) -> None:
     floor = run["W"]
     assert (floor["W"] is None and "skipped" in floor) or floor["W"] > 0, floor
     assert run["convergence"]["objects"] == 3 * run["namespaces"]
+    compact = run["compact"]
+    assert compact["objects"] == compact["writes"]["networkpolicies"] == run["namespaces"]
+    assert "Compact layout: converge N objects" in result.stdout
     first = run["writes_first_convergence"]
     assert first["networkpolicies"] == 3 * run["namespaces"]
     assert "namespaces" not in first["by_resource"]
