@@ -14,4 +14,9 @@ local control plane and the demo are development tooling in ``dev/dpo_dev``, out
 package and the image.
 """
 
+from default_policy_operator.kube.lean_import import install as _install_lean_kubernetes_asyncio
+
 __version__ = "0.1.0"
+
+# Before anything imports kopf (which imports kubernetes_asyncio): see kube/lean_import.py.
+_install_lean_kubernetes_asyncio()
