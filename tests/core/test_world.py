@@ -501,6 +501,22 @@ def test_new_namespace_without_the_data_still_gets_the_other_policies() -> None:
     assert [e.policy for _, e in result.errors] == ["owner"]
 
 
+def test_each_plan_gets_its_own_body_of_a_namespace_render() -> None:
+    """A namespace's renders are cached between plans; a plan's action bodies go to the API
+    client, so changing one must not change what the next plan wants."""
+    world = make_world(ns("a", {"owner": "alice"}))
+    world.update_profile(
+        profile_body("base", customPolicies=[{"name": "owner", "template": OWNER_TEMPLATE}])
+    )
+    (first,) = [a for a in world.plan_namespace("a").actions if a.key.name == "dpo-owner"]
+    assert first.body is not None
+    wanted = first.body["spec"]
+    first.body["spec"] = {"podSelector": {"matchLabels": {"changed": "by a caller"}}}
+    (second,) = [a for a in world.plan_namespace("a").actions if a.key.name == "dpo-owner"]
+    assert second.body is not None
+    assert second.body["spec"] == wanted
+
+
 # -- conflicts --------------------------------------------------------------------------------
 
 

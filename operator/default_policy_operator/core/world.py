@@ -61,6 +61,7 @@ from default_policy_operator.core.objects import (
     CLUSTER_POLICY_APIS,
     STAGED_KINDS,
     ObjectKey,
+    PackedObject,
     RenderedObject,
     copy_tree,
     object_key,
@@ -159,7 +160,7 @@ class _NamespaceRenders:
 
     profile: Profile
     namespace: Namespace
-    results: dict[str, RenderedObject | RenderError] = field(default_factory=dict)
+    results: dict[str, PackedObject | RenderError] = field(default_factory=dict)
 
 
 @dataclass
@@ -456,7 +457,9 @@ class World:
             cached = self._rendered.get(key)
             if cached is None or cached.profile != task.profile or cached.namespace != namespace:
                 cached = self._rendered[key] = _NamespaceRenders(task.profile, namespace)
-            cached.results[task.policy] = result
+            cached.results[task.policy] = (
+                PackedObject.of(result) if isinstance(result, RenderedObject) else result
+            )
 
     def _renders_of(self, profile: Profile, namespace: Namespace) -> _NamespaceRenders | None:
         cached = self._rendered.get((profile.name, namespace.name))
@@ -615,7 +618,7 @@ class World:
             if isinstance(found, RenderError):
                 errors.append(found)
             else:
-                objects.append(found)
+                objects.append(found.unpack())
         return objects, errors
 
     def wanted_calico(self, profile: Profile) -> list[RenderedObject] | None:
