@@ -101,8 +101,9 @@ ROWS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
      lambda r: _per(r["drift_burst"]["writes_per_repair"])),
     ("RSS MB: peak (VmHWM, one process) / converged / empty", _memory),
     ("  peak MB per 1k namespaces (above empty)", _per_1000),
-    ("CPU converging (s) / idle (%)",
-     lambda r: f"{r['convergence']['cpu_seconds']:.1f} / {r['cpu_idle_percent']:.1f}"),
+    ("CPU converging (s) / idle (%, * = a resync ran)",
+     lambda r: f"{r['convergence']['cpu_seconds']:.1f} / {r['cpu_idle_percent']:.1f}"
+               + ("*" if r.get("cpu_idle_window_had_resync") else "")),
     ("namespace-reading template: N objects (s)", _templated),
     ("  ratio to objects/W (to objects/W_py)", lambda r: _ratio(r["templated"])),
     ("  writes np/events/other +refused", lambda r: _writes(r["templated"]["writes"])),
