@@ -663,6 +663,9 @@ def parse_args() -> argparse.Namespace:
         help="seconds of namespace arrivals for the peer (at --rate)",
     )
     add("--peer-drift", type=int, default=20, help="peer drift repairs, one at a time")
+    add("--peer-sizes", type=lambda v: [int(s) for s in v.split(",")], default=[1000],
+        help="the sizes of --sizes the peer runs at (its background controller's cost grows "
+        "with N squared)")  # fmt: skip
     add("--profile", action="store_true", help="py-spy the operator (if installed)")
     add("--out", type=Path, default=RESULTS)
     add("--workdir", type=Path, help="keep the control planes' and processes' logs here")

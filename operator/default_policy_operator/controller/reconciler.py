@@ -462,7 +462,9 @@ class Reconciler:
                 if not (self._bulk or self._inflight or self._trials or self._rendering):
                     self.synced.set()
                     self._idle.set()
-                    self._rolling.clear()
+                    if self._rolling:  # every scope planned: no longer "rolling out"
+                        self._rolling.clear()
+                        self._status_dirty.set()
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=5.0)
@@ -599,6 +601,9 @@ class Reconciler:
             finally:
                 self._inflight.discard(action.key)
                 self._pending[action.profile] -= 1
+                if not self._pending[action.profile]:
+                    # its last write landed: Ready may be due, and its echo marks nothing
+                    self._status_dirty.set()
                 self._write_landed(scope_of(action.key))
                 async with self._written:
                     self._written.notify_all()
