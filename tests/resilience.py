@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from dpo_dev.cluster import ControlPlane
-from tests.support import MANAGED, Api, OperatorProcess
+from tests.support import MANAGED, Api, ApiStatus, OperatorProcess
 
 BUILTINS = {"dpo-deny-all", "dpo-allow-dns", "dpo-allow-kube-system"}
 
@@ -90,10 +90,16 @@ def managed_count(api: Api) -> int:
 
 
 def covered(api: Api, namespace: str) -> bool:
+    """Whether the namespace holds the built-ins; False while the apiserver cannot say (down,
+    or answering 429/5xx while etcd comes back)."""
     try:
         return set(api.policies(namespace, MANAGED)) == BUILTINS
     except OSError:
         return False
+    except ApiStatus as exc:
+        if exc.code == 429 or exc.code >= 500:
+            return False
+        raise
 
 
 def answers(plane: ControlPlane) -> bool:

@@ -139,7 +139,7 @@ class Operator:
     def wait_ready(self) -> None:
         assert self._starter is not None
         self._starter.join(120)
-        assert self.process.ready(), self.process.log_tail()
+        wait_for(self.process.ready, timeout=30, what=f"readyz\n{self.process.log_tail()}")
 
 
 def test_kill_nine_during_a_rollout_then_change_everything(

@@ -83,7 +83,10 @@ def test_edited_policy_is_restored_with_one_write(
         what="the drift to be counted",
     )  # fmt: skip
     assert settle(operator_process) - before_writes == 1
-    assert [e for e in api.events_for(profile) if e["reason"] == "DriftRepaired"]
+    wait_for(
+        lambda: [e for e in api.events_for(profile) if e["reason"] == "DriftRepaired"],
+        what="a DriftRepaired Event",
+    )
 
 
 def test_a_burst_of_repairs_is_one_event_counting_them_all(

@@ -757,12 +757,10 @@ def test_maximum_length_labels_and_names(
     guard.check()
 
 
-def calico_selected(api: Api, profile: str) -> set[str] | None:
-    """Namespaces the profile's deny-all GlobalNetworkPolicy selects (None until it exists)."""
-    gnp = api.gnps(profile).get(calico_policy_name(profile, "deny-all"))
-    if gnp is None:
-        wait_for(lambda: api.gnps(profile), timeout=30, what=f"{profile} GNPs")
-        gnp = api.gnps(profile)[calico_policy_name(profile, "deny-all")]
+def calico_selected(api: Api, profile: str) -> set[str]:
+    """Namespaces the profile's deny-all GlobalNetworkPolicy selects (waiting for it to exist)."""
+    name = calico_policy_name(profile, "deny-all")
+    gnp = wait_for(lambda: api.gnps(profile).get(name), timeout=30, what=f"{profile}'s {name}")
     spec = gnp["spec"]
     namespaces = api.request("GET", "/api/v1/namespaces")["items"]
     return {
@@ -836,7 +834,11 @@ def test_a_thousand_exclusions(api: Api, operator_process: OperatorProcess, tag:
             "excludeNamespaces": exact_names,
         },
     )
-    assert calico_selected(api, calico_label) == {f"{tag}-c-in"}
+    wait_for(
+        lambda: calico_selected(api, calico_label) == {f"{tag}-c-in"},
+        timeout=30,
+        what="the Calico selector to select only the namespace not excluded",
+    )
     gnp = api.gnps(calico_label)[calico_policy_name(calico_label, "deny-all")]
     length = len(gnp["spec"]["namespaceSelector"])
     print(f"  Calico selector with 1000 excluded names: {length} characters")

@@ -78,7 +78,10 @@ def test_status_honours_context_and_shows_what_the_operator_reported(
             and b["status"].get("observedGeneration") == b["metadata"]["generation"]
             for b in bodies
         )
-        return bodies if settled else None
+        # and the counts final: a status can say Ready before the other profile is known
+        final = (bodies[0]["status"].get("governedNamespaces"), bodies[1]["status"].get(
+            "shadowedNamespaces")) == (2, 2) if settled else False  # fmt: skip
+        return bodies if final else None
 
     bodies = wait_for(reported, timeout=60)
 

@@ -13,7 +13,6 @@ import json
 import re
 import signal
 import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -238,7 +237,7 @@ def test_prometheus_sees_drift_conflicts_and_coverage(
     wait_value(
         prometheus, f'dpo_managed_objects{{profile="{tag}"}}', lambda v: v == 8, "8 managed objects"
     )
-    assert prometheus.value(f'up{{job="{JOB}"}} == 1') == 1
+    wait_value(prometheus, f'up{{job="{JOB}"}}', lambda v: v == 1, "the operator target up")
     wait_value(prometheus, latency, lambda v: v >= repairs_before + 2, "two repair latencies")
     live = api.get(api.policy_path(late, "dpo-deny-all"))
     assert live["metadata"]["resourceVersion"] == created["metadata"]["resourceVersion"]
@@ -246,12 +245,14 @@ def test_prometheus_sees_drift_conflicts_and_coverage(
     # The operator is up: the absent() alert's expression must be empty, i.e. the job label
     # matches what the rules expect.
     absent = next(r["expr"] for r in rules() if r.get("alert") == "DPOOperatorAbsent")
-    assert prometheus.query(absent) == []
+    wait_for(lambda: prometheus.query(absent) == [], what=f"{absent} to be empty")
 
 
 def test_every_dashboard_and_rule_expression_evaluates(prometheus: Prometheus) -> None:
     wait_value(prometheus, f'up{{job="{JOB}"}}', lambda v: v == 1, "the operator target up")
-    time.sleep(2.0)  # a few scrapes, so that rate() has two samples to work with
+    wait_value(  # two scrapes at least, so that rate() has two samples to work with
+        prometheus, f'count_over_time(up{{job="{JOB}"}}[5m])', lambda v: v >= 2, "two scrapes"
+    )
     failures = []
     results: dict[str, int] = {}
     expressions = [

@@ -338,9 +338,11 @@ def test_resyncs_and_restarts_write_nothing_and_edited_reports_come_back(
     with running(kubeconfig, tmp_path, "--audit-reports") as operator:
         admin.profile(tag, {"namespaceSelector": selector(tag), "mode": "Audit"})
         report = wait_report(admin, OPENREPORTS, namespace, expected)
-        writes, start = report_writes(operator, OPENREPORTS), resyncs(operator)
+        # the counter moves once the write's answer is back, maybe after the report shows
+        wait_for(lambda: report_writes(operator, OPENREPORTS) == 1, what="the report's write")
+        start = resyncs(operator)
         wait_for(lambda: resyncs(operator) >= start + 2, timeout=30, what="two full resyncs")
-        assert report_writes(operator, OPENREPORTS) == writes == 1
+        assert report_writes(operator, OPENREPORTS) == 1
         version = report["metadata"]["resourceVersion"]
         assert admin.get(path)["metadata"]["resourceVersion"] == version
 
@@ -357,7 +359,7 @@ def test_resyncs_and_restarts_write_nothing_and_edited_reports_come_back(
         assert admin.get(path)["metadata"]["resourceVersion"] == version
         admin.delete_profile(tag)  # its findings go with it, and so does the report
         wait_gone(admin, OPENREPORTS, namespace)
-        assert report_writes(operator, OPENREPORTS) == 1
+        wait_for(lambda: report_writes(operator, OPENREPORTS) == 1, what="the delete counted")
 
 
 def test_policy_reports_where_only_the_wgpolicyk8s_api_exists(tmp_path: Path) -> None:

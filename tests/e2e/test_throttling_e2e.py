@@ -23,7 +23,7 @@ import yaml
 from dpo_dev.cluster import ControlPlane
 from tests.nothing_lost import wait_nothing_lost
 from tests.resilience import HealthPoller, apiserver_metric, assert_alive, create_namespaces
-from tests.support import Api, OperatorProcess
+from tests.support import Api, OperatorProcess, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -121,11 +121,20 @@ def squeezed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Squeezed]:
             operator.stop()
 
 
+def squeeze_active(api: Api) -> bool:
+    schema = api.request("GET", f"/apis/flowcontrol.apiserver.k8s.io/v1/flowschemas/{LEVEL}")
+    conditions = (schema.get("status") or {}).get("conditions") or []
+    judged = any(c["type"] == "Dangling" and c["status"] == "False" for c in conditions)
+    seats = apiserver_metric(api, "apiserver_flowcontrol_nominal_limit_seats", priority_level=LEVEL)
+    return judged and seats > 0
+
+
 def test_throttled_by_priority_and_fairness_still_converges(squeezed: Squeezed) -> None:
     plane, api, operator = squeezed.plane, squeezed.api, squeezed.operator
     plane.apply_yaml(yaml.safe_dump_all(SQUEEZE))
-    # The apiserver's APF controller picks the new objects up from its informer.
-    time.sleep(1.0)
+    # The apiserver's APF controller picks the new objects up from its informer; it has once it
+    # has judged the FlowSchema's reference (condition Dangling) and sized the level's seats.
+    wait_for(lambda: squeeze_active(api), timeout=30, what="the FlowSchema in force")
     with HealthPoller(operator) as health:
         started = time.monotonic()
         api.profile("baseline", {"namespaceSelector": {"matchLabels": PROD}})
