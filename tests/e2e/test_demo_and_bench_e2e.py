@@ -162,6 +162,12 @@ def test_bench_smoke_run_prints_and_writes_figures(tmp_path: Path) -> None:
     assert memory["peak_mb"] >= max(memory["peak_by_phase"].values()) > 0
     assert memory["peak_mb"] >= memory["rss_mb_converged"]
     assert "converge 3N objects" in result.stdout
+    readme = subprocess.run(
+        [sys.executable, "-m", "bench.readme", str(report)],
+        capture_output=True, text=True, timeout=60, cwd=ROOT, check=True,
+    )  # fmt: skip
+    assert f"| N = {run['namespaces']} | target |" in readme.stdout
+    assert f"| Compact layout: converge N objects | {compact['objects']} in " in readme.stdout
     size = f"[bench] N={run['namespaces']}"  # progress goes to stderr; one size: not numbered
     for index, name in enumerate(PHASES, start=1):
         assert f"{size}, phase {name} ({index}/{len(PHASES)}): started" in result.stderr

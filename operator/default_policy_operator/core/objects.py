@@ -74,9 +74,10 @@ class PackedObject:
     """A :class:`RenderedObject` kept as compact JSON: what a namespace's render cache holds.
 
     A template that reads the namespace renders once per namespace, and the operator keeps
-    every render until the namespace or the profile changes. As nested dicts a NetworkPolicy
-    costs about 4.5 KB; as JSON text, under 1 KB. At 20,000 namespaces that is some 80 MB
-    less. :meth:`unpack` builds a fresh body at each plan, so no plan can alter a later one's.
+    every render until the namespace or the profile changes. Measured with tracemalloc over
+    3,000 namespaces, a cached render took 3.4 KB as nested dicts and takes 1.3 KB packed
+    (cache entry included): some 40 MB less at 20,000 namespaces. :meth:`unpack` builds a fresh
+    body at each plan, so no plan can alter a later one's.
     """
 
     key: ObjectKey
