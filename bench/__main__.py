@@ -387,6 +387,8 @@ async def cluster_flavor_handover(b: Bench, flavor: str, path: str) -> dict[str,
         3600, "handed back",
     )  # fmt: skip
     await wait_until(lambda: _count_is(b.client, path, 0), 600, f"{flavor} objects removed")
+    # its finalizer lets go a moment after: the next phase creates a profile of the same name
+    await wait_until(lambda: _absent(b.client, f"{PROFILES}/bench-cluster"), 120, "profile gone")
     return {"gnp_seconds": present, "networkpolicy_cleanup_seconds": handover + present,
             "deleted_objects": governed, "handback_seconds": handback,
             "takeover_writes": writes}  # fmt: skip
