@@ -726,7 +726,9 @@ def main() -> int:
 
 def machine() -> dict[str, Any]:
     go = subprocess.run(["go", "version"], capture_output=True, text=True, check=False).stdout
-    return {"cpus": os.cpu_count(), "python": sys.version.split()[0],
+    commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
+                            text=True, check=False, cwd=RESULTS.parent).stdout  # fmt: skip
+    return {"cpus": os.cpu_count(), "python": sys.version.split()[0], "commit": commit.strip(),
             "kernel": os.uname().release, "go": go.strip(),
             "load_average_at_end": os.getloadavg()}  # fmt: skip
 

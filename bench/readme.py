@@ -1,7 +1,7 @@
 """The README's Performance tables, generated from a committed results file.
 
-``python -m bench.readme bench/results/bench-<time>.json`` prints the Markdown tables the README
-quotes: every figure against its target, memory phase by phase, Kyverno beside the operator
+``python -m bench.readme bench/results/bench-<time>.json [...]`` prints the Markdown tables the
+README quotes: every figure against its target, memory phase by phase, Kyverno beside the operator
 (when the run had ``--peer kyverno``) and the cluster-scoped flavors' selector growth. The
 README is then pasted from it, so each figure there traces back to a file and a command.
 """
@@ -161,15 +161,16 @@ def selectors(results: list[Result]) -> str:
     return _table(header, rows)
 
 
-def main(path: Path) -> str:
-    report = json.loads(path.read_text())
-    results = report["results"]
-    parts = [f"<!-- from {path.name}: {report['command']} -->", figures(results),
-             memory(results)]  # fmt: skip
+def main(paths: list[Path]) -> str:
+    """The tables for every size in ``paths`` (results files), in the order given."""
+    reports = [(path, json.loads(path.read_text())) for path in paths]
+    results = [r for _, report in reports for r in report["results"]]
+    sources = [f"<!-- {path.name}: {report['command']} -->" for path, report in reports]
+    parts = ["\n".join(sources), figures(results), memory(results)]
     parts += [peer(r) + "\n\n" + peer_writes(r) for r in results if "peer" in r]
     parts.append(selectors(results))
     return "\n\n".join(parts)
 
 
 if __name__ == "__main__":
-    print(main(Path(sys.argv[1])))
+    print(main([Path(arg) for arg in sys.argv[1:]]))
