@@ -82,3 +82,14 @@ def test_an_already_imported_package_is_left_alone() -> None:
         print(install(), hasattr(kubernetes_asyncio.client, "V1ObjectMeta"))
     """)
     assert out == "False True"
+
+
+def test_a_render_worker_imports_nothing_of_the_library() -> None:
+    """Workers import the package (which installs the bare modules) but never load credentials:
+    they must not pay for the loader either."""
+    out = run("""
+        import sys
+        import default_policy_operator.rendering.worker
+        print(sorted(m for m in sys.modules if m.startswith("kubernetes_asyncio")))
+    """)
+    assert out == "['kubernetes_asyncio', 'kubernetes_asyncio.client']"

@@ -10,10 +10,12 @@ kopf imports the models too, for an optional ``isinstance`` check that we never 
 
 :func:`install` registers ``kubernetes_asyncio`` and ``kubernetes_asyncio.client`` as bare
 package modules. Their real directories are on ``__path__``, so submodules still import from
-the installed files, but the two ``__init__`` files never run. The client module gets the one
-class the loader uses, ``Configuration``. ``ApiClient``, which the loader names only in helpers
-we never call, is a placeholder that refuses to be built. A missing name raises ImportError, as
-it would for a library without it: kopf takes that to mean its optional client is absent.
+the installed files, but the two ``__init__`` files never run. The client module serves, when
+first asked, the one class the loader uses, ``Configuration``; ``ApiClient``, which the loader
+names only in helpers we never call, is a placeholder that refuses to be built. Any other name
+raises ImportError, as it would for a library without it: kopf takes that to mean its optional
+client is absent. Nothing is imported until asked for, so the render workers (which import the
+package but never load credentials) stay as small as they were.
 """
 
 from __future__ import annotations
@@ -48,14 +50,21 @@ def install() -> bool:
     root = Path(next(iter(spec.submodule_search_locations)))
     package = _bare_package(PACKAGE, root)
     client = _bare_package(f"{PACKAGE}.client", root / "client")
-    # Only now, with the bare packages registered, does this import leave their __init__ unrun.
-    from kubernetes_asyncio.client.configuration import Configuration
-
-    for module, name, value in ((package, "client", client),
-                                (client, "Configuration", Configuration),
-                                (client, "ApiClient", ApiClientUnavailable)):  # fmt: skip
-        setattr(module, name, value)
+    package.__dict__["client"] = client
+    client.__dict__["__getattr__"] = _client_attribute
     return True
+
+
+def _client_attribute(name: str) -> Any:
+    """``kubernetes_asyncio.client``'s names, loaded when first asked for (PEP 562), so that a
+    process that never loads credentials (a render worker) imports nothing of the library."""
+    if name == "Configuration":
+        from kubernetes_asyncio.client.configuration import Configuration
+
+        return Configuration
+    if name == "ApiClient":
+        return ApiClientUnavailable
+    raise AttributeError(f"module '{PACKAGE}.client' has no attribute {name!r} (not loaded here)")
 
 
 def _bare_package(name: str, directory: Path) -> types.ModuleType:
