@@ -28,7 +28,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -49,7 +48,9 @@ from bench.harness import (
     free_port,
     gather_limited,
     log,
+    memory_mb,
     namespace,
+    stop,
     summary,
     wait_until,
 )
@@ -184,19 +185,10 @@ class Process:
     popen: subprocess.Popen[bytes]
 
     def peak_mb(self) -> float:
-        for line in Path(f"/proc/{self.popen.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
+        return memory_mb(self.popen.pid, "VmHWM")
 
     def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
+        stop(self.popen, grace=30)
 
 
 class Kyverno:
