@@ -64,7 +64,9 @@ from bench.harness import (
     Operator,
     PolicyWatch,
     Predicate,
+    added,
     arrival_latency,
+    count_is,
     gather_limited,
     log,
     namespace,
@@ -188,12 +190,12 @@ async def phase_compact(b: Bench, result: dict[str, Any]) -> None:
     await b.client.call("POST", PROFILES, profile("bench-compact", spec))
     path = f"{NETPOL}/networkpolicies"
     seconds = await wait_until(
-        lambda: _count_is(b.client, path, b.n, progress), 3600, "compact convergence", 0.5
+        lambda: count_is(b.client, path, b.n, progress), 3600, "compact convergence", 0.5
     )
     await asyncio.sleep(SETTLE)
     writes = await b.client.writes_since(before)
     await b.client.call("DELETE", f"{PROFILES}/bench-compact")
-    removed = await wait_until(lambda: _count_is(b.client, path, 0), 3600, "compact removal", 0.5)
+    removed = await wait_until(lambda: count_is(b.client, path, 0), 3600, "compact removal", 0.5)
     await wait_until(lambda: _absent(b.client, f"{PROFILES}/bench-compact"), 120, "profile gone")
     target = 1.5 * b.n / w + 2 if w else None
     result["compact"] = {
@@ -220,7 +222,7 @@ async def phase_converge(b: Bench, result: dict[str, Any]) -> None:
     progress = b.phases.begin("converge", unit="objects present", total=objects)
     await b.client.call("POST", PROFILES, profile("bench", spec))
     seconds = await wait_until(
-        lambda: _count_is(b.client, f"{NETPOL}/networkpolicies", objects, progress),
+        lambda: count_is(b.client, f"{NETPOL}/networkpolicies", objects, progress),
         3600, "convergence", 0.5,
     )  # fmt: skip
     if profiler is not None:
@@ -277,11 +279,6 @@ async def phase_latency(b: Bench, result: dict[str, Any]) -> None:
 
 
 EDITED = {"matchLabels": {"bench": "edit"}}
-
-
-def added(ns: str, name: str) -> Predicate:
-    """The watch shows (ns, name) created: a deletion repaired."""
-    return lambda kind, n, m, _o: kind == "ADDED" and (n, m) == (ns, name)
 
 
 def edit_undone(ns: str, name: str) -> Predicate:
@@ -374,19 +371,19 @@ async def cluster_flavor_handover(b: Bench, flavor: str, path: str) -> dict[str,
     spec = {"namespaceSelector": {"matchLabels": BENCH_LABEL}, "priority": 10, "flavor": flavor}
     before = await b.client.mark()
     await b.client.call("POST", PROFILES, profile("bench-cluster", spec))
-    present = await wait_until(lambda: _count_is(b.client, path, 3), 600, f"{flavor} objects")
+    present = await wait_until(lambda: count_is(b.client, path, 3), 600, f"{flavor} objects")
     handover = await wait_until(
-        lambda: _count_is(b.client, f"{NETPOL}/networkpolicies", 0, progress), 3600, "handed over"
+        lambda: count_is(b.client, f"{NETPOL}/networkpolicies", 0, progress), 3600, "handed over"
     )
     await asyncio.sleep(SETTLE)
     writes = await b.client.writes_since(before)
     log(f"{flavor} profile deleted: NetworkPolicies come back")
     await b.client.call("DELETE", f"{PROFILES}/bench-cluster")
     handback = await wait_until(
-        lambda: _count_is(b.client, f"{NETPOL}/networkpolicies", governed, progress),
+        lambda: count_is(b.client, f"{NETPOL}/networkpolicies", governed, progress),
         3600, "handed back",
     )  # fmt: skip
-    await wait_until(lambda: _count_is(b.client, path, 0), 600, f"{flavor} objects removed")
+    await wait_until(lambda: count_is(b.client, path, 0), 600, f"{flavor} objects removed")
     # its finalizer lets go a moment after: the next phase creates a profile of the same name
     await wait_until(lambda: _absent(b.client, f"{PROFILES}/bench-cluster"), 120, "profile gone")
     return {"gnp_seconds": present, "networkpolicy_cleanup_seconds": handover + present,
@@ -434,14 +431,14 @@ async def phase_templated(b: Bench, result: dict[str, Any]) -> None:
     patch = {"spec": {"customPolicies": [TEMPLATED_POLICY]}}
     await b.client.call("PATCH", f"{PROFILES}/bench", patch, patch=True)
     seconds = await wait_until(
-        lambda: _accepted_and_count_is(b.client, path, governed, progress, TEMPLATED_SELECTOR),
+        lambda: _accepted_andcount_is(b.client, path, governed, progress, TEMPLATED_SELECTOR),
         3600, "templated convergence", 0.5,
     )  # fmt: skip
     await asyncio.sleep(SETTLE)
     writes = await b.client.writes_since(before)
     await b.client.call("PATCH", f"{PROFILES}/bench", {"spec": {"customPolicies": []}}, patch=True)
     removed = await wait_until(
-        lambda: _count_is(b.client, path, 0, selector=TEMPLATED_SELECTOR), 3600, "removal", 0.5
+        lambda: count_is(b.client, path, 0, selector=TEMPLATED_SELECTOR), 3600, "removal", 0.5
     )
     w = result["W"]["W"]
     result["templated"] = {
@@ -579,20 +576,6 @@ async def _async(value: bool) -> bool:
     return value
 
 
-async def _count_is(
-    client: Client,
-    path: str,
-    want: int,
-    progress: Progress | None = None,
-    selector: str = MANAGED,
-) -> bool:
-    """Whether ``want`` objects are present; the count goes to ``progress`` as well."""
-    count = await client.count(path, selector)
-    if progress is not None:
-        progress.update(count)
-    return count == want
-
-
 async def _absent(client: Client, path: str) -> bool:
     try:
         await client.call("GET", path)
@@ -603,7 +586,7 @@ async def _absent(client: Client, path: str) -> bool:
     return False
 
 
-async def _accepted_and_count_is(
+async def _accepted_andcount_is(
     client: Client, path: str, want: int, progress: Progress, selector: str
 ) -> bool:
     """:func:`_count_is`, failing at once if the operator refused the bench's profile."""
@@ -611,7 +594,7 @@ async def _accepted_and_count_is(
     for condition in (found.get("status") or {}).get("conditions") or []:
         if condition["type"] == "Degraded" and condition["reason"] == "InvalidSpec":
             raise RuntimeError(f"the operator refused the bench's profile: {condition['message']}")
-    return await _count_is(client, path, want, progress, selector)
+    return await count_is(client, path, want, progress, selector)
 
 
 async def _profile_ready(client: Client, name: str, generation: int = 0) -> bool:

@@ -320,6 +320,25 @@ class PolicyWatch:
                 await self.task
 
 
+def added(ns: str, name: str) -> Predicate:
+    """The watch shows (ns, name) created: a deletion repaired."""
+    return lambda kind, n, m, _o: kind == "ADDED" and (n, m) == (ns, name)
+
+
+async def count_is(
+    client: Client,
+    path: str,
+    want: int,
+    progress: Progress | None = None,
+    selector: str = MANAGED,
+) -> bool:
+    """Whether ``want`` objects are present; the count goes to ``progress`` as well."""
+    count = await client.count(path, selector)
+    if progress is not None:
+        progress.update(count)
+    return count == want
+
+
 async def arrival_latency(
     watch: PolicyWatch,
     names: list[str],

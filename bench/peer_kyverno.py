@@ -44,7 +44,9 @@ from bench.harness import (
     NETPOL,
     Client,
     PolicyWatch,
+    added,
     arrival_latency,
+    count_is,
     free_port,
     gather_limited,
     log,
@@ -71,6 +73,7 @@ COMMANDS = ("kyverno", "background-controller")
 CRD_DIRS = ("kyverno", "policies.kyverno.io", "reports", "policyreport")
 INSTALL = "config/install-latest-testing.yaml"
 KYVERNO = "app.kubernetes.io/managed-by=kyverno"
+POLICIES_PATH = f"{NETPOL}/networkpolicies"
 WEBHOOKS = "webhook.kyverno.io/managed-by=kyverno"
 NS = "kyverno"
 ADMISSION_SA, BACKGROUND_SA = "kyverno-admission-controller", "kyverno-background-controller"
@@ -309,10 +312,6 @@ class Kyverno:
             return False
 
 
-def added(ns: str, name: str) -> Any:
-    return lambda kind, n, m, _o: kind == "ADDED" and (n, m) == (ns, name)
-
-
 @dataclass
 class PeerRun:
     """What one policy API's run needs: the plane, the bench's namespaces, the settings."""
@@ -340,7 +339,10 @@ async def measure(run: PeerRun, kind: str) -> dict[str, Any]:
         before = await client.mark()
         await client.call("POST", path, build(run.selector))
         result["seconds"] = await wait_until(
-            lambda: _count_is(client, objects, progress), 3600, f"Kyverno {kind} convergence", 1.0
+            lambda: count_is(client, POLICIES_PATH, objects, progress, KYVERNO),
+            3600,
+            f"Kyverno {kind} convergence",
+            1.0,
         )
         if run.w:
             result["ratio_to_W"] = result["seconds"] / (objects / run.w)
@@ -401,14 +403,12 @@ async def clean_up(run: PeerRun, path: str, arrivals: list[str]) -> None:
         32,
     )  # fmt: skip
     await client.call("DELETE", f"/apis/kyverno.io/v2/namespaces/{NS}/updaterequests")
-    await wait_until(lambda: _count_is(client, 0), 600, "Kyverno's objects removed", 0.5)
-
-
-async def _count_is(client: Client, want: int, progress: Any = None) -> bool:
-    count = await client.count(f"{NETPOL}/networkpolicies", KYVERNO)
-    if progress is not None:
-        progress.update(count)
-    return count == want
+    await wait_until(
+        lambda: count_is(client, POLICIES_PATH, 0, selector=KYVERNO),
+        600,
+        "Kyverno's objects removed",
+        0.5,
+    )
 
 
 async def measure_both(run: PeerRun) -> dict[str, Any]:

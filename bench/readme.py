@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.report import PEER_ROWS
+from bench.report import PEER_KINDS, peer_rows
 
 Result = dict[str, Any]
 X = "\u00d7"  # the multiplication sign, as the README writes ratios
@@ -126,22 +126,14 @@ def memory(results: list[Result]) -> str:
 
 
 def peer(result: Result) -> str:
-    kyverno = result["peer"]["kyverno"]
-    kinds = ("ClusterPolicy", "GeneratingPolicy")
-    header = ["figure", "operator", *(f"Kyverno {k} ({X} operator)" for k in kinds)]
-    rows = []
-    for label, ours, theirs, fmt in PEER_ROWS:
-        mine = ours(result)
-        cells = [f"{format(theirs(kyverno[k]), fmt)} ({theirs(kyverno[k]) / mine:.1f} {X})"
-                 for k in kinds]  # fmt: skip
-        rows.append([label, format(mine, fmt), *cells])
-    return _table(header, rows)
+    header = ["figure", "operator", *(f"Kyverno {k} ({X} operator)" for k in PEER_KINDS)]
+    return _table(header, peer_rows(result, X))
 
 
 def peer_writes(result: Result) -> str:
     """Kyverno's writes while converging, by resource (its bookkeeping objects included)."""
     kyverno = result["peer"]["kyverno"]
-    kinds = ("ClusterPolicy", "GeneratingPolicy")
+    kinds = PEER_KINDS
     written = [kyverno[k]["writes_convergence"]["by_resource"] for k in kinds]
     ours = result["writes_first_convergence"]["by_resource"]
     rows = [[res, str(ours.get(res, 0)),

@@ -164,19 +164,31 @@ PEER_ROWS: list[tuple[str, Callable[[dict[str, Any]], float], Callable[[dict[str
 ]  # fmt: skip
 
 
-def peer_table(result: dict[str, Any]) -> str:
-    """The operator beside each of Kyverno's runs, with Kyverno / operator as a ratio."""
+PEER_KINDS = ("ClusterPolicy", "GeneratingPolicy")
+
+
+def peer_rows(result: dict[str, Any], times: str = "x") -> list[list[str]]:
+    """One row per :data:`PEER_ROWS` figure: its label, the operator's value, and each of
+    Kyverno's runs as "value (ratio ``times``)", the ratio being Kyverno / operator."""
     kyverno = result["peer"]["kyverno"]
-    kinds = [k for k in ("ClusterPolicy", "GeneratingPolicy") if k in kyverno]
-    rows: list[Row] = [("figure", "operator", *(f"Kyverno {k}" for k in kinds))]
+    rows = []
     for label, ours, theirs, fmt in PEER_ROWS:
         mine = ours(result)
         cells = []
-        for kind in kinds:
+        for kind in (k for k in PEER_KINDS if k in kyverno):
             value = theirs(kyverno[kind])
-            ratio = f" ({value / mine:.1f} x)" if mine else ""
+            ratio = f" ({value / mine:.1f} {times})" if mine else ""
             cells.append(format(value, fmt) + ratio)
-        rows.append((label, format(mine, fmt), *cells))
+        rows.append([label, format(mine, fmt), *cells])
+    return rows
+
+
+def peer_table(result: dict[str, Any]) -> str:
+    """The operator beside each of Kyverno's runs, with Kyverno / operator as a ratio."""
+    kyverno = result["peer"]["kyverno"]
+    kinds = [k for k in PEER_KINDS if k in kyverno]
+    rows: list[Row] = [("figure", "operator", *(f"Kyverno {k}" for k in kinds))]
+    rows += [tuple(row) for row in peer_rows(result)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
     notes = [
