@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -22,7 +23,7 @@ from default_policy_operator.core.labels import (
 from default_policy_operator.core.normalize import state_of
 from default_policy_operator.core.objects import GLOBAL_NETWORK_POLICY, NETWORK_POLICY, ObjectKey
 from default_policy_operator.core.plan import Action, Verb
-from default_policy_operator.core.world import ScopePlan, World
+from default_policy_operator.core.world import ProfileCounts, ScopePlan, World
 from tests.calico_selector import evaluate
 from tests.inline_render import InlineWorld
 
@@ -725,6 +726,67 @@ def test_converged_worlds_plan_nothing(world: World, relabel: str) -> None:
         world.set_namespace(ns(relabel, env="2"))
         converge(world)
         assert no_actions_left(world)
+
+
+def recounted(world: World) -> tuple[dict[str, ProfileCounts], Counter[str]]:
+    """Counts and coverage from scratch: a World holding the same namespaces, profiles and
+    objects, built anew, has nothing kept from earlier answers."""
+    fresh = make_world(*world.namespaces.values())
+    for entry in world.profiles.values():
+        fresh.set_profile(entry)
+    for state in world.objects.values():
+        fresh.set_object(state)
+    fresh.audit_findings = world.audit_findings
+    return fresh.counts(), fresh.coverage()
+
+
+@st.composite
+def changes(draw: st.DrawFn) -> list[tuple[str, str, Any]]:
+    """A sequence of what the informers report: namespaces, profiles and objects coming,
+    changing and going, in any order."""
+    steps: list[tuple[str, str, Any]] = []
+    for _ in range(draw(st.integers(1, 20))):
+        kind = draw(st.sampled_from(["namespace", "gone", "profile", "deleting", "removed",
+                                     "converge", "object gone"]))  # fmt: skip
+        name = draw(st.sampled_from(["a", "b", "kube-system", "p", "q"]))
+        value = draw(st.sampled_from(["1", "2", "exempt", "terminating"]))
+        steps.append((kind, name, value))
+    return steps
+
+
+def change(world: World, kind: str, name: str, value: str) -> None:
+    if kind == "namespace":
+        labels = {EXEMPT_LABEL: "true"} if value == "exempt" else {"env": value}
+        world.set_namespace(replace(ns(name, **labels), terminating=value == "terminating"))
+    elif kind == "gone":
+        world.remove_namespace(name)
+    elif kind == "profile":
+        selector = {"matchLabels": {"env": value}} if value in "12" else {}
+        world.update_profile(profile_body(name, priority=ord(name[0]) % 3,
+                                          namespaceSelector=selector))  # fmt: skip
+    elif kind == "deleting":
+        world.mark_deleting(name)
+    elif kind == "removed":
+        world.remove_profile(name)
+    elif kind == "converge":
+        converge(world)
+    elif world.objects:
+        world.remove_object(sorted(world.objects)[0])
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps=changes())
+def test_counts_and_coverage_kept_between_changes_match_a_fresh_count(
+    steps: list[tuple[str, str, Any]],
+) -> None:
+    """The status loop asks for counts once a second; they are kept until a namespace or a
+    profile changes (objects are counted as they come and go). After every change the kept
+    answer is the one counted from scratch."""
+    world = make_world()
+    for step in steps:
+        world.counts(), world.coverage()  # kept from here on, unless the change drops them
+        change(world, *step)
+        assert (world.counts(), world.coverage()) == recounted(world), step
 
 
 # -- the DNS namespace is protected like kube-system (issue 10.5) ----------------------------
