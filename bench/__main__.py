@@ -67,6 +67,7 @@ from bench.harness import (
     added,
     arrival_latency,
     count_is,
+    counted,
     gather_limited,
     log,
     namespace,
@@ -85,7 +86,6 @@ from bench.selectors import table as selector_table
 from bench.writes import per
 from default_policy_operator.controller.events import REPORT_INTERVAL
 from dpo_dev.cluster import ControlPlane
-from dpo_dev.progress import Progress
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BENCH_LABEL = {"bench": "yes"}
@@ -187,15 +187,14 @@ async def phase_compact(b: Bench, result: dict[str, Any]) -> None:
     log(f"Compact layout over {b.n} namespaces")
     before = await b.client.mark()
     spec = {"namespaceSelector": {"matchLabels": BENCH_LABEL}, "layout": "Compact"}
+    started = time.monotonic()
     await b.client.call("POST", PROFILES, profile("bench-compact", spec))
-    path = f"{NETPOL}/networkpolicies"
-    seconds = await wait_until(
-        lambda: count_is(b.client, path, b.n, progress), 3600, "compact convergence", 0.5
-    )
+    seconds = await counted(b.watch, b.n, started, "compact convergence", progress)
     await asyncio.sleep(SETTLE)
     writes = await b.client.writes_since(before)
+    started = time.monotonic()
     await b.client.call("DELETE", f"{PROFILES}/bench-compact")
-    removed = await wait_until(lambda: count_is(b.client, path, 0), 3600, "compact removal", 0.5)
+    removed = await counted(b.watch, 0, started, "compact removal")
     await wait_until(lambda: _absent(b.client, f"{PROFILES}/bench-compact"), 120, "profile gone")
     target = 1.5 * b.n / w + 2 if w else None
     result["compact"] = {
@@ -220,11 +219,9 @@ async def phase_converge(b: Bench, result: dict[str, Any]) -> None:
     )
     objects = 3 * b.n
     progress = b.phases.begin("converge", unit="objects present", total=objects)
+    started = time.monotonic()
     await b.client.call("POST", PROFILES, profile("bench", spec))
-    seconds = await wait_until(
-        lambda: count_is(b.client, f"{NETPOL}/networkpolicies", objects, progress),
-        3600, "convergence", 0.5,
-    )  # fmt: skip
+    seconds = await counted(b.watch, objects, started, "convergence", progress)
     if profiler is not None:
         result["profile"] = stop_profiler(profiler, b.args.out / f"profile-converge-{b.n}.svg")
     result["memory"]["rss_mb_converged"] = b.operator.memory_mb("VmRSS")
@@ -370,23 +367,20 @@ async def cluster_flavor_handover(b: Bench, flavor: str, path: str) -> dict[str,
     governed = 3 * (b.n + 2 * b.extra)
     spec = {"namespaceSelector": {"matchLabels": BENCH_LABEL}, "priority": 10, "flavor": flavor}
     before = await b.client.mark()
+    started = time.monotonic()
     await b.client.call("POST", PROFILES, profile("bench-cluster", spec))
     present = await wait_until(lambda: count_is(b.client, path, 3), 600, f"{flavor} objects")
-    handover = await wait_until(
-        lambda: count_is(b.client, f"{NETPOL}/networkpolicies", 0, progress), 3600, "handed over"
-    )
+    cleanup = await counted(b.watch, 0, started, "handed over", progress)
     await asyncio.sleep(SETTLE)
     writes = await b.client.writes_since(before)
     log(f"{flavor} profile deleted: NetworkPolicies come back")
+    started = time.monotonic()
     await b.client.call("DELETE", f"{PROFILES}/bench-cluster")
-    handback = await wait_until(
-        lambda: count_is(b.client, f"{NETPOL}/networkpolicies", governed, progress),
-        3600, "handed back",
-    )  # fmt: skip
+    handback = await counted(b.watch, governed, started, "handed back", progress)
     await wait_until(lambda: count_is(b.client, path, 0), 600, f"{flavor} objects removed")
     # its finalizer lets go a moment after: the next phase creates a profile of the same name
     await wait_until(lambda: _absent(b.client, f"{PROFILES}/bench-cluster"), 120, "profile gone")
-    return {"gnp_seconds": present, "networkpolicy_cleanup_seconds": handover + present,
+    return {"gnp_seconds": present, "networkpolicy_cleanup_seconds": cleanup,
             "deleted_objects": governed, "handback_seconds": handback,
             "takeover_writes": writes}  # fmt: skip
 
@@ -427,19 +421,24 @@ async def phase_templated(b: Bench, result: dict[str, Any]) -> None:
     progress = b.phases.begin("templated", unit="objects present", total=governed)
     log(f"a namespace-reading template added to {governed} namespaces")
     before = await b.client.mark()
-    path = f"{NETPOL}/networkpolicies"
     patch = {"spec": {"customPolicies": [TEMPLATED_POLICY]}}
-    await b.client.call("PATCH", f"{PROFILES}/bench", patch, patch=True)
-    seconds = await wait_until(
-        lambda: _accepted_andcount_is(b.client, path, governed, progress, TEMPLATED_SELECTOR),
-        3600, "templated convergence", 0.5,
-    )  # fmt: skip
-    await asyncio.sleep(SETTLE)
-    writes = await b.client.writes_since(before)
-    await b.client.call("PATCH", f"{PROFILES}/bench", {"spec": {"customPolicies": []}}, patch=True)
-    removed = await wait_until(
-        lambda: count_is(b.client, path, 0, selector=TEMPLATED_SELECTOR), 3600, "removal", 0.5
-    )
+    watch = PolicyWatch(b.client, TEMPLATED_SELECTOR)
+    await watch.start()
+    try:
+        started = time.monotonic()
+        await b.client.call("PATCH", f"{PROFILES}/bench", patch, patch=True)
+        seconds = await counted(
+            watch, governed, started, "templated convergence", progress,
+            lambda: _accepted(b.client),
+        )  # fmt: skip
+        await asyncio.sleep(SETTLE)
+        writes = await b.client.writes_since(before)
+        started = time.monotonic()
+        unpatch: dict[str, Any] = {"spec": {"customPolicies": []}}
+        await b.client.call("PATCH", f"{PROFILES}/bench", unpatch, patch=True)
+        removed = await counted(watch, 0, started, "removal")
+    finally:
+        await watch.stop()
     w = result["W"]["W"]
     result["templated"] = {
         "objects": governed, "seconds": seconds, "removed_seconds": removed,
@@ -518,13 +517,13 @@ async def run_phases(b: Bench, result: dict[str, Any]) -> None:
     result["startup_seconds_empty"] = b.operator.start()
     memory = result["memory"] = {"rss_mb_ready_empty": b.operator.memory_mb("VmRSS")}
     peaks: dict[str, float] = {}
+    await b.watch.start()
     await phase_compact(b, result)
     peaks["compact"] = b.peak_mb()
     await phase_converge(b, result)
     peaks["converge"] = b.peak_mb()
     await phase_noop_resync(b, result)
     peaks["noop_resync"] = b.peak_mb()
-    await b.watch.start()
     for name, phase in (("latency", phase_latency), ("drift", phase_drift_single),
                         ("drift_burst", phase_drift_burst), ("calico", phase_calico),
                         ("cluster_network_policy", phase_cluster_network_policy),
@@ -586,15 +585,12 @@ async def _absent(client: Client, path: str) -> bool:
     return False
 
 
-async def _accepted_andcount_is(
-    client: Client, path: str, want: int, progress: Progress, selector: str
-) -> bool:
-    """:func:`_count_is`, failing at once if the operator refused the bench's profile."""
+async def _accepted(client: Client) -> None:
+    """Raises at once if the operator refused the bench's profile (nothing would converge)."""
     found = await client.call("GET", f"{PROFILES}/bench")
     for condition in (found.get("status") or {}).get("conditions") or []:
         if condition["type"] == "Degraded" and condition["reason"] == "InvalidSpec":
             raise RuntimeError(f"the operator refused the bench's profile: {condition['message']}")
-    return await count_is(client, path, want, progress, selector)
 
 
 async def _profile_ready(client: Client, name: str, generation: int = 0) -> bool:

@@ -47,6 +47,7 @@ from bench.harness import (
     added,
     arrival_latency,
     count_is,
+    counted,
     free_port,
     gather_limited,
     log,
@@ -337,13 +338,16 @@ async def measure(run: PeerRun, kind: str) -> dict[str, Any]:
     with run.kyverno.running(kind) as processes:
         result["ready_seconds"] = await run.kyverno.ready(processes)
         before = await client.mark()
-        await client.call("POST", path, build(run.selector))
-        result["seconds"] = await wait_until(
-            lambda: count_is(client, POLICIES_PATH, objects, progress, KYVERNO),
-            3600,
-            f"Kyverno {kind} convergence",
-            1.0,
-        )
+        watch = PolicyWatch(client, KYVERNO)
+        await watch.start()
+        try:
+            started = time.monotonic()
+            await client.call("POST", path, build(run.selector))
+            result["seconds"] = await counted(
+                watch, objects, started, f"Kyverno {kind} convergence", progress
+            )
+        finally:
+            await watch.stop()
         if run.w:
             result["ratio_to_W"] = result["seconds"] / (objects / run.w)
         await asyncio.sleep(5.0)
