@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import tarfile
 from collections.abc import Iterator
@@ -330,3 +331,27 @@ def test_install_then_upgrade_with_a_changed_value(
 
     # The documented CRD upgrade path (Helm never upgrades crds/): applies cleanly.
     helm_plane.kubectl("apply", "--server-side", "-f", str(CHART / "crds"))
+
+
+def test_the_defaults_named_in_values_comments_are_the_operators() -> None:
+    """values.yaml leaves the operator's flags null and names each default in the comment
+    above it: a comment that names another number misleads whoever sizes the install (it
+    said 32 concurrent writes where the operator used 64)."""
+    from default_policy_operator.cli.main import build_parser
+
+    defaults = vars(build_parser().parse_args(["run"]))
+    comment, named = "", {}
+    for line in (CHART / "values.yaml").read_text().split("operator:\n", 1)[1].splitlines():
+        if not line.startswith("  "):
+            break
+        text = line.strip()
+        if text.startswith("#"):
+            comment += " " + text
+            continue
+        key, _, value = text.partition(":")
+        number = re.search(r"\((\d+)[;)]", comment)
+        if value.strip() == "null" and number:
+            named[re.sub(r"(?<!^)([A-Z])", r"_\1", key).lower()] = int(number[1])
+        comment = ""
+    assert set(named) >= {"resync_period", "workers", "handover_settle", "watch_timeout"}
+    assert named == {flag: defaults[flag] for flag in named}
