@@ -64,3 +64,23 @@ def test_each_page_is_digested_before_the_next_is_fetched() -> None:
     assert version == "42"
     assert names == digested
     assert len(names) == PAGES * PAGE
+
+
+def test_the_consumer_hears_of_a_list_before_it_is_asked_for() -> None:
+    """The watch runs on during a resync's list, so a delete can reach the consumer before the
+    list does; the consumer must know a list is on its way before its snapshot is taken."""
+    api = PagedApi()
+    heard: list[str] = []
+
+    def start() -> None:
+        heard.append(f"start, {len(api.alive_at_request)} pages asked for")
+
+    informer = Informer(
+        api,  # type: ignore[arg-type]
+        THINGS,
+        on_list=lambda items, _version: heard.append(f"{len(items)} listed"),
+        on_event=lambda *_: None,
+        on_list_start=start,
+    )
+    asyncio.run(informer.resync())
+    assert heard == ["start, 0 pages asked for", f"{PAGES * PAGE} listed"]

@@ -125,6 +125,9 @@ class Reconciler:
         self.last_resync = 0.0
         self._own_versions: dict[ObjectKey, str] = {}  # resourceVersions of our own writes
         self._gone: dict[ObjectKey, str] = {}  # uids we deleted, until the watch says so
+        #: kinds with a list on its way, and the deletes seen meanwhile (key -> resourceVersion)
+        self._listing: set[str] = set()
+        self._deleted_at: dict[ObjectKey, str] = {}
         self.repairs = RepairTracker()
         self.conflicts = ConflictTracker()
         self.events = EventRecorder(api)
@@ -193,9 +196,20 @@ class Reconciler:
         version = str(meta.get("resourceVersion", ""))
         return known if known and known.resource_version == version else namespace_of(body)
 
+    def objects_list_started(self, kind: str) -> None:
+        """A list of ``kind`` is on its way. The watch keeps running meanwhile, so the list's
+        snapshot may predate deletes the watch delivers first: they are remembered until the
+        list is merged, and it does not bring those objects back. A list asked for later is
+        a consistent read, newer than any delete seen before it, so none is kept otherwise."""
+        self._listing.add(kind)
+
     def objects_listed(self, kind: str, states: list[ObjectState], version: str) -> None:
         """A (re)list of one kind of managed object; what vanished unseen was deleted."""
         listed = {state.key: state for state in states}
+        deleted_at = {k: v for k, v in self._deleted_at.items() if k.kind == kind}
+        for key in deleted_at:
+            del self._deleted_at[key]
+        self._listing.discard(kind)
         for key in [k for k in self._gone if k.kind == kind]:
             if key not in listed or listed[key].uid != self._gone[key]:
                 del self._gone[key]  # the list is newer than its delete: no older event follows
@@ -206,6 +220,8 @@ class Reconciler:
             self._object_changed("DELETED", known)
         for key, state in listed.items():
             current = self.world.objects.get(key)
+            if current is None and _older(version, deleted_at.get(key, "")):
+                continue  # deleted after the list's snapshot: the watch said so first
             if current is None or _older(current.resource_version, state.resource_version):
                 self._object_changed("ADDED" if current is None else "MODIFIED", state)
 
@@ -341,6 +357,8 @@ class Reconciler:
         if event_type == "DELETED":
             self.world.remove_object(key)
             self._own_versions.pop(key, None)
+            if key.kind in self._listing:
+                self._deleted_at[key] = state.resource_version
             if self.listed.is_set() and known is not None and known.uid == state.uid:
                 self.repairs.observed(key, "deleted", time.monotonic())
         else:

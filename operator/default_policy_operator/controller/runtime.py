@@ -36,6 +36,7 @@ from default_policy_operator.kube.client import (
     NETWORK_POLICIES,
     PROFILES,
     KubeApi,
+    Resource,
 )
 from default_policy_operator.kube.credentials import load_credentials
 from default_policy_operator.kube.informers import Informer
@@ -181,26 +182,25 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
 def build_informers(api: KubeApi, reconciler: Reconciler, watch_timeout: int) -> list[Informer]:
     """One list-then-watch cache per kind the operator reads."""
     informer = functools.partial(Informer, api, watch_timeout=watch_timeout)
+
+    def objects(resource: Resource, kind: str, optional: bool = False) -> Informer:
+        """Managed objects of one kind: ours by label, merged by kind."""
+        return informer(
+            resource, label_selector=MANAGED_SELECTOR, optional=optional,
+            on_list=functools.partial(reconciler.objects_listed, kind),
+            on_list_start=functools.partial(reconciler.objects_list_started, kind),
+            on_event=reconciler.object_event, digest=reconciler.object_digest,
+        )  # fmt: skip
+
     return [
         informer(NAMESPACES, on_list=reconciler.namespaces_listed,
                  digest=reconciler.namespace_digest, on_event=reconciler.namespace_event),
         informer(PROFILES, on_list=reconciler.profiles_listed, on_event=reconciler.profile_event),
-        informer(NETWORK_POLICIES, label_selector=MANAGED_SELECTOR,
-                 on_list=functools.partial(reconciler.objects_listed, NETWORK_POLICY),
-                 on_event=reconciler.object_event, digest=reconciler.object_digest),
-        informer(reconciler.calico, label_selector=MANAGED_SELECTOR, optional=True,
-                 on_list=functools.partial(reconciler.objects_listed, GLOBAL_NETWORK_POLICY),
-                 on_event=reconciler.object_event, digest=reconciler.object_digest),
-        informer(reconciler.calico_namespaced, label_selector=MANAGED_SELECTOR, optional=True,
-                 on_list=functools.partial(reconciler.objects_listed, CALICO_NETWORK_POLICY),
-                 on_event=reconciler.object_event, digest=reconciler.object_digest),
-        informer(reconciler.cluster_policies, label_selector=MANAGED_SELECTOR, optional=True,
-                 on_list=functools.partial(reconciler.objects_listed, CLUSTER_NETWORK_POLICY),
-                 on_event=reconciler.object_event, digest=reconciler.object_digest),
-        *(informer(resource, label_selector=MANAGED_SELECTOR, optional=True,
-                   on_list=functools.partial(reconciler.objects_listed, kind),
-                   on_event=reconciler.object_event, digest=reconciler.object_digest)
-          for kind, resource in reconciler.staged.items()),
+        objects(NETWORK_POLICIES, NETWORK_POLICY),
+        objects(reconciler.calico, GLOBAL_NETWORK_POLICY, optional=True),
+        objects(reconciler.calico_namespaced, CALICO_NETWORK_POLICY, optional=True),
+        objects(reconciler.cluster_policies, CLUSTER_NETWORK_POLICY, optional=True),
+        *(objects(resource, kind, optional=True) for kind, resource in reconciler.staged.items()),
     ]  # fmt: skip
 
 

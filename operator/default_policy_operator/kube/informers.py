@@ -42,6 +42,7 @@ class Informer:
         on_list: OnList,
         on_event: OnEvent,
         digest: Digest | None = None,
+        on_list_start: Callable[[], None] | None = None,
         label_selector: str = "",
         watch_timeout: int = 60,
         optional: bool = False,
@@ -51,6 +52,8 @@ class Informer:
         self.on_list = on_list
         self.on_event = on_event
         self.digest = digest
+        #: told before each list is asked for: events may overtake the list's snapshot
+        self.on_list_start = on_list_start
         self.label_selector = label_selector
         self.watch_timeout = watch_timeout
         #: a resource that may not be served (Calico's CRDs): 404 counts as an empty list
@@ -92,6 +95,8 @@ class Informer:
     async def _list(self) -> str:
         items: list[Any] = []
         version = ""
+        if self.on_list_start is not None:
+            self.on_list_start()
         try:
             async for page, page_version in self.api.list_pages(
                 self.resource, label_selector=self.label_selector
