@@ -128,6 +128,8 @@ class Reconciler:
         #: kinds with a list on its way, and the deletes seen meanwhile (key -> resourceVersion)
         self._listing: set[str] = set()
         self._deleted_at: dict[ObjectKey, str] = {}
+        #: namespaces that arrived or changed while a profile version was on trial
+        self._seen_during_trial: set[str] = set()
         self.repairs = RepairTracker()
         self.conflicts = ConflictTracker()
         self.events = EventRecorder(api)
@@ -273,6 +275,7 @@ class Reconciler:
         try:
             self._trial_done(profile, results)
         finally:
+            self._after_trials()
             async with self._trialled:
                 self._trialled.notify_all()
 
@@ -290,6 +293,14 @@ class Reconciler:
             self._trials[entry.name] = entry.trial
             self._spawn(self._trial(entry.trial))
         self.profile_changed()
+
+    def _after_trials(self) -> None:
+        """No version on trial any more: the namespaces that arrived meanwhile go first. Planned
+        at once with the version then in force, they would otherwise wait for the new one
+        somewhere in the bulk re-plan, behind every other namespace."""
+        if not self._trials and self._seen_during_trial:
+            self.mark(self._seen_during_trial)
+            self._seen_during_trial.clear()
 
     def _record_if_due(self, entry: ProfileEntry) -> None:
         if entry.record_due:
@@ -330,6 +341,8 @@ class Reconciler:
         self.world.set_namespace(namespace)
         if previous != namespace:  # else status or finalizers moved: nothing we read changed
             self.mark([namespace.name, CALICO_SCOPE])
+            if self._trials:
+                self._seen_during_trial.add(namespace.name)
 
     def object_event(self, event_type: str | None, body: dict[str, Any]) -> None:
         """A managed object changed: update the index, detect drift, re-plan its scope.
