@@ -128,8 +128,8 @@ class Reconciler:
         #: kinds with a list on its way, and the deletes seen meanwhile (key -> resourceVersion)
         self._listing: set[str] = set()
         self._deleted_at: dict[ObjectKey, str] = {}
-        #: namespaces that arrived or changed while a profile version was on trial
-        self._seen_during_trial: set[str] = set()
+        #: the resourceVersion of the earliest profile change still on trial ("" if none)
+        self._trial_since = ""
         self.repairs = RepairTracker()
         self.conflicts = ConflictTracker()
         self.events = EventRecorder(api)
@@ -257,6 +257,10 @@ class Reconciler:
         self._report_error(entry, before.error if before else None)
         if entry.trial is not None:
             self._trials[name] = entry.trial
+            if self.synced.is_set():  # a change at run time (at start, the bulk paces it all)
+                self._trial_since = min(
+                    filter(None, (self._trial_since, entry.resource_version)), key=_rv, default=""
+                )
             self._spawn(self._trial(entry.trial))
         self.profile_changed()
 
@@ -295,12 +299,16 @@ class Reconciler:
         self.profile_changed()
 
     def _after_trials(self) -> None:
-        """No version on trial any more: the namespaces that arrived meanwhile go first. Planned
-        at once with the version then in force, they would otherwise wait for the new one
-        somewhere in the bulk re-plan, behind every other namespace."""
-        if not self._trials and self._seen_during_trial:
-            self.mark(self._seen_during_trial)
-            self._seen_during_trial.clear()
+        """No version on trial any more: namespaces created or changed after the profile change
+        go first. Planned at once with the version then in force, they would otherwise wait for
+        the new one somewhere in the bulk re-plan, behind every other namespace. Newer by
+        resourceVersion, not by when their event came: the namespace watch may deliver a
+        namespace created after the change before the profile watch delivers the change."""
+        if self._trials or not self._trial_since:
+            return
+        since, self._trial_since = self._trial_since, ""
+        namespaces = self.world.namespaces.values()
+        self.mark(ns.name for ns in namespaces if _older(since, ns.resource_version))
 
     def _record_if_due(self, entry: ProfileEntry) -> None:
         if entry.record_due:
@@ -341,8 +349,6 @@ class Reconciler:
         self.world.set_namespace(namespace)
         if previous != namespace:  # else status or finalizers moved: nothing we read changed
             self.mark([namespace.name, CALICO_SCOPE])
-            if self._trials:
-                self._seen_during_trial.add(namespace.name)
 
     def object_event(self, event_type: str | None, body: dict[str, Any]) -> None:
         """A managed object changed: update the index, detect drift, re-plan its scope.
@@ -922,6 +928,14 @@ def namespace_of(body: dict[str, Any]) -> Namespace:
         resource_version=str(meta.get("resourceVersion", "")),
         terminating=bool(meta.get("deletionTimestamp")),
     )
+
+
+def _rv(version: str) -> int:
+    """A resourceVersion as a number, for ordering (unparseable ones sort last)."""
+    try:
+        return int(version)
+    except ValueError:
+        return 2**63
 
 
 def _older(candidate: str, current: str) -> bool:
