@@ -8,6 +8,7 @@ gets a fresh record.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from default_policy_operator.controller.reconciler import Reconciler, Settings
@@ -107,24 +108,48 @@ def test_a_list_older_than_a_delete_already_seen_does_not_bring_the_object_back(
     came back into the index and the planner deleted it again: 4,844 deletes answered 404 in
     one hand-over. A delete seen while a list is on its way is remembered until it is merged."""
     rec = reconciler()
-    rec.objects_list_started(NETWORK_POLICY)  # the resync's list: its snapshot is taken at 8
-    rec.object_event("ADDED", policy("7"))
-    key = next(iter(rec.world.objects))
-    rec.object_event("DELETED", policy("9"))  # deleted (by us, or anyone) after the snapshot
-    rec.objects_listed(NETWORK_POLICY, [rec.object_digest(policy("7"))], "8")
-    assert key not in rec.world.objects
+    with rec.objects_listing(NETWORK_POLICY):  # the resync's list: its snapshot is taken at 8
+        rec.object_event("ADDED", policy("7"))
+        key = next(iter(rec.world.objects))
+        rec.object_event("DELETED", policy("9"))  # deleted (by us, or anyone) after the snapshot
+        rec.objects_listed(NETWORK_POLICY, [rec.object_digest(policy("7"))], "8")
+        assert key not in rec.world.objects
     assert rec._deleted_at == {}  # merged: a later list is newer than that delete
 
 
 def test_a_list_newer_than_a_delete_shows_the_object_created_again() -> None:
     rec = reconciler()
-    rec.objects_list_started(NETWORK_POLICY)
-    rec.object_event("ADDED", policy("7"))
-    rec.object_event("DELETED", policy("9"))
-    again = policy("11")
-    again["metadata"]["uid"] = "u2"  # created again; the list is taken after that
-    rec.objects_listed(NETWORK_POLICY, [rec.object_digest(again)], "12")
+    with rec.objects_listing(NETWORK_POLICY):
+        rec.object_event("ADDED", policy("7"))
+        rec.object_event("DELETED", policy("9"))
+        again = policy("11")
+        again["metadata"]["uid"] = "u2"  # created again; the list is taken after that
+        rec.objects_listed(NETWORK_POLICY, [rec.object_digest(again)], "12")
     assert next(iter(rec.world.objects.values())).uid == "u2"
+
+
+def test_overlapping_lists_each_keep_the_deletes_they_may_predate() -> None:
+    """A resync's list and a relist after a broken watch can be on their way together: the
+    first merged must not forget what the other still needs."""
+    rec = reconciler()
+    with rec.objects_listing(NETWORK_POLICY):  # the older one: snapshot at 8
+        rec.object_event("ADDED", policy("7"))
+        key = next(iter(rec.world.objects))
+        with rec.objects_listing(NETWORK_POLICY):  # the newer one, merged first
+            rec.object_event("DELETED", policy("9"))
+            rec.objects_listed(NETWORK_POLICY, [], "10")
+        rec.objects_listed(NETWORK_POLICY, [rec.object_digest(policy("7"))], "8")
+        assert key not in rec.world.objects
+    assert (rec._deleted_at, rec._listing) == ({}, {})
+
+
+def test_a_failed_list_keeps_nothing() -> None:
+    rec = reconciler()
+    rec.object_event("ADDED", policy("7"))
+    with contextlib.suppress(ConnectionError), rec.objects_listing(NETWORK_POLICY):
+        rec.object_event("DELETED", policy("9"))
+        raise ConnectionError("the list broke off")
+    assert (rec._deleted_at, rec._listing) == ({}, {})
 
 
 def test_deletes_seen_with_no_list_on_its_way_are_not_kept() -> None:

@@ -762,7 +762,9 @@ def change(world: World, kind: str, name: str, value: str) -> None:
         world.remove_namespace(name)
     elif kind == "profile":
         selector = {"matchLabels": {"env": value}} if value in "12" else {}
-        world.update_profile(profile_body(name, priority=ord(name[0]) % 3,
+        known = world.profiles.get(name)
+        generation = known.generation + 1 if known else 1  # a new spec, not a status update
+        world.update_profile(profile_body(name, generation, priority=ord(name[0]) % 3,
                                           namespaceSelector=selector))  # fmt: skip
     elif kind == "deleting":
         world.mark_deleting(name)

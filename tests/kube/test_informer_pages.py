@@ -7,9 +7,13 @@ until the last page came in, raising the operator's peak memory by about 80 MB a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import weakref
+from collections.abc import Iterator
 from typing import Any
+
+import pytest
 
 from default_policy_operator.kube.client import Resource
 from default_policy_operator.kube.informers import Informer
@@ -66,21 +70,39 @@ def test_each_page_is_digested_before_the_next_is_fetched() -> None:
     assert len(names) == PAGES * PAGE
 
 
-def test_the_consumer_hears_of_a_list_before_it_is_asked_for() -> None:
+def test_the_consumer_holds_a_list_open_from_before_it_is_asked_for_until_merged() -> None:
     """The watch runs on during a resync's list, so a delete can reach the consumer before the
-    list does; the consumer must know a list is on its way before its snapshot is taken."""
-    api = PagedApi()
+    list does; the consumer must know a list is on its way before its snapshot is taken, until
+    it is merged, and also when it fails."""
     heard: list[str] = []
 
-    def start() -> None:
-        heard.append(f"start, {len(api.alive_at_request)} pages asked for")
+    @contextlib.contextmanager
+    def listing() -> Iterator[None]:
+        heard.append(f"open, {len(api.alive_at_request)} pages asked for")
+        try:
+            yield
+        finally:
+            heard.append("closed")
 
+    api = PagedApi()
     informer = Informer(
         api,  # type: ignore[arg-type]
         THINGS,
-        on_list=lambda items, _version: heard.append(f"{len(items)} listed"),
+        on_list=lambda items, _version: heard.append(f"{len(items)} merged"),
         on_event=lambda *_: None,
-        on_list_start=start,
+        listing=listing,
     )
     asyncio.run(informer.resync())
-    assert heard == ["start, 0 pages asked for", f"{PAGES * PAGE} listed"]
+    assert heard == ["open, 0 pages asked for", f"{PAGES * PAGE} merged", "closed"]
+
+    heard.clear()
+    informer.api = BrokenApi()  # type: ignore[assignment]
+    with pytest.raises(ConnectionError):
+        asyncio.run(informer.resync())
+    assert [line.split(",")[0] for line in heard] == ["open", "closed"]
+
+
+class BrokenApi:
+    async def list_pages(self, resource: Resource, **_: Any) -> Any:
+        raise ConnectionError("the list broke off")
+        yield  # an async generator, like the real one

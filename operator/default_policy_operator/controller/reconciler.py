@@ -14,8 +14,8 @@ import contextlib
 import logging
 import sys
 import time
-from collections import deque
-from collections.abc import Awaitable, Iterable
+from collections import Counter, deque
+from collections.abc import Awaitable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,7 +126,7 @@ class Reconciler:
         self._own_versions: dict[ObjectKey, str] = {}  # resourceVersions of our own writes
         self._gone: dict[ObjectKey, str] = {}  # uids we deleted, until the watch says so
         #: kinds with a list on its way, and the deletes seen meanwhile (key -> resourceVersion)
-        self._listing: set[str] = set()
+        self._listing: Counter[str] = Counter()
         self._deleted_at: dict[ObjectKey, str] = {}
         #: the resourceVersion of the earliest profile change still on trial ("" if none)
         self._trial_since = ""
@@ -198,20 +198,29 @@ class Reconciler:
         version = str(meta.get("resourceVersion", ""))
         return known if known and known.resource_version == version else namespace_of(body)
 
-    def objects_list_started(self, kind: str) -> None:
-        """A list of ``kind`` is on its way. The watch keeps running meanwhile, so the list's
-        snapshot may predate deletes the watch delivers first: they are remembered until the
-        list is merged, and it does not bring those objects back. A list asked for later is
-        a consistent read, newer than any delete seen before it, so none is kept otherwise."""
-        self._listing.add(kind)
+    @contextlib.contextmanager
+    def objects_listing(self, kind: str) -> Iterator[None]:
+        """While a list of ``kind`` is on its way (asked for, paged, merged, or failed).
+
+        The watch keeps running meanwhile, so the list's snapshot may predate deletes the watch
+        delivers first: they are remembered until every list of the kind then on its way has
+        ended, and :meth:`objects_listed` does not bring those objects back. Two may overlap (a
+        resync and a relist after a broken watch). A list asked for later is a consistent read,
+        newer than any delete seen before it, so nothing is kept otherwise.
+        """
+        self._listing[kind] += 1
+        try:
+            yield
+        finally:
+            self._listing[kind] -= 1
+            if not self._listing[kind]:
+                del self._listing[kind]
+                for key in [k for k in self._deleted_at if k.kind == kind]:
+                    del self._deleted_at[key]
 
     def objects_listed(self, kind: str, states: list[ObjectState], version: str) -> None:
         """A (re)list of one kind of managed object; what vanished unseen was deleted."""
         listed = {state.key: state for state in states}
-        deleted_at = {k: v for k, v in self._deleted_at.items() if k.kind == kind}
-        for key in deleted_at:
-            del self._deleted_at[key]
-        self._listing.discard(kind)
         for key in [k for k in self._gone if k.kind == kind]:
             if key not in listed or listed[key].uid != self._gone[key]:
                 del self._gone[key]  # the list is newer than its delete: no older event follows
@@ -222,7 +231,7 @@ class Reconciler:
             self._object_changed("DELETED", known)
         for key, state in listed.items():
             current = self.world.objects.get(key)
-            if current is None and _older(version, deleted_at.get(key, "")):
+            if current is None and _older(version, self._deleted_at.get(key, "")):
                 continue  # deleted after the list's snapshot: the watch said so first
             if current is None or _older(current.resource_version, state.resource_version):
                 self._object_changed("ADDED" if current is None else "MODIFIED", state)
@@ -376,7 +385,7 @@ class Reconciler:
         if event_type == "DELETED":
             self.world.remove_object(key)
             self._own_versions.pop(key, None)
-            if key.kind in self._listing:
+            if self._listing[key.kind]:
                 self._deleted_at[key] = state.resource_version
             if self.listed.is_set() and known is not None and known.uid == state.uid:
                 self.repairs.observed(key, "deleted", time.monotonic())

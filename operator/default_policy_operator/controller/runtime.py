@@ -188,7 +188,7 @@ def build_informers(api: KubeApi, reconciler: Reconciler, watch_timeout: int) ->
         return informer(
             resource, label_selector=MANAGED_SELECTOR, optional=optional,
             on_list=functools.partial(reconciler.objects_listed, kind),
-            on_list_start=functools.partial(reconciler.objects_list_started, kind),
+            listing=functools.partial(reconciler.objects_listing, kind),
             on_event=reconciler.object_event, digest=reconciler.object_digest,
         )  # fmt: skip
 

@@ -14,6 +14,7 @@ tens of MB at every periodic resync. The consumer learns when the first list is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -31,6 +32,8 @@ OnList = Callable[[list[Any], str], None]
 Digest = Callable[[dict[str, Any]], Any]
 #: Called with each watch event's type (ADDED, MODIFIED, DELETED) and object.
 OnEvent = Callable[[str, dict[str, Any]], None]
+#: A context the consumer holds open while a list is on its way, merge included.
+Listing = Callable[[], contextlib.AbstractContextManager[None]]
 
 
 class Informer:
@@ -42,7 +45,7 @@ class Informer:
         on_list: OnList,
         on_event: OnEvent,
         digest: Digest | None = None,
-        on_list_start: Callable[[], None] | None = None,
+        listing: Listing | None = None,
         label_selector: str = "",
         watch_timeout: int = 60,
         optional: bool = False,
@@ -52,8 +55,9 @@ class Informer:
         self.on_list = on_list
         self.on_event = on_event
         self.digest = digest
-        #: told before each list is asked for: events may overtake the list's snapshot
-        self.on_list_start = on_list_start
+        #: held from before each list is asked for until it is merged or failed: the watch's
+        #: events may overtake the list's snapshot meanwhile
+        self.listing = listing
         self.label_selector = label_selector
         self.watch_timeout = watch_timeout
         #: a resource that may not be served (Calico's CRDs): 404 counts as an empty list
@@ -93,10 +97,12 @@ class Informer:
         await self._list()
 
     async def _list(self) -> str:
+        with self.listing() if self.listing else contextlib.nullcontext():
+            return await self._list_and_merge()
+
+    async def _list_and_merge(self) -> str:
         items: list[Any] = []
         version = ""
-        if self.on_list_start is not None:
-            self.on_list_start()
         try:
             async for page, page_version in self.api.list_pages(
                 self.resource, label_selector=self.label_selector
