@@ -371,6 +371,8 @@ async def counted(
     reached = watch.count_reaches(want, progress)
     deadline = time.monotonic() + limit
     while not reached.done():
+        if watch.task is not None and watch.task.done():
+            raise RuntimeError(f"{what}: the bench's watch ended") from watch.task.exception()
         if check is not None:
             await check()
         if time.monotonic() > deadline:
