@@ -267,9 +267,8 @@ class Reconciler:
         if entry.trial is not None:
             self._trials[name] = entry.trial
             if self.synced.is_set():  # a change at run time (at start, the bulk paces it all)
-                self._trial_since = min(
-                    filter(None, (self._trial_since, entry.resource_version)), key=_rv, default=""
-                )
+                # one stream delivers the profiles in order: the first version kept is the oldest
+                self._trial_since = self._trial_since or entry.resource_version
             self._spawn(self._trial(entry.trial))
         self.profile_changed()
 
@@ -937,14 +936,6 @@ def namespace_of(body: dict[str, Any]) -> Namespace:
         resource_version=str(meta.get("resourceVersion", "")),
         terminating=bool(meta.get("deletionTimestamp")),
     )
-
-
-def _rv(version: str) -> int:
-    """A resourceVersion as a number, for ordering (unparseable ones sort last)."""
-    try:
-        return int(version)
-    except ValueError:
-        return 2**63
 
 
 def _older(candidate: str, current: str) -> bool:
