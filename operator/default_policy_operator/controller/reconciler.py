@@ -897,10 +897,23 @@ class Reconciler:
     async def _resync_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.resync_period)
+            await self._until_idle(self.settings.resync_period)
             try:
                 await self.resync()
             except Exception:
                 log.exception("full resync failed; will try again next period")
+
+    async def _until_idle(self, limit: float) -> None:
+        """Until nothing is left to plan or write, or ``limit`` seconds: a resync waits for a
+        rollout to drain.
+
+        Mid-rollout it would re-list every namespace and every object the rollout is writing,
+        on the apiserver those writes need, and re-plan scopes just planned, while the rollout
+        re-plans every scope anyway. Bounded, so constant churn cannot starve it (liveness
+        fails after three periods without one).
+        """
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout=limit)
 
     async def resync(self) -> None:
         """Re-list everything through the informers and re-plan every scope.
