@@ -8,12 +8,16 @@ gets a fresh record.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from typing import Any
 
-from default_policy_operator.controller.reconciler import Reconciler, Settings
+from default_policy_operator.controller.reconciler import NAMESPACE, Reconciler, Settings
+from default_policy_operator.core.labels import KIND
 from default_policy_operator.core.objects import NETWORK_POLICY
+from default_policy_operator.core.render import RenderResult, RenderTask
 from default_policy_operator.core.world import World
+from tests.inline_render import render_now
 
 MANAGED = {"app.kubernetes.io/managed-by": "default-policy-operator",
            "defaultpolicy.dev/profile": "p"}  # fmt: skip
@@ -108,7 +112,7 @@ def test_a_list_older_than_a_delete_already_seen_does_not_bring_the_object_back(
     came back into the index and the planner deleted it again: 4,844 deletes answered 404 in
     one hand-over. A delete seen while a list is on its way is remembered until it is merged."""
     rec = reconciler()
-    with rec.objects_listing(NETWORK_POLICY):  # the resync's list: its snapshot is taken at 8
+    with rec.listing(NETWORK_POLICY):  # the resync's list: its snapshot is taken at 8
         rec.object_event("ADDED", policy("7"))
         key = next(iter(rec.world.objects))
         rec.object_event("DELETED", policy("9"))  # deleted (by us, or anyone) after the snapshot
@@ -119,7 +123,7 @@ def test_a_list_older_than_a_delete_already_seen_does_not_bring_the_object_back(
 
 def test_a_list_newer_than_a_delete_shows_the_object_created_again() -> None:
     rec = reconciler()
-    with rec.objects_listing(NETWORK_POLICY):
+    with rec.listing(NETWORK_POLICY):
         rec.object_event("ADDED", policy("7"))
         rec.object_event("DELETED", policy("9"))
         again = policy("11")
@@ -132,10 +136,10 @@ def test_overlapping_lists_each_keep_the_deletes_they_may_predate() -> None:
     """A resync's list and a relist after a broken watch can be on their way together: the
     first merged must not forget what the other still needs."""
     rec = reconciler()
-    with rec.objects_listing(NETWORK_POLICY):  # the older one: snapshot at 8
+    with rec.listing(NETWORK_POLICY):  # the older one: snapshot at 8
         rec.object_event("ADDED", policy("7"))
         key = next(iter(rec.world.objects))
-        with rec.objects_listing(NETWORK_POLICY):  # the newer one, merged first
+        with rec.listing(NETWORK_POLICY):  # the newer one, merged first
             rec.object_event("DELETED", policy("9"))
             rec.objects_listed(NETWORK_POLICY, [], "10")
         rec.objects_listed(NETWORK_POLICY, [rec.object_digest(policy("7"))], "8")
@@ -146,7 +150,7 @@ def test_overlapping_lists_each_keep_the_deletes_they_may_predate() -> None:
 def test_a_failed_list_keeps_nothing() -> None:
     rec = reconciler()
     rec.object_event("ADDED", policy("7"))
-    with contextlib.suppress(ConnectionError), rec.objects_listing(NETWORK_POLICY):
+    with contextlib.suppress(ConnectionError), rec.listing(NETWORK_POLICY):
         rec.object_event("DELETED", policy("9"))
         raise ConnectionError("the list broke off")
     assert (rec._deleted_at, rec._listing) == ({}, {})
@@ -159,3 +163,54 @@ def test_deletes_seen_with_no_list_on_its_way_are_not_kept() -> None:
     rec.object_event("ADDED", policy("7"))
     rec.object_event("DELETED", policy("9"))
     assert rec._deleted_at == {}
+
+
+def test_a_namespace_list_older_than_its_delete_does_not_bring_it_back() -> None:
+    """The same for the namespace list (20,000 namespaces are paged over seconds): a namespace
+    deleted meanwhile came back into the index until the next resync, and its policies were
+    planned into a namespace that no longer exists."""
+    rec = reconciler()
+    with rec.listing(NAMESPACE):  # snapshot at 3
+        rec.namespace_event("ADDED", namespace("2", "red"))
+        rec.namespace_event("DELETED", namespace("4", "red"))
+        rec.namespaces_listed([rec.namespace_digest(namespace("2", "red"))], "3")
+        assert "team-a" not in rec.world.namespaces
+    assert (rec._deleted_at, rec._listing) == ({}, {})
+
+
+def test_a_namespace_list_newer_than_its_delete_shows_it_created_again() -> None:
+    rec = reconciler()
+    with rec.listing(NAMESPACE):
+        rec.namespace_event("ADDED", namespace("2", "red"))
+        rec.namespace_event("DELETED", namespace("4", "red"))
+        rec.namespaces_listed([rec.namespace_digest(namespace("5", "blue"))], "6")
+    assert rec.world.namespaces["team-a"].labels["team"] == "blue"
+
+
+def profile_body(version: str) -> dict[str, Any]:
+    return {"metadata": {"name": "base", "uid": "p1", "generation": 1,
+                         "resourceVersion": version}, "spec": {}}  # fmt: skip
+
+
+def test_a_profile_list_older_than_its_delete_does_not_bring_it_back() -> None:
+    """A profile deleted while a resync's list was on its way came back with the list: the
+    operator planned its policies again, into every namespace it had just left."""
+
+    async def scenario() -> None:
+        rec = Reconciler(World(frozenset()), None, Settings(), InlinePool())  # type: ignore[arg-type]
+        with rec.listing(KIND):  # snapshot at 3
+            rec.profile_event("ADDED", profile_body("2"))
+            await asyncio.sleep(0)  # its trial
+            rec.profile_event("DELETED", profile_body("4"))
+            rec.profiles_listed([profile_body("2")], "3")
+            assert "base" not in rec.world.profiles
+        assert (rec._deleted_at, rec._listing) == ({}, {})
+
+    asyncio.run(scenario())
+
+
+class InlinePool:
+    """Renders in this process (a profile's trial)."""
+
+    async def render(self, tasks: list[RenderTask], urgent: bool = False) -> list[RenderResult]:
+        return render_now(tasks)

@@ -74,6 +74,7 @@ from default_policy_operator.rendering.pool import RenderPool
 log = logging.getLogger(__name__)
 
 CALICO_SCOPE = ""  # the dirty-set entry for cluster-scoped Calico objects
+NAMESPACE = "Namespace"  # the kind :meth:`Reconciler.listing` keeps namespace deletes under
 BULK_CHUNK = 100  # scopes planned per step of a bulk re-plan
 RENDER_GROUP = 8  # scopes per render request: their plans go out as each group is back
 BULK_RENDERS = 4  # bulk render requests in flight before the next bulk chunk is taken
@@ -179,6 +180,8 @@ class Reconciler:
                 self.namespace_event("DELETED", {"metadata": {"name": name}})
         for name, namespace in listed.items():
             seen = self.world.namespaces.get(name)
+            if seen is None and self._deleted_since(namespace_key(name), version):
+                continue  # deleted after the list's snapshot
             if seen is None or _older(seen.resource_version, namespace.resource_version):
                 self._namespace_seen(namespace)
 
@@ -199,14 +202,16 @@ class Reconciler:
         return known if known and known.resource_version == version else namespace_of(body)
 
     @contextlib.contextmanager
-    def objects_listing(self, kind: str) -> Iterator[None]:
-        """While a list of ``kind`` is on its way (asked for, paged, merged, or failed).
+    def listing(self, kind: str) -> Iterator[None]:
+        """While a list of ``kind`` (a managed kind, :data:`NAMESPACE` or the profiles' KIND) is
+        on its way (asked for, paged, merged, or failed).
 
         The watch keeps running meanwhile, so the list's snapshot may predate deletes the watch
         delivers first: they are remembered until every list of the kind then on its way has
-        ended, and :meth:`objects_listed` does not bring those objects back. Two may overlap (a
-        resync and a relist after a broken watch). A list asked for later is a consistent read,
-        newer than any delete seen before it, so nothing is kept otherwise.
+        ended, and the merge (:meth:`objects_listed`, :meth:`namespaces_listed`,
+        :meth:`profiles_listed`) does not bring them back. Two may overlap (a resync and a
+        relist after a broken watch). A list asked for later is a consistent read, newer than
+        any delete seen before it, so nothing is kept otherwise.
         """
         self._listing[kind] += 1
         try:
@@ -217,6 +222,15 @@ class Reconciler:
                 del self._listing[kind]
                 for key in [k for k in self._deleted_at if k.kind == kind]:
                     del self._deleted_at[key]
+
+    def _keep_delete(self, key: ObjectKey, resource_version: str) -> None:
+        """A delete the watch delivered, kept while a list of its kind is on its way."""
+        if self._listing[key.kind]:
+            self._deleted_at[key] = resource_version
+
+    def _deleted_since(self, key: ObjectKey, version: str) -> bool:
+        """Whether the watch delivered a delete of ``key`` newer than a list at ``version``."""
+        return _older(version, self._deleted_at.get(key, ""))
 
     def objects_listed(self, kind: str, states: list[ObjectState], version: str) -> None:
         """A (re)list of one kind of managed object; what vanished unseen was deleted."""
@@ -231,7 +245,7 @@ class Reconciler:
             self._object_changed("DELETED", known)
         for key, state in listed.items():
             current = self.world.objects.get(key)
-            if current is None and _older(version, self._deleted_at.get(key, "")):
+            if current is None and self._deleted_since(key, version):
                 continue  # deleted after the list's snapshot: the watch said so first
             if current is None or _older(current.resource_version, state.resource_version):
                 self._object_changed("ADDED" if current is None else "MODIFIED", state)
@@ -241,12 +255,15 @@ class Reconciler:
         for name, entry in list(self.world.profiles.items()):
             if name not in listed and not _older(version, entry.resource_version):
                 self.profile_event("DELETED", {"metadata": {"name": name}})
-        for body in listed.values():
+        for name, body in listed.items():
+            if name not in self.world.profiles and self._deleted_since(profile_key(name), version):
+                continue  # deleted after the list's snapshot
             self.profile_event("MODIFIED", body)
 
     def profile_event(self, event_type: str, body: dict[str, Any]) -> None:
         name = (body.get("metadata") or {}).get("name", "")
         if event_type == "DELETED":
+            self._keep_delete(profile_key(name), _version_of(body))
             self.world.remove_profile(name)
             self.events.forget(name)
             self.status.forget(name)
@@ -344,6 +361,7 @@ class Reconciler:
         meta = body.get("metadata") or {}
         name = meta.get("name", "")
         if event_type == "DELETED":
+            self._keep_delete(namespace_key(name), _version_of(body))
             if self.world.namespaces.get(name) is None:
                 return
             self.world.remove_namespace(name)
@@ -384,8 +402,7 @@ class Reconciler:
         if event_type == "DELETED":
             self.world.remove_object(key)
             self._own_versions.pop(key, None)
-            if self._listing[key.kind]:
-                self._deleted_at[key] = state.resource_version
+            self._keep_delete(key, state.resource_version)
             if self.listed.is_set() and known is not None and known.uid == state.uid:
                 self.repairs.observed(key, "deleted", time.monotonic())
         else:
@@ -949,6 +966,20 @@ def namespace_of(body: dict[str, Any]) -> Namespace:
         resource_version=str(meta.get("resourceVersion", "")),
         terminating=bool(meta.get("deletionTimestamp")),
     )
+
+
+def namespace_key(name: str) -> ObjectKey:
+    """A namespace's delete, kept as a managed object's is (:meth:`Reconciler.listing`)."""
+    return ObjectKey(NAMESPACE, "", name)
+
+
+def profile_key(name: str) -> ObjectKey:
+    """A profile's delete, kept as a managed object's is (:meth:`Reconciler.listing`)."""
+    return ObjectKey(KIND, "", name)
+
+
+def _version_of(body: dict[str, Any]) -> str:
+    return str((body.get("metadata") or {}).get("resourceVersion", ""))
 
 
 def _older(candidate: str, current: str) -> bool:

@@ -19,10 +19,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from default_policy_operator import metrics
 from default_policy_operator.controller.handlers import HandlerConfig, build_registry
-from default_policy_operator.controller.reconciler import Reconciler, Settings
+from default_policy_operator.controller.reconciler import NAMESPACE, Reconciler, Settings
 from default_policy_operator.controller.reports import ReportPublisher
 from default_policy_operator.core.governance import protected_namespaces
-from default_policy_operator.core.labels import MANAGED_SELECTOR
+from default_policy_operator.core.labels import KIND, MANAGED_SELECTOR
 from default_policy_operator.core.objects import (
     CALICO_NETWORK_POLICY,
     CLUSTER_NETWORK_POLICY,
@@ -188,14 +188,17 @@ def build_informers(api: KubeApi, reconciler: Reconciler, watch_timeout: int) ->
         return informer(
             resource, label_selector=MANAGED_SELECTOR, optional=optional,
             on_list=functools.partial(reconciler.objects_listed, kind),
-            listing=functools.partial(reconciler.objects_listing, kind),
+            listing=functools.partial(reconciler.listing, kind),
             on_event=reconciler.object_event, digest=reconciler.object_digest,
         )  # fmt: skip
 
     return [
         informer(NAMESPACES, on_list=reconciler.namespaces_listed,
+                 listing=functools.partial(reconciler.listing, NAMESPACE),
                  digest=reconciler.namespace_digest, on_event=reconciler.namespace_event),
-        informer(PROFILES, on_list=reconciler.profiles_listed, on_event=reconciler.profile_event),
+        informer(PROFILES, on_list=reconciler.profiles_listed,
+                 listing=functools.partial(reconciler.listing, KIND),
+                 on_event=reconciler.profile_event),
         objects(NETWORK_POLICIES, NETWORK_POLICY),
         objects(reconciler.calico, GLOBAL_NETWORK_POLICY, optional=True),
         objects(reconciler.calico_namespaced, CALICO_NETWORK_POLICY, optional=True),
