@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import orjson
 
 from default_policy_operator import metrics
 from default_policy_operator.core.labels import GROUP, PLURAL, VERSION
@@ -159,7 +160,7 @@ class KubeApi:
         once after a 401 with credentials loaded again."""
         verb = VERBS.get(method, method.lower())
         headers = {"Content-Type": content_type} if body is not None else {}
-        data = json.dumps(body) if body is not None else None
+        data = encode(body) if body is not None else None
         attempt, reauthenticated = 0, False
         while True:
             delay: float | None
@@ -177,7 +178,7 @@ class KubeApi:
                 ):
                     if response.status < 300:
                         self.limit.succeeded()
-                        return await response.json(content_type=None)
+                        return decode(await response.read())
                     text = await response.text()
                     code = response.status
                     retry_after = response.headers.get("Retry-After")
@@ -296,7 +297,7 @@ class KubeApi:
                     raise _api_error(response.status, await response.text())
                 async for line in response.content:
                     if line.strip():
-                        yield json.loads(line)
+                        yield decode(line)
         except (aiohttp.ClientError, TimeoutError, CredentialsError) as exc:
             raise _connection_error("watch", exc) from exc
 
@@ -385,6 +386,30 @@ class KubeApi:
             return None
         metrics.API_WRITES.labels(verb="create", resource=EVENTS.plural).inc()
         return str((created.get("metadata") or {}).get("name", "")) or None
+
+
+def encode(body: Any) -> bytes:
+    """JSON for the wire: orjson, where the standard library's encoder cost the operator about
+    a tenth of its CPU in a rollout (it writes every object once and reads it back twice: the
+    response and the watch event). The standard library for what orjson refuses (an integer
+    beyond 64 bits from a template), so that the apiserver, not the encoder, says what is wrong.
+    """
+    try:
+        return orjson.dumps(body)
+    except TypeError:
+        return json.dumps(body).encode()
+
+
+def decode(raw: bytes) -> Any:
+    """A response or a watch event, by orjson (the API's integers fit in 64 bits); the standard
+    library for what orjson refuses (a number beyond a double, lone surrogates). An empty body
+    (a response with no content) is None, as aiohttp's ``json()`` gave."""
+    if not raw.strip():
+        return None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)
 
 
 def _connection_error(verb: str, exc: Exception) -> ApiError:
