@@ -62,11 +62,15 @@ def run_floor(
     *,
     connections: int = 1,
     protobuf: bool = False,
+    body: str = "minimal",
 ) -> dict[str, Any]:
-    """One measurement: ``count`` creates into ``namespace``; the program's JSON result."""
+    """One measurement: ``count`` creates into ``namespace``; the program's JSON result.
+    ``body``: ``minimal`` (deny-all, a name only) or ``operator`` (the operator's three
+    policies in turn, labelled and owned as it writes them)."""
     command = [
         str(binary), "-kubeconfig", str(kubeconfig), "-namespace", namespace,
         "-count", str(count), "-workers", str(workers), "-connections", str(connections),
+        "-body", body,
     ]  # fmt: skip
     if protobuf:
         command.append("-protobuf")

@@ -58,6 +58,15 @@ def _cpu(r: Result) -> str:
     return f"{r['convergence']['cpu_seconds']:.1f} s / {r['cpu_idle_percent']:.1f} %{resync}"
 
 
+def _own_objects(r: Result) -> str:
+    """The client-go floor creating what the operator writes, and convergence against it."""
+    own, ratio = (
+        r["W"].get("W_operator_objects"),
+        r["convergence"].get("ratio_to_W_operator_objects"),
+    )
+    return "-" if not own or not ratio else f"{own:,.0f} creates/s, {ratio:.2f} {X} objects/W"
+
+
 def _target(r: Result) -> str:
     target = r["convergence"]["target_seconds"]
     return "-" if target is None else f"{target:.1f} s"
@@ -69,6 +78,7 @@ FIGURES: list[tuple[str, Callable[[Result], str], str]] = [
     ("converge 3N objects", lambda r: _times(r["convergence"]),
      f"1.5 {X} objects/W + 2 s"),
     ("  the target, in seconds", _target, ""),
+    ("  W and ratio for the operator's own objects", _own_objects, "(context)"),
     ("Compact layout: converge N objects", lambda r: _times(r["compact"]), "(same)"),
     ("writes, first convergence (policies / Events / other)",
      lambda r: _writes(r["writes_first_convergence"]), "one per object"),

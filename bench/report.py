@@ -75,10 +75,13 @@ def sizing(results: list[dict[str, Any]]) -> str | None:
 ROWS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
     ("W client-go floor (creates/s, best workers)",
      lambda r: f"{_num(r['W']['W'])} ({r['W'].get('best_workers', 'skipped')})"),
+    ("  the same, the operator's own objects", lambda r: _num(r["W"].get("W_operator_objects"))),
     ("W_py Python floor (creates/s)", lambda r: f"{r['W_py']['W']:.0f}"),
     ("converge 3N objects (s)", lambda r: f"{r['convergence']['seconds']:.1f}"),
     ("  target 1.5*objects/W+2 (s)", lambda r: _num(r["convergence"]["target_seconds"], ".1f")),
     ("  ratio to objects/W (to objects/W_py)", lambda r: _ratio(r["convergence"])),
+    ("  ratio to objects/W of the operator's own objects",
+     lambda r: _num(r["convergence"].get("ratio_to_W_operator_objects"), ".2f")),
     ("Compact layout: converge N objects (s)", lambda r: f"{r['compact']['seconds']:.1f}"),
     ("  target 1.5*objects/W+2 (s)", lambda r: _num(r["compact"]["target_seconds"], ".1f")),
     ("  ratio to objects/W (to objects/W_py)", lambda r: _ratio(r["compact"])),

@@ -1,8 +1,13 @@
 // Command floor measures the apiserver's create limit with the most efficient client we can
 // build here: client-go over HTTP/2, many workers, no client-side rate limit. The benchmark
 // compares the operator's convergence against this floor, so the floor must not be the
-// client's limit. It creates -count NetworkPolicies (deny-all, the body of bench's netpol())
-// in -namespace and prints {"objects", "seconds", "rate", ...} as one JSON line.
+// client's limit. It creates -count NetworkPolicies in -namespace and prints {"objects",
+// "seconds", "rate", ...} as one JSON line. -body minimal creates deny-all with a name and
+// nothing else (the body of bench's netpol()); -body operator creates what the operator
+// writes in the Separate layout, in turn: deny-all, allow-DNS and allow-kube-system, each with
+// the operator's three labels and a controller ownerReference (to the floor's namespace here,
+// to the profile there), so the apiserver decodes, validates, tracks managed fields of and
+// stores the same objects as the operator's.
 package main
 
 import (
@@ -21,6 +26,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	networkingv1client "k8s.io/client-go/kubernetes/typed/networking/v1"
 	"k8s.io/client-go/rest"
@@ -37,6 +43,7 @@ type result struct {
 	Workers     int     `json:"workers"`
 	Connections int     `json:"connections"`
 	Protobuf    bool    `json:"protobuf"`
+	Body        string  `json:"body"`
 	Failed      int64   `json:"failed"`
 	FirstError  string  `json:"first_error,omitempty"`
 }
@@ -49,13 +56,14 @@ func main() {
 	connections := flag.Int("connections", 1, "HTTP/2 connections the workers share (one client each)")
 	protobuf := flag.Bool("protobuf", false, "send protobuf instead of JSON")
 	prefix := flag.String("prefix", "p", "object name prefix")
+	body := flag.String("body", "minimal", "minimal (deny-all, a name only) or operator (the operator's three policies)")
 	showVersion := flag.Bool("version", false, "print the build's source hash and exit")
 	flag.Parse()
 	if *showVersion {
 		fmt.Println(version)
 		return
 	}
-	out, err := run(*kubeconfig, *namespace, *prefix, *count, *workers, *connections, *protobuf)
+	out, err := run(*kubeconfig, *namespace, *prefix, *body, *count, *workers, *connections, *protobuf)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "floor:", err)
 		os.Exit(1)
@@ -103,17 +111,18 @@ func clients(cfg *rest.Config, connections int) ([]*networkingv1client.Networkin
 	return out, nil
 }
 
-func ensureNamespace(ctx context.Context, cfg *rest.Config, name string) error {
+// ensureNamespace creates the namespace if absent and returns it (the operator body's owner).
+func ensureNamespace(ctx context.Context, cfg *rest.Config, name string) (*corev1.Namespace, error) {
 	core, err := corev1client.NewForConfig(cfg)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}
-	_, err = core.Namespaces().Create(ctx, ns, metav1.CreateOptions{})
+	created, err := core.Namespaces().Create(ctx, ns, metav1.CreateOptions{})
 	if apierrors.IsAlreadyExists(err) {
-		return nil
+		return core.Namespaces().Get(ctx, name, metav1.GetOptions{})
 	}
-	return err
+	return created, err
 }
 
 func denyAll(name string) *networkingv1.NetworkPolicy {
@@ -128,16 +137,66 @@ func denyAll(name string) *networkingv1.NetworkPolicy {
 	}
 }
 
-func run(kubeconfig, namespace, prefix string, count, workers, connections int, protobuf bool) (result, error) {
+// operatorPolicy is the i-th object the operator writes in the Separate layout: its three
+// policies in turn, as rendered from templates/networkpolicy, labelled and owned as it does.
+func operatorPolicy(name string, i int64, owner *corev1.Namespace) *networkingv1.NetworkPolicy {
+	kubeSystem := &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": "kube-system"}}
+	policy, spec := "deny-all", networkingv1.NetworkPolicySpec{
+		PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress},
+	}
+	switch i % 3 {
+	case 1:
+		udp, tcp, dns := corev1.ProtocolUDP, corev1.ProtocolTCP, intstr.FromInt32(53)
+		policy, spec = "allow-dns", networkingv1.NetworkPolicySpec{
+			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeEgress},
+			Egress: []networkingv1.NetworkPolicyEgressRule{{
+				Ports: []networkingv1.NetworkPolicyPort{{Port: &dns, Protocol: &udp}, {Port: &dns, Protocol: &tcp}},
+				To: []networkingv1.NetworkPolicyPeer{{
+					NamespaceSelector: kubeSystem,
+					PodSelector:       &metav1.LabelSelector{MatchLabels: map[string]string{"k8s-app": "kube-dns"}},
+				}},
+			}},
+		}
+	case 2:
+		policy, spec = "allow-kube-system", networkingv1.NetworkPolicySpec{
+			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress},
+			Ingress: []networkingv1.NetworkPolicyIngressRule{{
+				From: []networkingv1.NetworkPolicyPeer{{NamespaceSelector: kubeSystem}},
+			}},
+		}
+	}
+	controller, block := true, false
+	return &networkingv1.NetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: name,
+			Labels: map[string]string{
+				"app.kubernetes.io/managed-by": "default-policy-operator",
+				"defaultpolicy.dev/policy":     policy,
+				"defaultpolicy.dev/profile":    "bench-floor",
+			},
+			OwnerReferences: []metav1.OwnerReference{{
+				APIVersion: "v1", Kind: "Namespace", Name: owner.Name, UID: owner.UID,
+				Controller: &controller, BlockOwnerDeletion: &block,
+			}},
+		},
+		Spec: spec,
+	}
+}
+
+func run(kubeconfig, namespace, prefix, body string, count, workers, connections int, protobuf bool) (result, error) {
 	if count < 1 || workers < 1 || connections < 1 {
 		return result{}, errors.New("-count, -workers and -connections must be positive")
+	}
+	if body != "minimal" && body != "operator" {
+		return result{}, errors.New("-body must be minimal or operator")
 	}
 	ctx := context.Background()
 	cfg, err := config(kubeconfig, protobuf)
 	if err != nil {
 		return result{}, err
 	}
-	if err := ensureNamespace(ctx, cfg, namespace); err != nil {
+	owner, err := ensureNamespace(ctx, cfg, namespace)
+	if err != nil {
 		return result{}, err
 	}
 	pool, err := clients(cfg, connections)
@@ -165,7 +224,12 @@ func run(kubeconfig, namespace, prefix string, count, workers, connections int, 
 				if i >= int64(count) {
 					return
 				}
-				_, err := policies.Create(ctx, denyAll(fmt.Sprintf("%s%d", prefix, i)), metav1.CreateOptions{})
+				name := fmt.Sprintf("%s%d", prefix, i)
+				object := denyAll(name)
+				if body == "operator" {
+					object = operatorPolicy(name, i, owner)
+				}
+				_, err := policies.Create(ctx, object, metav1.CreateOptions{})
 				if err != nil {
 					failed.Add(1)
 					firstError.CompareAndSwap(nil, err.Error())
@@ -177,7 +241,7 @@ func run(kubeconfig, namespace, prefix string, count, workers, connections int, 
 	seconds := time.Since(started).Seconds()
 	out := result{
 		Objects: count, Seconds: seconds, Rate: float64(count) / seconds,
-		Workers: workers, Connections: connections, Protobuf: protobuf, Failed: failed.Load(),
+		Workers: workers, Connections: connections, Protobuf: protobuf, Body: body, Failed: failed.Load(),
 	}
 	if e, ok := firstError.Load().(string); ok {
 		out.FirstError = e
