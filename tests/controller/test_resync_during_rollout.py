@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator
 
 from default_policy_operator.controller.reconciler import Reconciler, Settings
 from default_policy_operator.core.world import World
@@ -41,6 +42,18 @@ def busy_reconciler(period: float) -> tuple[Reconciler, CountingInformer]:
     return reconciler, informer
 
 
+@contextlib.asynccontextmanager
+async def resync_loop(reconciler: Reconciler) -> AsyncIterator[None]:
+    """The reconciler's resync loop, running for the body of the ``async with``."""
+    loop = asyncio.create_task(reconciler._resync_loop())
+    try:
+        yield
+    finally:
+        loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop
+
+
 async def until(condition: object, limit: float = 10.0) -> None:
     deadline = time.monotonic() + limit
     while not condition():  # type: ignore[operator]
@@ -51,17 +64,12 @@ async def until(condition: object, limit: float = 10.0) -> None:
 def test_a_resync_due_during_a_rollout_runs_once_the_rollout_has_drained() -> None:
     async def scenario() -> None:
         reconciler, informer = busy_reconciler(period=1.0)
-        loop = asyncio.create_task(reconciler._resync_loop())
-        try:
+        async with resync_loop(reconciler):
             await asyncio.sleep(1.5)  # due after 1.0 s; the bound would let it run at 2.0 s
             assert informer.resyncs == 0
             reconciler._bulk.clear()
             reconciler._idle.set()  # the rollout is done
             await until(lambda: informer.resyncs == 1)
-        finally:
-            loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await loop
 
     asyncio.run(scenario())
 
@@ -69,14 +77,9 @@ def test_a_resync_due_during_a_rollout_runs_once_the_rollout_has_drained() -> No
 def test_a_resync_waits_at_most_one_more_period_for_a_rollout() -> None:
     async def scenario() -> None:
         reconciler, informer = busy_reconciler(period=0.05)
-        loop = asyncio.create_task(reconciler._resync_loop())
-        try:
+        async with resync_loop(reconciler):
             await until(lambda: informer.resyncs >= 1)  # never idle: runs anyway
             assert not reconciler._idle.is_set()
-        finally:
-            loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await loop
 
     asyncio.run(scenario())
 
@@ -87,13 +90,8 @@ def test_an_idle_operator_resyncs_on_its_period() -> None:
         reconciler._bulk.clear()
         reconciler._idle.set()
         started = time.monotonic()
-        loop = asyncio.create_task(reconciler._resync_loop())
-        try:
+        async with resync_loop(reconciler):
             await until(lambda: informer.resyncs >= 1)
             assert time.monotonic() - started < 0.9  # one period (0.5 s), not two
-        finally:
-            loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await loop
 
     asyncio.run(scenario())
