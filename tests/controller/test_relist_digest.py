@@ -214,3 +214,28 @@ class InlinePool:
 
     async def render(self, tasks: list[RenderTask], urgent: bool = False) -> list[RenderResult]:
         return render_now(tasks)
+
+
+def test_a_delete_a_newer_list_found_is_not_undone_by_an_older_list() -> None:
+    """Two lists on their way (a resync's, snapshot 3; a relist after a broken watch, 6). The
+    delete happened between them and the watch never delivered it: the newer list, merged first,
+    finds the namespace gone. The older one, merged next, must not bring it back (no watch
+    event would remove it again before the next resync)."""
+    rec = reconciler()
+    rec.namespace_event("ADDED", namespace("2", "red"))
+    with rec.listing(NAMESPACE):  # the resync's: snapshot at 3
+        with rec.listing(NAMESPACE):  # the relist's: snapshot at 6, merged first
+            rec.namespaces_listed([], "6")
+        rec.namespaces_listed([rec.namespace_digest(namespace("2", "red"))], "3")
+        assert "team-a" not in rec.world.namespaces
+
+
+def test_an_object_a_newer_list_found_deleted_is_not_undone_by_an_older_list() -> None:
+    rec = reconciler()
+    rec.object_event("ADDED", policy("7"))
+    key = next(iter(rec.world.objects))
+    with rec.listing(NETWORK_POLICY):  # snapshot at 8
+        with rec.listing(NETWORK_POLICY):  # snapshot at 12, merged first
+            rec.objects_listed(NETWORK_POLICY, [], "12")
+        rec.objects_listed(NETWORK_POLICY, [rec.object_digest(policy("7"))], "8")
+        assert key not in rec.world.objects

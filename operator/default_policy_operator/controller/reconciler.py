@@ -177,7 +177,10 @@ class Reconciler:
         listed = {namespace.name: namespace for namespace in namespaces}
         for name, known in list(self.world.namespaces.items()):
             if name not in listed and not _older(version, known.resource_version):
-                self.namespace_event("DELETED", {"metadata": {"name": name}})
+                # deleted by the list's version at the latest: what an older list may not undo
+                self.namespace_event(
+                    "DELETED", {"metadata": {"name": name, "resourceVersion": version}}
+                )
         for name, namespace in listed.items():
             seen = self.world.namespaces.get(name)
             if seen is None and self._deleted_since(namespace_key(name), version):
@@ -224,8 +227,10 @@ class Reconciler:
                     del self._deleted_at[key]
 
     def _keep_delete(self, key: ObjectKey, resource_version: str) -> None:
-        """A delete the watch delivered, kept while a list of its kind is on its way."""
-        if self._listing[key.kind]:
+        """A delete the watch delivered (or a list found), kept while a list of its kind is on
+        its way; a later version of it only ever replaces an earlier one."""
+        kept = self._deleted_at.get(key, "")
+        if self._listing[key.kind] and (not kept or _older(kept, resource_version)):
             self._deleted_at[key] = resource_version
 
     def _deleted_since(self, key: ObjectKey, version: str) -> bool:
@@ -243,6 +248,7 @@ class Reconciler:
             if _older(version, known.resource_version):
                 continue  # created after the list was taken
             self._object_changed("DELETED", known)
+            self._keep_delete(key, version)  # deleted by the list's version at the latest
         for key, state in listed.items():
             current = self.world.objects.get(key)
             if current is None and self._deleted_since(key, version):
@@ -254,7 +260,9 @@ class Reconciler:
         listed = {(i.get("metadata") or {}).get("name", ""): i for i in items}
         for name, entry in list(self.world.profiles.items()):
             if name not in listed and not _older(version, entry.resource_version):
-                self.profile_event("DELETED", {"metadata": {"name": name}})
+                self.profile_event(
+                    "DELETED", {"metadata": {"name": name, "resourceVersion": version}}
+                )
         for name, body in listed.items():
             if name not in self.world.profiles and self._deleted_since(profile_key(name), version):
                 continue  # deleted after the list's snapshot
