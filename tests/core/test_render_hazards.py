@@ -23,7 +23,7 @@ from collections.abc import Iterator
 import pytest
 
 from default_policy_operator.core.model import Profile, parse_profile
-from default_policy_operator.core.render import RenderError, Trialled, trial_tasks
+from default_policy_operator.core.render import RenderError, Trialled, parse_document, trial_tasks
 from default_policy_operator.rendering.pool import PoolSettings, RenderPool
 from tests.inline_render import render_namespace, trial
 
@@ -114,3 +114,12 @@ def test_yaml_aliases_cannot_expand_the_output_past_its_cap(pool: RenderPool) ->
     assert isinstance(result, RenderError)
     assert "YAML aliases" in result.message
     assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("number", [".nan", ".inf", "-.inf"])
+def test_a_number_that_is_not_finite_is_refused(number: str) -> None:
+    """YAML reads ``.nan`` and ``.inf`` as floats, which a schema's ``number`` lets through (a
+    Calico ``order``). JSON has no such number: the wire's encoder writes NaN as null, so the
+    object stored would never match the one rendered, and the operator would repair it forever."""
+    with pytest.raises(RenderError, match="finite"):
+        parse_document(f"spec:\n  order: {number}\n", "c")

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,6 +164,17 @@ class _AnyKey(dict[str, str]):
 
 #: The trial's sample namespace: every label and annotation is there, reading TRIAL_VALUE.
 _SAMPLE = {"name": TRIAL_NAMESPACE, "labels": _AnyKey(), "annotations": _AnyKey()}
+
+
+def _finite(value: Any) -> bool:
+    """Whether every number in ``value`` is finite (walked after the size check: bounded)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(k) and _finite(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_finite(item) for item in value)
+    return True
 
 
 def _rendered_size(value: Any, limit: int) -> int:
@@ -368,6 +380,10 @@ def parse_document(text: str, policy: str) -> Any:
         raise RenderError(
             policy, f"template exceeded {MAX_OUTPUT_CHARS} characters of output (YAML aliases)"
         )
+    # YAML's .nan and .inf are floats that JSON cannot carry (the wire's encoder would write
+    # null): the object stored would never match the one rendered.
+    if not _finite(documents[0]):
+        raise RenderError(policy, "output holds a number that is not finite (.nan or .inf)")
     return documents[0]
 
 
