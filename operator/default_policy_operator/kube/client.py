@@ -404,7 +404,7 @@ def decode(raw: bytes) -> Any:
     """A response or a watch event, by orjson (the API's integers fit in 64 bits); the standard
     library for what orjson refuses (a number beyond a double, lone surrogates). An empty body
     (a response with no content) is None, as aiohttp's ``json()`` gave."""
-    if not raw.strip():
+    if not raw or raw.isspace():  # (strip() would copy every list page)
         return None
     try:
         return orjson.loads(raw)
