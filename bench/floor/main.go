@@ -5,7 +5,8 @@
 // "seconds", "rate", ...} as one JSON line. -body minimal creates deny-all with a name and
 // nothing else (the body of bench's netpol()); -body operator creates what the operator
 // writes in the Separate layout, in turn: deny-all, allow-DNS and allow-kube-system, each with
-// the operator's three labels and a controller ownerReference (to the floor's namespace here,
+// three labels like the operator's (managed-by a same-length other value) and a controller
+// ownerReference (to the floor's namespace here,
 // to the profile there), so the apiserver decodes, validates, tracks managed fields of and
 // stores the same objects as the operator's.
 package main
@@ -170,7 +171,9 @@ func operatorPolicy(name string, i int64, owner *corev1.Namespace) *networkingv1
 		ObjectMeta: metav1.ObjectMeta{
 			Name: name,
 			Labels: map[string]string{
-				"app.kubernetes.io/managed-by": "default-policy-operator",
+				// As long as the operator's value, and not it: the operator would take these
+				// for its own (of a profile that is gone) and delete them when it starts.
+				"app.kubernetes.io/managed-by": "default-policy-benchflr",
 				"defaultpolicy.dev/policy":     policy,
 				"defaultpolicy.dev/profile":    "bench-floor",
 			},
