@@ -239,3 +239,26 @@ def test_an_object_a_newer_list_found_deleted_is_not_undone_by_an_older_list() -
             rec.objects_listed(NETWORK_POLICY, [], "12")
         rec.objects_listed(NETWORK_POLICY, [rec.object_digest(policy("7"))], "8")
         assert key not in rec.world.objects
+
+
+def test_a_profile_list_older_than_what_is_known_does_not_override_it() -> None:
+    """A profile deleted and created again under the same name (the bench's Calico and then
+    ClusterNetworkPolicy profiles): a list taken before the delete still holds the old object,
+    deletionTimestamp and all. Merged over the new one, it made the new profile a deleting one
+    that governs nothing."""
+
+    async def scenario() -> None:
+        rec = Reconciler(World(frozenset()), None, Settings(), InlinePool())  # type: ignore[arg-type]
+        with rec.listing(KIND):  # snapshot at 3: the old profile, being deleted
+            old = profile_body("3")
+            old["metadata"]["deletionTimestamp"] = "2026-12-03T13:43:12Z"
+            rec.profile_event("DELETED", profile_body("4"))
+            new = profile_body("6")
+            new["metadata"]["uid"] = "p2"
+            rec.profile_event("ADDED", new)
+            await asyncio.sleep(0)  # its trial
+            rec.profiles_listed([old], "3")
+            assert not rec.world.profiles["base"].deleting
+            assert rec.world.profiles["base"].metadata["uid"] == "p2"
+
+    asyncio.run(scenario())

@@ -264,8 +264,11 @@ class Reconciler:
                     "DELETED", {"metadata": {"name": name, "resourceVersion": version}}
                 )
         for name, body in listed.items():
-            if name not in self.world.profiles and self._deleted_since(profile_key(name), version):
+            known = self.world.profiles.get(name)
+            if known is None and self._deleted_since(profile_key(name), version):
                 continue  # deleted after the list's snapshot
+            if known is not None and _older(_version_of(body), known.resource_version):
+                continue  # the watch has told newer news (a profile of that name created again)
             self.profile_event("MODIFIED", body)
 
     def profile_event(self, event_type: str, body: dict[str, Any]) -> None:
