@@ -175,18 +175,35 @@ class Reconciler:
 
     def namespaces_listed(self, namespaces: list[Namespace], version: str) -> None:
         listed = {namespace.name: namespace for namespace in namespaces}
-        for name, known in list(self.world.namespaces.items()):
-            if name not in listed and not _older(version, known.resource_version):
-                # deleted by the list's version at the latest: what an older list may not undo
-                self.namespace_event(
-                    "DELETED", {"metadata": {"name": name, "resourceVersion": version}}
-                )
-        for name, namespace in listed.items():
-            seen = self.world.namespaces.get(name)
-            if seen is None and self._deleted_since(namespace_key(name), version):
-                continue  # deleted after the list's snapshot
-            if seen is None or _older(seen.resource_version, namespace.resource_version):
-                self._namespace_seen(namespace)
+        known = {name: ns.resource_version for name, ns in self.world.namespaces.items()}
+        versions = {name: ns.resource_version for name, ns in listed.items()}
+        gone, fresh = self._list_news(NAMESPACE, known, versions, version)
+        for name in gone:
+            self.namespace_event("DELETED", _deleted_body(name, version))
+        for name in fresh:
+            self._namespace_seen(listed[name])
+
+    def _list_news(
+        self, kind: str, known: dict[str, str], listed: dict[str, str], version: str
+    ) -> tuple[list[str], list[str]]:
+        """What a list of namespaces or profiles at ``version`` tells, by name (``known`` and
+        ``listed`` map names to resourceVersions): what is gone, and what is new or newer.
+
+        Gone: deleted by the list's version at the latest, the version its delete is kept at,
+        so that an older list on its way does not undo it. Neither what was created after the
+        list was taken, nor what the watch saw deleted after it, nor an older version of what
+        the watch has told newer news of (a name deleted and created again)."""
+        gone = [n for n, v in known.items() if n not in listed and not _older(version, v)]
+        fresh = [
+            n
+            for n, v in listed.items()
+            if (
+                _older(known[n], v)
+                if n in known
+                else not self._deleted_since(ObjectKey(kind, "", n), version)
+            )
+        ]
+        return gone, fresh
 
     def object_digest(self, body: dict[str, Any]) -> ObjectState:
         """What a list keeps of one managed object: the record already known if the object is
@@ -258,18 +275,13 @@ class Reconciler:
 
     def profiles_listed(self, items: list[dict[str, Any]], version: str) -> None:
         listed = {(i.get("metadata") or {}).get("name", ""): i for i in items}
-        for name, entry in list(self.world.profiles.items()):
-            if name not in listed and not _older(version, entry.resource_version):
-                self.profile_event(
-                    "DELETED", {"metadata": {"name": name, "resourceVersion": version}}
-                )
-        for name, body in listed.items():
-            known = self.world.profiles.get(name)
-            if known is None and self._deleted_since(profile_key(name), version):
-                continue  # deleted after the list's snapshot
-            if known is not None and _older(_version_of(body), known.resource_version):
-                continue  # the watch has told newer news (a profile of that name created again)
-            self.profile_event("MODIFIED", body)
+        known = {name: entry.resource_version for name, entry in self.world.profiles.items()}
+        versions = {name: _version_of(body) for name, body in listed.items()}
+        gone, fresh = self._list_news(KIND, known, versions, version)
+        for name in gone:
+            self.profile_event("DELETED", _deleted_body(name, version))
+        for name in fresh:
+            self.profile_event("MODIFIED", listed[name])
 
     def profile_event(self, event_type: str, body: dict[str, Any]) -> None:
         name = (body.get("metadata") or {}).get("name", "")
@@ -987,6 +999,11 @@ def namespace_key(name: str) -> ObjectKey:
 def profile_key(name: str) -> ObjectKey:
     """A profile's delete, kept as a managed object's is (:meth:`Reconciler.listing`)."""
     return ObjectKey(KIND, "", name)
+
+
+def _deleted_body(name: str, version: str) -> dict[str, Any]:
+    """The DELETED event a list implies: deleted by the list's version at the latest."""
+    return {"metadata": {"name": name, "resourceVersion": version}}
 
 
 def _version_of(body: dict[str, Any]) -> str:
