@@ -8,7 +8,7 @@ noisy machines:
   the same apiserver. **W_py**, a plain aiohttp loop (concurrency 1, 8, 32, 64), is printed
   beside it: the limit of a Python client, which the operator is. So is the client-go rate for
   the operator's own objects (``-body operator``: its labels, owner reference and three specs,
-  heavier on the apiserver than W's minimal deny-all); the target stays on W.
+  where W creates a minimal deny-all); the target stays on W.
 * **Convergence** - N namespaces exist, a profile with the three default policies is created:
   time until the last object exists, against the target 1.5 x (objects / W) + 2 s; the ratio
   to objects / W and to objects / W_py. Timed by the watch event that completes the count

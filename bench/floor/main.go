@@ -6,9 +6,8 @@
 // nothing else (the body of bench's netpol()); -body operator creates what the operator
 // writes in the Separate layout, in turn: deny-all, allow-DNS and allow-kube-system, each with
 // three labels like the operator's (managed-by a same-length other value) and a controller
-// ownerReference (to the floor's namespace here,
-// to the profile there), so the apiserver decodes, validates, tracks managed fields of and
-// stores the same objects as the operator's.
+// ownerReference (to the floor's namespace here, to the profile there), so the apiserver
+// decodes, validates, tracks managed fields of and stores the same objects as the operator's.
 package main
 
 import (

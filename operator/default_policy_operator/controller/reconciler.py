@@ -286,7 +286,7 @@ class Reconciler:
     def profile_event(self, event_type: str, body: dict[str, Any]) -> None:
         name = (body.get("metadata") or {}).get("name", "")
         if event_type == "DELETED":
-            self._keep_delete(profile_key(name), _version_of(body))
+            self._keep_delete(ObjectKey(KIND, "", name), _version_of(body))
             self.world.remove_profile(name)
             self.events.forget(name)
             self.status.forget(name)
@@ -384,7 +384,7 @@ class Reconciler:
         meta = body.get("metadata") or {}
         name = meta.get("name", "")
         if event_type == "DELETED":
-            self._keep_delete(namespace_key(name), _version_of(body))
+            self._keep_delete(ObjectKey(NAMESPACE, "", name), _version_of(body))
             if self.world.namespaces.get(name) is None:
                 return
             self.world.remove_namespace(name)
@@ -989,16 +989,6 @@ def namespace_of(body: dict[str, Any]) -> Namespace:
         resource_version=str(meta.get("resourceVersion", "")),
         terminating=bool(meta.get("deletionTimestamp")),
     )
-
-
-def namespace_key(name: str) -> ObjectKey:
-    """A namespace's delete, kept as a managed object's is (:meth:`Reconciler.listing`)."""
-    return ObjectKey(NAMESPACE, "", name)
-
-
-def profile_key(name: str) -> ObjectKey:
-    """A profile's delete, kept as a managed object's is (:meth:`Reconciler.listing`)."""
-    return ObjectKey(KIND, "", name)
 
 
 def _deleted_body(name: str, version: str) -> dict[str, Any]:

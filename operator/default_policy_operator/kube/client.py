@@ -389,10 +389,11 @@ class KubeApi:
 
 
 def encode(body: Any) -> bytes:
-    """JSON for the wire: orjson, where the standard library's encoder cost the operator about
-    a tenth of its CPU in a rollout (it writes every object once and reads it back twice: the
-    response and the watch event). The standard library for what orjson refuses (an integer
-    beyond 64 bits from a template), so that the apiserver, not the encoder, says what is wrong.
+    """JSON for the wire: orjson. The operator writes every object once and reads it back
+    twice (the response and the watch event): 37.7 µs of JSON per object with the standard
+    library, 10.9 µs with orjson (a micro benchmark). The standard library for what orjson
+    refuses (an integer beyond 64 bits from a template), so that the apiserver, not the
+    encoder, says what is wrong. Non-finite numbers never get here (a render error).
     """
     try:
         return orjson.dumps(body)
