@@ -43,7 +43,8 @@ pytestmark = pytest.mark.e2e
 SCALE = int(os.environ.get("DPO_RESILIENCE_SCALE", "300"))
 SEED = int(os.environ.get("DPO_RESILIENCE_SEED", str(random.SystemRandom().randrange(10**6))))
 #: Every mutating request, with its User-Agent: the operator's are ``kopf/..`` (finalizers and
-#: kopf's bookkeeping) and ``Python/.. aiohttp/..`` (its own client); the test's ``Python-urllib``.
+#: kopf's bookkeeping) and ``default-policy-operator/..`` (its own client); the test's
+#: ``Python-urllib``.
 AUDIT_POLICY = {
     "apiVersion": "audit.k8s.io/v1",
     "kind": "Policy",
@@ -104,7 +105,7 @@ def cluster(plane: ControlPlane) -> Api:
 
 def is_operator(event: dict[str, Any]) -> bool:
     agent = str(event.get("userAgent", ""))
-    return agent.startswith(("kopf/", "Python/"))
+    return agent.startswith(("kopf/", "default-policy-operator/"))
 
 
 class Operator:

@@ -27,8 +27,9 @@ from tests.support import Api, OperatorProcess
 pytestmark = pytest.mark.e2e
 
 RETRY_AFTER = 2  # seconds, in the injected 503s
-OWN_CLIENT = "aiohttp"  # the operator's own client's User-Agent ("Python/3.x aiohttp/x"); kopf's
-#: says "kopf/x". kopf is left alone where a test measures the operator's own client.
+#: The operator's own client's User-Agent ("default-policy-operator/x", requests and watches);
+#: kopf's says "kopf/x". kopf is left alone where a test measures the operator's own client.
+OWN_CLIENT = "default-policy-operator/"
 
 
 #: A watch timeout short enough for a test to see staleness (the operator's default is 60 s, and

@@ -316,6 +316,10 @@ async def test_http_proxy_url_is_used(tmp_path: Path, echo: EchoServer) -> None:
         write_kubeconfig(tmp_path / "config", server=echo.url, cluster=socks, user={})
         with pytest.raises(CredentialsError, match="socks5"):
             await load_credentials(str(config))
+        secure = {**cluster, "proxy-url": "https://127.0.0.1:1"}
+        write_kubeconfig(tmp_path / "config", server=echo.url, cluster=secure, user={})
+        with pytest.raises(CredentialsError, match="only http:// proxies"):
+            await load_credentials(str(config))
     finally:
         proxy.close()
 

@@ -1,9 +1,10 @@
 """The one module that talks to the Kubernetes API (kopf's watches aside).
 
-A small aiohttp client over plain dicts. Why not the generated ``kubernetes``/``kubernetes_asyncio``
-clients: we only ever handle a few kinds as JSON, the generated model classes cost memory at
-import and per object, and we need the raw HTTP status and ``Retry-After`` for backoff and
-metrics. kopf's own client is internal API. aiohttp is already here because kopf uses it.
+A small client over plain dicts: requests go through :mod:`default_policy_operator.kube.http1`'s
+kept-alive connections, watches through aiohttp (already here because kopf uses it). Why not the
+generated ``kubernetes``/``kubernetes_asyncio`` clients: we only ever handle a few kinds as JSON,
+the generated model classes cost memory at import and per object, and we need the raw HTTP
+status and ``Retry-After`` for backoff and metrics. kopf's own client is internal API.
 
 Every request retries 429 / 5xx / connection errors with capped exponential backoff, honouring
 ``Retry-After``, and once more right away after a 401 with credentials loaded again (a rotated
@@ -24,13 +25,15 @@ import random
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import orjson
 
-from default_policy_operator import metrics
+from default_policy_operator import __version__, metrics
 from default_policy_operator.core.labels import GROUP, PLURAL, VERSION
 from default_policy_operator.kube.credentials import Auth, Credentials, CredentialsError
+from default_policy_operator.kube.http1 import ConnectionPool, HttpError, Origin, Reply
 from default_policy_operator.kube.throttle import AdaptiveLimit
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,7 @@ log = logging.getLogger(__name__)
 RETRYABLE = frozenset({429, 500, 502, 503, 504})
 #: HTTP methods named as the API's verbs, so error and write metrics share one vocabulary
 VERBS = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+USER_AGENT = f"default-policy-operator/{__version__}"
 
 
 class ApiError(Exception):
@@ -116,11 +120,11 @@ class KubeApi:
         self.credentials = credentials
         self.retries = retries
         self.max_backoff = max_backoff
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._connections = connections
         #: requests in flight (watches aside, which hold no seat while idle): fewer when throttled
         self.limit = AdaptiveLimit(connections)
-        self._session: aiohttp.ClientSession | None = None
+        self._pool = ConnectionPool(keep=connections, timeout=timeout)
+        self._session: aiohttp.ClientSession | None = None  # watches only
 
     async def __aenter__(self) -> KubeApi:
         return self
@@ -131,7 +135,9 @@ class KubeApi:
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(limit=self._connections)
-            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+            self._session = aiohttp.ClientSession(
+                connector=connector, headers={"User-Agent": USER_AGENT}
+            )
         return self._session
 
     @staticmethod
@@ -144,6 +150,7 @@ class KubeApi:
         }
 
     async def close(self) -> None:
+        self._pool.close()
         if self._session is not None:
             await self._session.close()
 
@@ -159,42 +166,33 @@ class KubeApi:
         """One API call, retried on throttling, server errors and dropped connections, and
         once after a 401 with credentials loaded again."""
         verb = VERBS.get(method, method.lower())
-        headers = {"Content-Type": content_type} if body is not None else {}
         data = encode(body) if body is not None else None
+        target = f"{path}?{urlencode(params)}" if params else path
         attempt, reauthenticated = 0, False
         while True:
             delay: float | None
             try:
                 auth = await self.credentials.current()
-                async with (
-                    self.limit.slot() as epoch,
-                    self._get_session().request(
-                        method,
-                        auth.server + path,
-                        params=params,
-                        data=data,
-                        **self._wire(auth, headers),
-                    ) as response,
-                ):
-                    if response.status < 300:
+                async with self.limit.slot() as epoch:
+                    reply = await self._exchange(auth, method, target, data, content_type)
+                    if reply.status < 300:
                         self.limit.succeeded()
-                        return decode(await response.read())
-                    text = await response.text()
-                    code = response.status
-                    retry_after = response.headers.get("Retry-After")
-                    if code == 429:
+                        return decode(reply.body)
+                    if reply.status == 429:
                         self.limit.throttled(epoch)
+                code = reply.status
                 metrics.API_ERRORS.labels(verb=verb, code=str(code)).inc()
                 if code == 401 and not reauthenticated:
                     self.credentials.invalidate(auth)  # a rotated token: load and try again
                     reauthenticated = True
                     continue
-                error = _api_error(code, text)
-                delay = float(retry_after) if retry_after and retry_after.isdigit() else None
+                error = _api_error(code, reply.body.decode("utf-8", "replace"))
+                retry_after = reply.headers.get("retry-after", "")
+                delay = float(retry_after) if retry_after.isdigit() else None
                 error.retry_after = delay
                 if code not in RETRYABLE or attempt >= self.retries:
                     raise error
-            except (aiohttp.ClientError, TimeoutError, CredentialsError) as exc:
+            except (HttpError, TimeoutError, CredentialsError) as exc:
                 error = _connection_error(verb, exc)
                 if attempt >= self.retries:
                     raise error from exc
@@ -206,6 +204,28 @@ class KubeApi:
             log.debug("retrying %s %s in %.1fs (attempt %d)", method, path, wait, attempt + 1)
             await asyncio.sleep(wait)
             attempt += 1
+
+    async def _exchange(
+        self, auth: Auth, method: str, target: str, data: bytes | None, content_type: str
+    ) -> Reply:
+        """One HTTP exchange as ``auth`` says: its server (and path prefix), TLS, proxy and
+        Authorization header."""
+        origin = Origin.of(auth.server, auth.ssl_context, auth.proxy)
+        head = (
+            f"{method} {origin.prefix}{target} HTTP/1.1\r\n"
+            f"Host: {origin.authority}\r\n"
+            f"User-Agent: {USER_AGENT}\r\n"
+            "Accept: application/json\r\n"
+            "Accept-Encoding: gzip\r\n"
+        )
+        if auth.header:
+            if "\r" in auth.header or "\n" in auth.header:
+                raise CredentialsError("the credential's token holds a line break")
+            head += f"Authorization: {auth.header}\r\n"
+        if data is not None:
+            head += f"Content-Type: {content_type}\r\nContent-Length: {len(data)}\r\n"
+        request = (head + "\r\n").encode() + (data or b"")
+        return await self._pool.exchange(origin, request)
 
     # -- typed helpers ---------------------------------------------------------------------
 

@@ -50,8 +50,9 @@ SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 RELOAD_PERIOD = datetime.timedelta(minutes=1)
 #: An exec credential is renewed this long before its expiry, not in the middle of a request.
 EXPIRY_SKEW = datetime.timedelta(seconds=10)
-#: Proxies aiohttp can tunnel through (kubectl also speaks socks5; aiohttp does not).
-PROXY_SCHEMES = ("http://", "https://")
+#: Proxies both our request path (kube/http1.py, CONNECT) and aiohttp's watches tunnel through;
+#: kubectl also speaks socks5 and https:// proxies, we do not.
+PROXY_SCHEMES = ("http://",)
 
 NEVER = datetime.datetime.max.replace(tzinfo=datetime.UTC)
 
@@ -292,7 +293,7 @@ def _auth(
     server = str(configuration.host).rstrip("/")
     proxy = configuration.proxy or None
     if proxy and not str(proxy).startswith(PROXY_SCHEMES):
-        raise CredentialsError(f"proxy-url {proxy}: only http(s) proxies are supported")
+        raise CredentialsError(f"proxy-url {proxy}: only http:// proxies are supported")
     header = configuration.api_key.get("BearerToken")
     digest = hashlib.sha256(f"{configuration.verify_ssl}/{configuration.tls_server_name}".encode())
     for path in (configuration.ssl_ca_cert, configuration.cert_file, configuration.key_file):
