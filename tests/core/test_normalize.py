@@ -191,6 +191,23 @@ def test_hash_is_short_stable_and_key_order_independent() -> None:
     assert spec_hash(NP, a) == hashlib.sha256(canonical.encode()).hexdigest()[:20]
 
 
+def test_what_orjson_refuses_is_hashed_by_the_standard_library() -> None:
+    """A template may render an integer beyond 64 bits; the apiserver, not the hash, refuses it."""
+    huge = {"ingress": [{"ports": [{"port": 2**70}]}]}
+    assert spec_hash(NP, huge) != spec_hash(NP, {"ingress": [{"ports": [{"port": 2**70 + 1}]}]})
+    assert normalize_spec(NP, huge)["ingress"][0]["ports"][0]["port"] == 2**70
+
+
+def test_keys_are_compared_as_json_sees_them() -> None:
+    """Non-string keys (YAML allows them) become strings, as on the wire; non-ASCII text is
+    hashed the same whatever the key order."""
+    assert normalize_spec(GLOBAL_NETWORK_POLICY, {1: "a"}) == {"1": "a"}
+    a = {"podSelector": {"matchLabels": {"é": "ü", "a": "1"}}}
+    b = {"podSelector": {"matchLabels": {"a": "1", "é": "ü"}}}
+    assert spec_hash(NP, a) == spec_hash(NP, b)
+    assert spec_hash(NP, a) != spec_hash(NP, {"podSelector": {"matchLabels": {"é": "u"}}})
+
+
 # -- object state -----------------------------------------------------------------------------
 
 

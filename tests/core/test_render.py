@@ -8,6 +8,7 @@ Templates that behave render here in the test's own process (the rules are pure)
 from __future__ import annotations
 
 import functools
+import json
 import textwrap
 import time
 from collections.abc import Iterator
@@ -1065,3 +1066,20 @@ def test_compile_cache_reuses_and_reports_namespace_use(renderer: Renderer) -> N
     assert first[0] is again[0]
     assert first[1] is True
     assert renderer.compile(NP_HEAD + "spec: {{ params }}\n", "x")[1] is False
+
+
+def test_restamped_copies_share_the_spec_but_not_the_metadata() -> None:
+    """Every namespace's copy of a shared policy carries its own metadata (a change to one
+    namespace's labels is that namespace's alone) and the render's spec itself: no copy per
+    namespace, which is safe because nothing changes a rendered spec in place."""
+    profile = make()
+    shared = trial(profile).shared["deny-all"]
+    before = json.dumps(shared.body, sort_keys=True)
+    a, b = (render.restamp(shared, name) for name in ("team-a", "team-b"))
+    assert (a.key.namespace, b.key.namespace) == ("team-a", "team-b")
+    assert a.body["metadata"]["namespace"] == "team-a"
+    assert list(a.body["metadata"])[:2] == ["name", "namespace"]
+    assert a.body["spec"] is shared.body["spec"] is b.body["spec"]
+    a.body["metadata"]["labels"]["extra"] = "x"
+    assert "extra" not in b.body["metadata"]["labels"]
+    assert json.dumps(shared.body, sort_keys=True) == before

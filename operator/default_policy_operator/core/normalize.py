@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from default_policy_operator.core.labels import PROFILE_LABEL
 from default_policy_operator.core.objects import NETWORK_POLICY, ObjectKey, key_of
 
@@ -56,7 +58,7 @@ def _network_policy_defaults(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def normalize_spec(kind: str, spec: Mapping[str, Any] | None) -> dict[str, Any]:
-    normalized = _prune(json.loads(json.dumps(spec or {})))
+    normalized = _prune(_plain_copy(spec or {}))
     if kind == NETWORK_POLICY:
         normalized = _network_policy_defaults(normalized)
     elif normalized.get("tier") == "default":
@@ -65,8 +67,31 @@ def normalize_spec(kind: str, spec: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def spec_hash(kind: str, spec: Mapping[str, Any] | None) -> str:
-    canonical = json.dumps(normalize_spec(kind, spec), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:20]
+    """A short digest of the normalised spec. Both sides of every comparison are hashed by
+    this function in this process's version (hashes are never stored), so the canonical form
+    only has to be deterministic, not stable across releases."""
+    return hashlib.sha256(_canonical(normalize_spec(kind, spec))).hexdigest()[:20]
+
+
+# orjson, because every managed object is hashed at least once per write: 41 µs with the
+# standard library, 18 µs with orjson (a typical allow-DNS spec, micro benchmark). The standard
+# library for what orjson refuses: an integer beyond 64 bits from a template. (NaN and infinity
+# never get here: a render with them is an error, and the API's JSON cannot carry them.)
+
+
+def _plain_copy(value: Any) -> Any:
+    """A deep copy as JSON sees it: plain dicts and lists, string keys."""
+    try:
+        return orjson.loads(orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS))
+    except TypeError:
+        return json.loads(json.dumps(value))
+
+
+def _canonical(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
 
 @dataclass(frozen=True, slots=True)

@@ -260,11 +260,14 @@ def namespace_task(profile: Profile, policy: str, namespace: Namespace) -> Rende
 
 
 def restamp(obj: RenderedObject, namespace: str) -> RenderedObject:
-    """A shared NetworkPolicy placed in ``namespace``: a fresh body (callers may change it)."""
-    body = copy_tree(obj.body)
-    metadata = body["metadata"]
+    """A shared NetworkPolicy placed in ``namespace``, with metadata of its own. The rest (the
+    spec) is the profile's render itself, shared by every namespace's copy: nothing changes a
+    rendered spec in place (``with_namespace_selector`` and ``with_subject`` copy first), and a
+    deep copy per namespace was 5 % of the operator's CPU in a 5,000-namespace rollout."""
+    metadata = copy_tree(obj.body["metadata"])
     metadata.pop("namespace", None)
-    body["metadata"] = {"name": metadata.pop("name"), "namespace": namespace, **metadata}
+    metadata = {"name": metadata.pop("name"), "namespace": namespace, **metadata}
+    body = {**obj.body, "metadata": metadata}
     return RenderedObject(obj.key._replace(namespace=namespace), obj.policy, body, obj.spec_hash)
 
 
