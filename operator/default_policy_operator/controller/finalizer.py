@@ -28,33 +28,40 @@ RELEASE_RETRY = 1.0  # seconds between checks that the profile's objects are gon
 
 
 class Finalizer:
-    """One clean-up task per deleted profile, shared by the reconciler and kopf's handler."""
+    """One clean-up task per deleted profile, shared by the reconciler and kopf's handler.
+
+    A deleted profile is known by its uid, not its name: kopf's watch runs apart from ours and
+    may deliver a deletion after the profile is gone and a new one of the same name exists.
+    """
 
     def __init__(self, reconciler: Reconciler) -> None:
         self.reconciler = reconciler
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # by uid
 
-    def start(self, name: str) -> asyncio.Task[None]:
-        """Begin cleaning up ``name`` (once; a later call returns the same task)."""
-        task = self._tasks.get(name)
+    def start(self, name: str, uid: str) -> asyncio.Task[None]:
+        """Begin cleaning up profile ``name`` with ``uid`` (once; a later call returns the
+        same task)."""
+        task = self._tasks.get(uid)
         if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
-            task = self._tasks[name] = asyncio.ensure_future(self._run(name))
+            task = self._tasks[uid] = asyncio.ensure_future(self._run(name, uid))
         return task
 
-    async def wait(self, name: str) -> None:
-        """kopf's handler: the clean-up of ``name``, whoever started it."""
-        await asyncio.shield(self.start(name))
+    async def wait(self, name: str, uid: str) -> None:
+        """kopf's handler: the clean-up of that profile, whoever started it."""
+        await asyncio.shield(self.start(name, uid))
 
-    def forget(self, name: str) -> None:
-        """The profile is gone: nothing more to clean up (a name used again starts afresh)."""
-        task = self._tasks.pop(name, None)
+    def forget(self, uid: str) -> None:
+        """The profile is gone: nothing more to clean up."""
+        task = self._tasks.pop(uid, None)
         if task is not None and not task.done():
             task.cancel()
 
-    async def _run(self, name: str) -> None:
+    async def _run(self, name: str, uid: str) -> None:
         reconciler = self.reconciler
         await reconciler.synced.wait()
         entry = reconciler.world.profiles.get(name)
+        if entry is not None and entry.metadata.get("uid") != uid:
+            return  # that profile is gone, and the name is a new profile's: not ours to touch
         reconciler.world.mark_deleting(name)  # kopf may see it before our informer does
         reconciler.profile_changed()
         await reconciler.idle()
@@ -64,12 +71,14 @@ class Finalizer:
             while reconciler.objects_of(name):
                 await asyncio.sleep(RELEASE_RETRY)
                 await reconciler.idle()
-        await self._release(name)
+        await self._release(name, uid)
 
-    async def _release(self, name: str) -> None:
+    async def _release(self, name: str, uid: str) -> None:
         """Remove our finalizer from the profile as the informer last saw it; a ``test`` op
         makes a stale view fail (422) instead of removing someone else's finalizer."""
         while (entry := self.reconciler.world.profiles.get(name)) is not None:
+            if entry.metadata.get("uid") != uid:
+                return  # gone, and the name taken again since
             finalizers: list[Any] = list(entry.metadata.get("finalizers") or [])
             if FINALIZER not in finalizers:
                 return

@@ -55,11 +55,11 @@ def build_registry(config: HandlerConfig, reconciler: Reconciler) -> kopf.Operat
         )
 
     @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry)
-    async def profile_deleted(name: str, **_: Any) -> None:
+    async def profile_deleted(name: str, uid: str, **_: Any) -> None:
         """Finalizer: remove (Delete) or release (Orphan) the profile's objects, then let go.
 
         The reconciler runs the clean-up (``finalizer.py``) and removes the finalizer itself
         too, which also works while the CRD is being deleted and kopf no longer serves it."""
-        await reconciler.finalizer.wait(name)
+        await reconciler.finalizer.wait(name, uid)
 
     return registry

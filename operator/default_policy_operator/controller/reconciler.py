@@ -284,13 +284,14 @@ class Reconciler:
             self.profile_event("MODIFIED", listed[name])
 
     def profile_event(self, event_type: str, body: dict[str, Any]) -> None:
-        name = (body.get("metadata") or {}).get("name", "")
+        meta = body.get("metadata") or {}
+        name = meta.get("name", "")
         if event_type == "DELETED":
             self._keep_delete(ObjectKey(KIND, "", name), _version_of(body))
             self.world.remove_profile(name)
             self.events.forget(name)
             self.status.forget(name)
-            self.finalizer.forget(name)
+            self.finalizer.forget(meta.get("uid", ""))
             self.profile_changed()
             return
         # Our own status writes come back here too: only a new generation or a deletion
@@ -299,7 +300,7 @@ class Reconciler:
         entry = self.world.update_profile(body)
         self._record_if_due(entry)
         if entry.deleting:
-            self.finalizer.start(name)
+            self.finalizer.start(name, meta.get("uid", ""))
         if entry is before:
             return
         self._rolling.add(entry.name)

@@ -1,0 +1,79 @@
+"""kopf's delete handler, run late, must not touch a new profile of the same name.
+
+Found by the bench (N = 5,000): its CalicoGlobalNetworkPolicy profile and then its
+ClusterNetworkPolicy profile share a name. The reconciler cleaned up the first one and removed
+its finalizer through its own informer; kopf's watch, which runs on its own, delivered the
+deletion later and called the finalizer's clean-up by name. By then the name was the new
+profile's: the clean-up marked it deleting, and it governed no namespace while reporting Ready.
+The clean-up is now the deleted object's, by uid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from default_policy_operator.controller.reconciler import Reconciler, Settings
+from default_policy_operator.core.governance import Namespace
+from default_policy_operator.core.labels import FINALIZER, NAMESPACE_NAME_LABEL
+from default_policy_operator.kube.client import Resource
+from tests.inline_render import InlineWorld
+
+
+class RecordingApi:
+    """Creates succeed; deletes and patches (the finalizer's release) are recorded."""
+
+    def __init__(self) -> None:
+        self.patches: list[tuple[str, Any]] = []
+        self.deleted: list[str] = []
+        self.version = 0
+
+    async def create(self, resource: Resource, body: dict[str, Any]) -> dict[str, Any]:
+        self.version += 1
+        return {**body, "metadata": {**body["metadata"], "resourceVersion": str(self.version)}}
+
+    async def delete(self, resource: Resource, name: str, **_: Any) -> None:
+        self.deleted.append(name)
+
+    async def patch(self, resource: Resource, name: str, body: Any, **_: Any) -> dict[str, Any]:
+        self.patches.append((name, body))
+        return {}
+
+    async def post_event(self, *_: Any, **__: Any) -> None:
+        return None
+
+
+async def late_handler() -> tuple[InlineWorld, RecordingApi]:
+    world = InlineWorld(frozenset())
+    world.set_namespace(Namespace("team-a", {NAMESPACE_NAME_LABEL: "team-a"}, {}))
+    world.update_profile(
+        {
+            "metadata": {"name": "p", "uid": "uid-new", "generation": 1},
+            "spec": {"namespaceSelector": {}},
+        }
+    )
+    world.profiles["p"].metadata["finalizers"] = [FINALIZER]
+    api = RecordingApi()
+    reconciler = Reconciler(world, api, Settings(workers=1))  # type: ignore[arg-type]
+    tasks = [asyncio.create_task(reconciler._reconcile_loop())]
+    tasks.append(asyncio.create_task(reconciler._writer()))
+    reconciler.synced.set()
+    reconciler.mark(["team-a"])
+    await asyncio.wait_for(reconciler.idle(), 5)
+    # kopf's handler for the profile "p" that was deleted before this one was created
+    await asyncio.wait_for(reconciler.finalizer.wait("p", "uid-old"), 5)
+    await asyncio.wait_for(reconciler.idle(), 5)
+    for task in tasks:
+        task.cancel()
+    return world, api
+
+
+def test_a_late_delete_handler_leaves_the_new_profile_of_that_name_alone() -> None:
+    world, api = asyncio.run(late_handler())
+    entry = world.profiles["p"]
+    assert not entry.deleting, "the new profile was taken for the deleted one"
+    assert api.deleted == [], "the new profile's policies were deleted"
+    assert api.patches == [], "the new profile's finalizer was removed"
+    governor = world.governor(world.namespaces["team-a"])
+    assert governor is not None
+    assert governor.name == "p"
