@@ -176,7 +176,7 @@ async def test_concurrent_exchanges_get_their_own_connections_and_answers() -> N
         pool.close()
 
 
-async def test_an_idle_connection_the_server_closed_is_replaced_at_once() -> None:
+async def test_an_idle_connection_seen_closed_is_not_taken() -> None:
     async def answer_then_close(_: int, __: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
         await w.drain()
@@ -188,6 +188,26 @@ async def test_an_idle_connection_the_server_closed_is_replaced_at_once() -> Non
         await asyncio.sleep(0.05)  # the close reaches the client while the connection is idle
         assert (await pool.exchange(origin, request())).status == 200
         assert (server.connections, server.requests) == (2, 2)
+        pool.close()
+
+
+async def test_a_reused_connection_closed_before_any_answer_is_replaced_at_once() -> None:
+    """The server ends a kept-alive connection just as a request goes out on it (the close
+    and the request cross): nothing of an answer came, so the request goes again at once on a
+    new connection instead of failing (and waiting out a retry's backoff)."""
+
+    async def close_the_second(n: int, __: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        if n == 2:
+            w.close()  # the first connection's second request: dropped, no answer
+            return
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        await w.drain()
+
+    async with serving(close_the_second) as (server, origin):
+        pool = ConnectionPool(timeout=5)
+        await pool.exchange(origin, request())
+        assert (await pool.exchange(origin, request())).status == 200
+        assert (server.connections, server.requests) == (2, 3)
         pool.close()
 
 

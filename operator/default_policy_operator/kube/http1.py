@@ -205,8 +205,7 @@ class _Connection(asyncio.Protocol):
 
     async def exchange(self, request: bytes, *, body_expected: bool) -> tuple[Reply, bool]:
         """The answer to ``request``, and whether this connection may carry another."""
-        if self.closed or self.transport is None:  # closed since it was taken: nothing sent
-            raise _Lost(False, None)
+        assert self.transport is not None  # taken open: no await since (see ConnectionPool)
         self._parser = parser = ReplyParser(body_expected=body_expected)
         self._answer = asyncio.get_running_loop().create_future()
         self.transport.write(request)
