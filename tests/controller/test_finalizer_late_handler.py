@@ -77,3 +77,60 @@ def test_a_late_delete_handler_leaves_the_new_profile_of_that_name_alone() -> No
     governor = world.governor(world.namespaces["team-a"])
     assert governor is not None
     assert governor.name == "p"
+
+
+async def new_profile_while_cleaning() -> tuple[InlineWorld, RecordingApi]:
+    """kopf's handler for the old ``p`` starts before the informer knows any ``p``; the new
+    ``p`` arrives, and is written, while that clean-up waits for the reconciler."""
+    world = InlineWorld(frozenset())
+    world.set_namespace(Namespace("team-a", {NAMESPACE_NAME_LABEL: "team-a"}, {}))
+    api = RecordingApi()
+    reconciler = Reconciler(world, api, Settings(workers=1))  # type: ignore[arg-type]
+    reconciler.synced.set()
+    cleaning = asyncio.create_task(reconciler.finalizer.wait("p", "uid-old"))
+    for _ in range(3):
+        await asyncio.sleep(0)  # it passes its first check and waits for the reconciler
+    world.update_profile(
+        {
+            "metadata": {"name": "p", "uid": "uid-new", "generation": 1},
+            "spec": {"namespaceSelector": {}},
+        }
+    )
+    world.profiles["p"].metadata["finalizers"] = [FINALIZER]
+    tasks = [asyncio.create_task(reconciler._reconcile_loop())]
+    tasks.append(asyncio.create_task(reconciler._writer()))
+    reconciler.mark(["team-a"])
+    await asyncio.wait_for(cleaning, 5)
+    await asyncio.wait_for(reconciler.idle(), 5)
+    for task in tasks:
+        task.cancel()
+    return world, api
+
+
+def test_a_clean_up_stops_when_a_new_profile_takes_the_name_meanwhile() -> None:
+    world, api = asyncio.run(new_profile_while_cleaning())
+    assert not world.profiles["p"].deleting
+    assert api.version == 3, "the new profile's three policies were written"
+    assert api.deleted == []
+    assert api.patches == []
+
+
+async def forget_on_relist() -> bool:
+    world = InlineWorld(frozenset())
+    world.update_profile(
+        {
+            "metadata": {"name": "p", "uid": "uid-1", "generation": 1},
+            "spec": {"namespaceSelector": {}},
+        }
+    )
+    reconciler = Reconciler(world, RecordingApi(), Settings(workers=1))  # type: ignore[arg-type]
+    task = reconciler.finalizer.start("p", "uid-1")  # waits for the first sync, for ever here
+    # a relist no longer shows "p": the delete it infers carries a name and a version only
+    reconciler.profile_event("DELETED", {"metadata": {"name": "p", "resourceVersion": "9"}})
+    for _ in range(2):
+        await asyncio.sleep(0)  # the cancellation lands
+    return task.cancelled()  # (asyncio.run would cancel it on the way out: ask here)
+
+
+def test_a_delete_inferred_from_a_relist_ends_the_clean_up_too() -> None:
+    assert asyncio.run(forget_on_relist()), "the clean-up of the profile gone runs on"

@@ -8,12 +8,19 @@ import gzip
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from default_policy_operator.kube.http1 import ConnectionPool, HttpError, Origin, ReplyParser
+from default_policy_operator.kube.http1 import (
+    ConnectionPool,
+    HttpError,
+    Origin,
+    ReplyParser,
+    _Connection,
+)
 
 OK = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 7\r\n\r\n{"a":1}'
 CHUNKED = (
@@ -89,6 +96,10 @@ def test_no_body_statuses_and_keep_alive_rules() -> None:
         (b"SSH-2.0-OpenSSH\r\n\r\n", "not an HTTP/1 answer"),
         (b"HTTP/1.1 2x0 OK\r\n\r\n", "not an HTTP/1 answer"),
         (b"HTTP/1.1 200 OK\r\nContent-Length: ten\r\n\r\n", "bad Content-Length"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", "bad Content-Length"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n", "bad Content-Length"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\n", "bad chunk size"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1_0\r\n", "bad chunk size"),
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "bad chunk size"),
         (b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 3\r\n\r\nabc", "gzip"),
     ],
@@ -96,6 +107,35 @@ def test_no_body_statuses_and_keep_alive_rules() -> None:
 def test_what_is_not_http_is_an_error(raw: bytes, message: str) -> None:
     with pytest.raises(HttpError, match=message):
         ReplyParser().feed(raw)
+
+
+def test_a_reset_does_not_end_a_body_that_runs_until_the_close() -> None:
+    """Such a body is complete only at a clean close: a reset mid-body is an error."""
+
+    async def scenario(cause: Exception | None) -> Any:
+        connection = _Connection()
+        connection.connection_made(DiscardingTransport())
+        exchange = asyncio.create_task(
+            connection.exchange(b"GET / HTTP/1.1\r\n\r\n", body_expected=True)
+        )
+        await asyncio.sleep(0)
+        connection.data_received(b'HTTP/1.1 200 OK\r\n\r\n{"a"')
+        connection.connection_lost(cause)
+        try:
+            return (await exchange)[0].body
+        except HttpError as error:
+            return error
+
+    assert asyncio.run(scenario(None)) == b'{"a"'
+    assert isinstance(asyncio.run(scenario(ConnectionResetError())), HttpError)
+
+
+class DiscardingTransport(asyncio.Transport):
+    def write(self, data: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 # -- the pool against a raw server -----------------------------------------------------------
@@ -172,7 +212,7 @@ async def test_concurrent_exchanges_get_their_own_connections_and_answers() -> N
         pool = ConnectionPool(keep=2, timeout=5)
         replies = await asyncio.gather(*(pool.exchange(origin, request(f"/{i}")) for i in range(8)))
         assert [r.body for r in replies] == [f"/{i}".encode() for i in range(8)]
-        assert len(pool._idle[origin]) == 2, "only `keep` connections stay open"
+        assert len(pool._idle) == 2, "only `keep` connections stay open"
         pool.close()
 
 
@@ -238,7 +278,7 @@ async def test_a_stalled_answer_times_out_and_its_connection_is_dropped() -> Non
         await pool.exchange(origin, request())
         with pytest.raises(TimeoutError):
             await pool.exchange(origin, request())
-        assert not pool._idle[origin], "a connection whose answer never came is not reused"
+        assert not pool._idle, "a connection whose answer never came is not reused"
         stalled.set()
         pool.close()
 
@@ -254,15 +294,44 @@ async def test_connection_close_answers_are_not_reused() -> None:
         assert server.connections == 2
 
 
-async def test_a_new_origin_closes_the_old_origins_idle_connections() -> None:
-    async with serving(answer_ok) as (_, first), serving(answer_ok) as (__, second):
+async def test_a_new_origin_retires_the_old_origins_connections() -> None:
+    """A new server or TLS context: the old origin's idle connections close at once, and one
+    still in an exchange closes when its answer is in (it never joins the new origin's)."""
+    held = asyncio.Event()
+
+    async def held_answer(_: int, __: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await held.wait()
+        writer.write(OK)
+
+    async with serving(answer_ok) as (_, first), serving(held_answer) as (__, slow):
         pool = ConnectionPool(timeout=5)
         await pool.exchange(first, request())
-        kept = pool._idle[first][0]
-        await pool.exchange(second, request())
+        kept = pool._idle[0]
+        late = asyncio.create_task(pool.exchange(slow, request()))
+        await asyncio.sleep(0.05)  # the slow origin's exchange is under way
         assert kept.closed
-        assert first not in pool._idle
+        await pool.exchange(first, request())  # back to the first origin, as after a rotation
+        held.set()
+        assert (await late).status == 200
+        assert len(pool._idle) == 1
+        assert all(not c.closed for c in pool._idle), "only the first origin's connection kept"
         pool.close()
+
+
+async def test_close_ends_exchanges_in_flight_too() -> None:
+    never = asyncio.Event()
+
+    async def stall(_: int, __: asyncio.StreamReader, ___: asyncio.StreamWriter) -> None:
+        await never.wait()
+
+    async with serving(stall) as (_, origin):
+        pool = ConnectionPool(timeout=30)
+        exchange = asyncio.create_task(pool.exchange(origin, request()))
+        await asyncio.sleep(0.05)  # the request is out, its answer awaited
+        pool.close()
+        with pytest.raises(HttpError, match="connection closed"):
+            await asyncio.wait_for(exchange, 5)
+        never.set()
 
 
 async def test_nothing_listening_is_an_http_error() -> None:

@@ -59,25 +59,33 @@ class Finalizer:
     async def _run(self, name: str, uid: str) -> None:
         reconciler = self.reconciler
         await reconciler.synced.wait()
-        entry = reconciler.world.profiles.get(name)
-        if entry is not None and entry.metadata.get("uid") != uid:
+        if not self._ours(name, uid):
             return  # that profile is gone, and the name is a new profile's: not ours to touch
+        entry = reconciler.world.profiles.get(name)
         reconciler.world.mark_deleting(name)  # kopf may see it before our informer does
         reconciler.profile_changed()
         await reconciler.idle()
+        if not self._ours(name, uid):
+            return  # a new profile of that name came while we waited: its objects are its own
         if entry is not None and entry.deletion_policy is DeletionPolicy.ORPHAN:
             await reconciler.orphan(name)
         else:
-            while reconciler.objects_of(name):
+            while reconciler.objects_of(name) and self._ours(name, uid):
                 await asyncio.sleep(RELEASE_RETRY)
                 await reconciler.idle()
         await self._release(name, uid)
+
+    def _ours(self, name: str, uid: str) -> bool:
+        """Whether ``name`` is still the profile with ``uid`` (or no profile the informer has
+        seen yet: kopf may see a deletion first)."""
+        entry = self.reconciler.world.profiles.get(name)
+        return entry is None or entry.metadata.get("uid", "") == uid
 
     async def _release(self, name: str, uid: str) -> None:
         """Remove our finalizer from the profile as the informer last saw it; a ``test`` op
         makes a stale view fail (422) instead of removing someone else's finalizer."""
         while (entry := self.reconciler.world.profiles.get(name)) is not None:
-            if entry.metadata.get("uid") != uid:
+            if not self._ours(name, uid):
                 return  # gone, and the name taken again since
             finalizers: list[Any] = list(entry.metadata.get("finalizers") or [])
             if FINALIZER not in finalizers:

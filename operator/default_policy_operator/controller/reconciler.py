@@ -287,11 +287,14 @@ class Reconciler:
         meta = body.get("metadata") or {}
         name = meta.get("name", "")
         if event_type == "DELETED":
+            known = self.world.profiles.get(name)
+            # (a delete a relist inferred carries no uid: the one we knew is the one gone)
+            uid = meta.get("uid") or (known.metadata.get("uid", "") if known else "")
             self._keep_delete(ObjectKey(KIND, "", name), _version_of(body))
             self.world.remove_profile(name)
             self.events.forget(name)
             self.status.forget(name)
-            self.finalizer.forget(meta.get("uid", ""))
+            self.finalizer.forget(uid)
             self.profile_changed()
             return
         # Our own status writes come back here too: only a new generation or a deletion

@@ -128,10 +128,10 @@ class ReplyParser:
         elif "chunked" in self._headers.get("transfer-encoding", "").lower():
             self._chunked = True
         elif "content-length" in self._headers:
-            try:
-                self._length = int(self._headers["content-length"])
-            except ValueError:
-                raise HttpError(f"bad Content-Length {self._headers['content-length']!r}") from None
+            length = self._headers["content-length"]
+            if not (length.isascii() and length.isdigit()):
+                raise HttpError(f"bad Content-Length {length[:20]!r}")
+            self._length = int(length)
 
     def _chunk(self) -> Reply | None:
         buffer, position = self._buffer, 0
@@ -139,11 +139,10 @@ class ReplyParser:
             line_end = buffer.find(b"\r\n", position)
             if line_end < 0:
                 break
-            size_text = buffer[position:line_end].split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise HttpError(f"bad chunk size {bytes(size_text[:20])!r}") from None
+            size_text = bytes(buffer[position:line_end].split(b";", 1)[0].strip())
+            if not size_text or size_text.strip(b"0123456789abcdefABCDEF"):
+                raise HttpError(f"bad chunk size {size_text[:20]!r}")
+            size = int(size_text, 16)
             if size == 0:
                 trailers_end = buffer.find(b"\r\n\r\n", line_end)
                 if buffer[line_end : line_end + 4] != b"\r\n\r\n" and trailers_end < 0:
@@ -181,8 +180,8 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self._parser is not None and self._answer is not None and not self._answer.done():
-            try:
-                reply = self._parser.eof()
+            try:  # a body that runs until the close ends only with a clean close, not a reset
+                reply = self._parser.eof() if exc is None else None
             except HttpError as error:
                 self._answer.set_exception(error)
                 return
@@ -230,14 +229,18 @@ class _Lost(HttpError):
 
 @dataclass
 class ConnectionPool:
-    """Kept-alive connections per :class:`Origin`. How many requests run at once is the
-    caller's to bound (:class:`~default_policy_operator.kube.throttle.AdaptiveLimit`); the pool
-    keeps up to ``keep`` idle connections, the rest close after their exchange. An exchange,
-    connecting included, takes at most ``timeout`` seconds."""
+    """Kept-alive connections to one :class:`Origin` at a time. How many requests run at once
+    is the caller's to bound (:class:`~default_policy_operator.kube.throttle.AdaptiveLimit`);
+    the pool keeps up to ``keep`` idle connections, the rest close after their exchange. An
+    exchange, connecting included, takes at most ``timeout`` seconds."""
 
     keep: int = 64
     timeout: float = 30.0
-    _idle: dict[Origin, list[_Connection]] = field(default_factory=dict)
+    _idle: list[_Connection] = field(default_factory=list)
+    _busy: set[_Connection] = field(default_factory=set)
+    #: the origin of the latest request: only its connections are kept (a new server or TLS
+    #: context retires the old ones, as their exchanges end)
+    _origin: Origin | None = None
 
     async def exchange(
         self, origin: Origin, request: bytes, *, body_expected: bool = True
@@ -248,8 +251,11 @@ class ConnectionPool:
         it while idle) is replaced once at once; any other failure raises :class:`HttpError`
         or :class:`TimeoutError`.
         """
+        if origin != self._origin:
+            self._origin = origin
+            self._close(self._idle)
         async with asyncio.timeout(self.timeout):
-            connection = self._take(origin)
+            connection = self._take()
             if connection is not None:
                 try:
                     return await self._exchange(origin, connection, request, body_expected)
@@ -262,39 +268,37 @@ class ConnectionPool:
     async def _exchange(
         self, origin: Origin, connection: _Connection, request: bytes, body_expected: bool
     ) -> Reply:
+        self._busy.add(connection)
         try:
             reply, reusable = await connection.exchange(request, body_expected=body_expected)
         except BaseException:  # failed or cancelled mid-exchange: the stream is out of step
             connection.close()
             raise
-        if reusable:
-            self._give(origin, connection)
+        finally:
+            self._busy.discard(connection)
+        if reusable and origin == self._origin and len(self._idle) < self.keep:
+            self._idle.append(connection)
         else:
             connection.close()
         return reply
 
-    def _take(self, origin: Origin) -> _Connection | None:
-        idle = self._idle.get(origin)
-        while idle:
-            connection = idle.pop()
+    def _take(self) -> _Connection | None:
+        while self._idle:
+            connection = self._idle.pop()
             if not connection.closed:
                 return connection
         return None
 
-    def _give(self, origin: Origin, connection: _Connection) -> None:
-        if origin not in self._idle:  # a new server or TLS context: the old ones are done
-            self.close()
-        idle = self._idle.setdefault(origin, [])
-        if len(idle) < self.keep:
-            idle.append(connection)
-        else:
-            connection.close()
-
     def close(self) -> None:
-        for idle in self._idle.values():
-            for connection in idle:
-                connection.close()
-        self._idle.clear()
+        """Close every connection, those in an exchange too (their requests fail)."""
+        self._close(self._idle)
+        self._close(self._busy)
+
+    @staticmethod
+    def _close(connections: list[_Connection] | set[_Connection]) -> None:
+        for connection in list(connections):
+            connection.close()
+        connections.clear()
 
 
 async def _connect(origin: Origin) -> _Connection:
