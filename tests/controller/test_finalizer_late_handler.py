@@ -43,20 +43,29 @@ class RecordingApi:
         return None
 
 
+def new_profile(world: InlineWorld, uid: str = "uid-new") -> None:
+    """Profile ``p`` (selecting every namespace) as the informer admits it, finalizer on."""
+    world.update_profile(
+        {"metadata": {"name": "p", "uid": uid, "generation": 1}, "spec": {"namespaceSelector": {}}}
+    )
+    world.profiles["p"].metadata["finalizers"] = [FINALIZER]
+
+
+def start_loops(reconciler: Reconciler) -> list[asyncio.Task[None]]:
+    """The planner and one writer, as the runtime starts them."""
+    return [
+        asyncio.create_task(reconciler._reconcile_loop()),
+        asyncio.create_task(reconciler._writer()),
+    ]
+
+
 async def late_handler() -> tuple[InlineWorld, RecordingApi]:
     world = InlineWorld(frozenset())
     world.set_namespace(Namespace("team-a", {NAMESPACE_NAME_LABEL: "team-a"}, {}))
-    world.update_profile(
-        {
-            "metadata": {"name": "p", "uid": "uid-new", "generation": 1},
-            "spec": {"namespaceSelector": {}},
-        }
-    )
-    world.profiles["p"].metadata["finalizers"] = [FINALIZER]
+    new_profile(world)
     api = RecordingApi()
     reconciler = Reconciler(world, api, Settings(workers=1))  # type: ignore[arg-type]
-    tasks = [asyncio.create_task(reconciler._reconcile_loop())]
-    tasks.append(asyncio.create_task(reconciler._writer()))
+    tasks = start_loops(reconciler)
     reconciler.synced.set()
     reconciler.mark(["team-a"])
     await asyncio.wait_for(reconciler.idle(), 5)
@@ -68,12 +77,15 @@ async def late_handler() -> tuple[InlineWorld, RecordingApi]:
     return world, api
 
 
-def test_a_late_delete_handler_leaves_the_new_profile_of_that_name_alone() -> None:
-    world, api = asyncio.run(late_handler())
-    entry = world.profiles["p"]
-    assert not entry.deleting, "the new profile was taken for the deleted one"
+def assert_new_profile_untouched(world: InlineWorld, api: RecordingApi) -> None:
+    assert not world.profiles["p"].deleting, "the new profile was taken for the deleted one"
     assert api.deleted == [], "the new profile's policies were deleted"
     assert api.patches == [], "the new profile's finalizer was removed"
+
+
+def test_a_late_delete_handler_leaves_the_new_profile_of_that_name_alone() -> None:
+    world, api = asyncio.run(late_handler())
+    assert_new_profile_untouched(world, api)
     governor = world.governor(world.namespaces["team-a"])
     assert governor is not None
     assert governor.name == "p"
@@ -90,15 +102,8 @@ async def new_profile_while_cleaning() -> tuple[InlineWorld, RecordingApi]:
     cleaning = asyncio.create_task(reconciler.finalizer.wait("p", "uid-old"))
     for _ in range(3):
         await asyncio.sleep(0)  # it passes its first check and waits for the reconciler
-    world.update_profile(
-        {
-            "metadata": {"name": "p", "uid": "uid-new", "generation": 1},
-            "spec": {"namespaceSelector": {}},
-        }
-    )
-    world.profiles["p"].metadata["finalizers"] = [FINALIZER]
-    tasks = [asyncio.create_task(reconciler._reconcile_loop())]
-    tasks.append(asyncio.create_task(reconciler._writer()))
+    new_profile(world)
+    tasks = start_loops(reconciler)
     reconciler.mark(["team-a"])
     await asyncio.wait_for(cleaning, 5)
     await asyncio.wait_for(reconciler.idle(), 5)
@@ -109,10 +114,8 @@ async def new_profile_while_cleaning() -> tuple[InlineWorld, RecordingApi]:
 
 def test_a_clean_up_stops_when_a_new_profile_takes_the_name_meanwhile() -> None:
     world, api = asyncio.run(new_profile_while_cleaning())
-    assert not world.profiles["p"].deleting
+    assert_new_profile_untouched(world, api)
     assert api.version == 3, "the new profile's three policies were written"
-    assert api.deleted == []
-    assert api.patches == []
 
 
 async def forget_on_relist() -> bool:
