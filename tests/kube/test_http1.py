@@ -18,6 +18,7 @@ from default_policy_operator.kube.http1 import (
     ConnectionPool,
     HttpError,
     Origin,
+    Reply,
     ReplyParser,
     _Connection,
 )
@@ -37,7 +38,10 @@ GZIP = (
 CONTINUE_THEN_OK = b"HTTP/1.1 100 Continue\r\n\r\n" + OK
 
 
-def parse_in_pieces(raw: bytes, cuts: list[int], *, close: bool = False) -> ReplyParser:
+def parse_in_pieces(
+    raw: bytes, cuts: list[int], *, close: bool = False
+) -> tuple[ReplyParser, Reply]:
+    """Feed ``raw`` cut at ``cuts``; the parser and the one answer it gave."""
     parser = ReplyParser()
     bounds = sorted({0, len(raw), *(c % (len(raw) + 1) for c in cuts)})
     replies = [parser.feed(raw[a:b]) for a, b in itertools.pairwise(bounds)]
@@ -47,8 +51,7 @@ def parse_in_pieces(raw: bytes, cuts: list[int], *, close: bool = False) -> Repl
         done = [last] if last is not None else []
     assert len(done) == 1, f"one answer expected, got {done}"
     assert replies[-1] is not None or close, "the answer is complete only with its last byte"
-    parser.reply = done[0]  # type: ignore[attr-defined]
-    return parser
+    return parser, done[0]
 
 
 @given(
@@ -56,8 +59,7 @@ def parse_in_pieces(raw: bytes, cuts: list[int], *, close: bool = False) -> Repl
     cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=8),
 )
 def test_framing_holds_whatever_the_pieces(raw: bytes, cuts: list[int]) -> None:
-    parser = parse_in_pieces(raw, cuts)
-    reply = parser.reply  # type: ignore[attr-defined]
+    parser, reply = parse_in_pieces(raw, cuts)
     assert (reply.status, reply.body) == (200, b'{"a":1}')
     assert parser.keep_alive
 
@@ -65,8 +67,8 @@ def test_framing_holds_whatever_the_pieces(raw: bytes, cuts: list[int]) -> None:
 @given(cuts=st.lists(st.integers(min_value=0, max_value=100), max_size=5))
 def test_a_body_without_length_runs_until_the_close(cuts: list[int]) -> None:
     raw = b'HTTP/1.1 200 OK\r\n\r\n{"a":1}'
-    parser = parse_in_pieces(raw, cuts, close=True)
-    assert parser.reply.body == b'{"a":1}'  # type: ignore[attr-defined]
+    parser, reply = parse_in_pieces(raw, cuts, close=True)
+    assert reply.body == b'{"a":1}'
     assert not parser.keep_alive
 
 

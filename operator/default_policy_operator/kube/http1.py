@@ -143,9 +143,8 @@ class ReplyParser:
             if not size_text or size_text.strip(b"0123456789abcdefABCDEF"):
                 raise HttpError(f"bad chunk size {size_text[:20]!r}")
             size = int(size_text, 16)
-            if size == 0:
-                trailers_end = buffer.find(b"\r\n\r\n", line_end)
-                if buffer[line_end : line_end + 4] != b"\r\n\r\n" and trailers_end < 0:
+            if size == 0:  # the last chunk: done once the (possibly empty) trailers end
+                if buffer.find(b"\r\n\r\n", line_end) < 0:
                     break
                 return self._reply(bytes(self._chunks))
             if len(buffer) < line_end + 2 + size + 2:
