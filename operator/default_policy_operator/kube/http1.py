@@ -5,7 +5,8 @@ decides how fast a rollout converges, and aiohttp's client machinery (session, c
 request and response objects, URL building, header multidicts) was half of the operator's
 profile. 5,000 NetworkPolicy creates against the local apiserver, 64 in flight, cost 340-430 µs
 of client CPU each through ``aiohttp.ClientSession`` and 160-210 µs through a first prototype
-of this module (JSON included in both). Watches stay on aiohttp: they are long-lived streams, not per-object work.
+of this module (JSON included in both). Watches stay on aiohttp: they are long-lived streams,
+not per-object work.
 
 What it does: one exchange at a time per connection (no pipelining); idle connections reused
 last-in first-out; ``Content-Length``, chunked and read-until-close bodies; gzip; a tunnel
