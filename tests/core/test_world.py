@@ -67,25 +67,28 @@ def apply(world: World, actions: list[Action]) -> None:
 
 
 def converge(world: World) -> None:
-    """Plan and apply every scope until nothing is left to write: a handover takes more than
-    one pass (the new cover lands before the old one goes)."""
+    """Plan and apply every scope until nothing is left to write or wait for: a handover
+    takes more than one pass (the new cover lands before the old one goes), and a namespace
+    whose Calico cover the last Calico plan had not yet counted is planned again after the
+    next one, as the reconciler does with ``waiting_for_calico``."""
     for _ in range(5):
-        wrote = False
+        busy = False
         for name in list(world.namespaces) + sorted(world.namespaces_with_objects()):
-            actions = world.plan_namespace(name).actions
-            apply(world, actions)
-            wrote |= bool(actions)
-        actions = world.plan_calico().actions
-        apply(world, actions)
-        if not (wrote or actions):
+            result = world.plan_namespace(name)
+            apply(world, result.actions)
+            busy |= bool(result.actions) or result.withheld
+        result = world.plan_calico()
+        apply(world, result.actions)
+        if not (busy or result.actions or result.withheld):
             return
+        world.waiting_for_calico.clear()
 
 
 def no_actions_left(world: World) -> bool:
+    """Nothing to write and nothing held back waiting for a cover, in any scope."""
     scopes = set(world.namespaces) | world.namespaces_with_objects()
-    return not any(world.plan_namespace(s).actions for s in scopes) and not (
-        world.plan_calico().actions
-    )
+    plans = [world.plan_namespace(s) for s in scopes] + [world.plan_calico()]
+    return not any(p.actions or p.withheld for p in plans)
 
 
 def verbs(result: ScopePlan) -> list[tuple[Verb, str]]:
@@ -296,6 +299,26 @@ def test_a_deleted_calico_profile_keeps_its_objects_until_the_successor_covers(
     for name in list(world.namespaces):
         apply(world, world.plan_namespace(name).actions)
     assert {v for v, _ in verbs(world.plan_calico())} == {Verb.DELETE}
+
+
+def test_a_namespace_relabelled_out_of_a_calico_selector_is_no_longer_counted_as_covered() -> None:
+    """Calico evaluates the selector on live labels: a namespace that stops matching it is
+    dropped at once, whoever governs it now. Counting it as still covered would hold a
+    handover that can never complete (here the new governor is in Audit and never covers),
+    and would keep the profile's objects after the profile is deleted."""
+    world = make_world(ns("b", env="1"))
+    world.update_profile(
+        profile_body("p", flavor=CALICO, namespaceSelector={"matchLabels": {"env": "1"}})
+    )
+    world.update_profile(profile_body("q", flavor=CALICO, mode="Audit"))
+    converge(world)
+    assert "b" in world.calico_covered["p"]
+    world.set_namespace(ns("b", env="2"))
+    calico = world.plan_calico()
+    assert "b" not in world.calico_covered["p"]
+    assert not calico.withheld
+    world.remove_profile("p")
+    assert sorted(v for v, _ in verbs(world.plan_calico())) == [Verb.DELETE] * 3
 
 
 # -- deletion ---------------------------------------------------------------------------------

@@ -686,10 +686,7 @@ class World:
         """Names a cluster-scoped profile's selector must leave out: the protected namespaces,
         its exclusions, and every namespace it selects but does not govern -- save those still
         covering a handover to a namespaced flavor (see ``_still_covering``)."""
-        left_out = set(self.protected)
-        # Exact names only (globs are covered by name below); an entry that cannot name a
-        # namespace would only break a selector's syntax.
-        left_out.update(p for p in profile.exclude_namespaces if DNS1123_LABEL.fullmatch(p))
+        left_out = set(self.protected) | _excluded_by_name(profile)
         for namespace in self.namespaces.values():
             if not profile.namespace_selector.matches(namespace.labels):
                 continue
@@ -782,7 +779,11 @@ class World:
             if (governor := self.governor(n)) is not None
             and (
                 governor.name == profile.name
-                or (self._still_covering(profile, governor, n.name) and n.name in previous)
+                or (
+                    n.name in previous
+                    and _may_stay_selected(profile, n)
+                    and self._still_covering(profile, governor, n.name)
+                )
             )
         )
         for cover in [c for c in self._selecting_since if c[0] == profile.name]:
@@ -922,3 +923,20 @@ def with_subject(obj: RenderedObject, governed: LabelSelector) -> RenderedObject
     else:
         subject["namespaces"] = conjoin_k8s(subject.get("namespaces") or {}, governed)
     return RenderedObject(obj.key, obj.policy, body, spec_hash(obj.key.kind, spec))
+
+
+def _excluded_by_name(profile: Profile) -> set[str]:
+    """The exclusions a Calico selector leaves out by exact name (globs are left out name by
+    name with the other namespaces the profile does not govern); an entry that cannot name a
+    namespace would only break the selector's syntax."""
+    return {p for p in profile.exclude_namespaces if DNS1123_LABEL.fullmatch(p)}
+
+
+def _may_stay_selected(profile: Profile, namespace: Namespace) -> bool:
+    """Whether ``profile``'s Calico selector can still select a namespace another profile now
+    governs. Calico evaluates the label terms on live labels: once the namespace no longer
+    matches them (a relabel) or is excluded by name, it is out of the selector at once, so no
+    handover can keep it in and it is no longer part of the profile's cover."""
+    return profile.namespace_selector.matches(namespace.labels) and (
+        namespace.name not in _excluded_by_name(profile)
+    )
