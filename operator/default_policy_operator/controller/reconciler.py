@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import sys
 import time
@@ -81,6 +82,31 @@ BULK_RENDERS = 4  # bulk render requests in flight before the next bulk chunk is
 PLAN_RETRY = 5.0  # seconds before a scope whose planning or rendering failed is tried again
 
 
+class Role(enum.Enum):
+    """What a writer takes. The API server answers a request after those queued before it, so
+    a rollout that keeps every writer busy makes a new namespace's writes wait behind all of
+    its own (measured at 5,000 namespaces: p50 413 ms with 64 writers all taking bulk work,
+    about 170 ms with 32). Fewer bulk writers cost the rollout throughput, so the bulk work
+    backs off only while there is event-driven work to serve."""
+
+    EVENTS = "events"  # event-driven writes only: always one free for a new namespace
+    YIELDING = "yielding"  # bulk too, but not within YIELD_WINDOW of an event-driven write
+    BULK = "bulk"  # event-driven first, then bulk
+
+
+YIELD_WINDOW = 1.0  # seconds after an event-driven write during which yielding writers wait
+
+
+def writer_roles(workers: int) -> list[Role]:
+    """A quarter of the writers serve events only, a quarter yield to them, the rest take
+    anything (with 64: 16, 16 and 32; a rollout keeps 48 writes in flight, 32 while events
+    come)."""
+    quarter = workers // 4
+    return (
+        [Role.EVENTS] * quarter + [Role.YIELDING] * quarter + [Role.BULK] * (workers - 2 * quarter)
+    )
+
+
 @dataclass
 class Settings:
     workers: int = 32
@@ -114,6 +140,7 @@ class Reconciler:
             False: deque(),  # bulk
         }
         self._work = asyncio.Event()  # writers: something was queued
+        self._last_event_write = -YIELD_WINDOW  # when a writer last took event-driven work
         self._inflight: set[ObjectKey] = set()  # queued or being written
         self._replan: set[str] = (
             set()
@@ -505,10 +532,7 @@ class Reconciler:
             self.mark_all()
             self._tasks += [
                 asyncio.create_task(self._reconcile_loop(), name="dpo-reconcile"),
-                *(
-                    asyncio.create_task(self._writer(), name=f"dpo-writer-{i}")
-                    for i in range(self.settings.workers)
-                ),
+                *self.start_writers(),
                 asyncio.create_task(self._status_loop(), name="dpo-status"),
                 asyncio.create_task(self._resync_loop(), name="dpo-resync"),
             ]
@@ -670,17 +694,40 @@ class Reconciler:
             self._bulk_renders -= 0 if urgent else 1
             self._wake.set()
 
-    async def _writer(self) -> None:
-        """One of ``--workers`` writers: urgent actions first, then bulk ones."""
+    def start_writers(self) -> list[asyncio.Task[None]]:
+        """``--workers`` writers in the roles of :func:`writer_roles`."""
+        return [
+            asyncio.create_task(self._writer(role), name=f"dpo-writer-{i}")
+            for i, role in enumerate(writer_roles(self.settings.workers))
+        ]
+
+    def _take(self, role: Role) -> tuple[Action, Drift | None] | None:
+        """The next action for a writer in ``role``: event-driven ones first."""
+        if self._queues[True]:
+            self._last_event_write = time.monotonic()
+            return self._queues[True].popleft()
+        if role is Role.EVENTS or not self._queues[False]:
+            return None
+        if role is Role.YIELDING and self._yield_left() > 0:
+            return None
+        return self._queues[False].popleft()
+
+    def _yield_left(self) -> float:
+        return self._last_event_write + YIELD_WINDOW - time.monotonic()
+
+    async def _writer(self, role: Role = Role.BULK) -> None:
+        """One of ``--workers`` writers; a yielding one with bulk work waiting looks again
+        when the window since the last event-driven write has passed."""
         while True:
-            for urgent in (True, False):
-                if self._queues[urgent]:
-                    action, drift = self._queues[urgent].popleft()
-                    break
-            else:
+            taken = self._take(role)
+            if taken is None:
                 self._work.clear()
-                await self._work.wait()
+                yielding = role is Role.YIELDING and self._queues[False]
+                timeout = self._yield_left() if yielding else None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._work.wait(), timeout)
                 continue
+            action, drift = taken
             try:
                 await self._execute(action, drift)
             except Exception:  # the write's fate is unknown: look at its scope again later
