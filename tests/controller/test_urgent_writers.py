@@ -96,7 +96,7 @@ async def rollout_after_an_arrival() -> list[int]:
         await api.until(lambda: len(api.created) == 3)
         reconciler.mark_all()
         await api.until(lambda: api.hanging == 4)
-        await asyncio.sleep(0.05)  # well inside the window: the yielding writers still wait
+        await asyncio.sleep(0.1)  # well inside the window: the yielding writers still wait
         inside = api.hanging
         await api.until(lambda: api.hanging == 6)  # the window passed: they take bulk work
         return [inside, api.hanging]
@@ -106,7 +106,7 @@ async def rollout_after_an_arrival() -> list[int]:
 
 
 def test_the_rollout_backs_off_while_events_come(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(reconciler_module, "YIELD_WINDOW", 0.5)
+    monkeypatch.setattr(reconciler_module, "YIELD_WINDOW", 2.0)  # a loaded CI host stalls less
     assert asyncio.run(rollout_after_an_arrival()) == [4, 6]
 
 

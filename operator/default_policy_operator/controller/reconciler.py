@@ -89,7 +89,7 @@ class Role(enum.Enum):
     about 170 ms with 32). Fewer bulk writers cost the rollout throughput, so the bulk work
     backs off only while there is event-driven work to serve."""
 
-    EVENTS = "events"  # event-driven writes only: always one free for a new namespace
+    EVENTS = "events"  # event-driven writes only: never held by rollout work
     YIELDING = "yielding"  # bulk too, but not within YIELD_WINDOW of an event-driven write
     BULK = "bulk"  # event-driven first, then bulk
 
