@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import aiohttp
+import orjson
 
 from bench.writes import Key, attribute, own_key, parse_request_totals
 from dpo_dev.cluster import ControlPlane
@@ -243,12 +243,14 @@ Predicate = Callable[[str, str, str, dict[str, Any]], bool]
 
 
 class PolicyWatch:
-    """Watches NetworkPolicies (the operator's, or ``selector``'s) and records when each
-    (namespace, name) event arrives."""
+    """Watches NetworkPolicies (the operator's, or ``selector``'s; in one ``namespace``, or
+    all) and records when each (namespace, name) event arrives."""
 
-    def __init__(self, client: Client, selector: str = MANAGED) -> None:
+    def __init__(self, client: Client, selector: str = MANAGED, namespace: str = "") -> None:
         self.client = client
         self.selector = selector
+        where = f"/namespaces/{namespace}" if namespace else ""
+        self.path = f"{NETPOL}{where}/networkpolicies"
         self.seen: dict[str, set[str]] = {}
         #: objects in ``seen``, kept as events arrive (summing the sets per event is O(N))
         self.count = 0
@@ -264,7 +266,7 @@ class PolicyWatch:
         self.task = asyncio.create_task(self._run(version))
 
     async def _list(self) -> str:
-        path = f"{NETPOL}/networkpolicies?labelSelector={self.selector}"
+        path = f"{self.path}?labelSelector={self.selector}"
         listing = await self.client.call("GET", path)
         self.seen = {}
         for item in listing["items"]:
@@ -285,7 +287,7 @@ class PolicyWatch:
 
     async def _watch(self, version: str) -> str:
         """One watch stream; returns the last resourceVersion seen, or "" after a 410."""
-        url = (f"{self.client.server}{NETPOL}/networkpolicies?watch=true"
+        url = (f"{self.client.server}{self.path}?watch=true"
                f"&labelSelector={self.selector}&resourceVersion={version}"
                "&allowWatchBookmarks=true")  # fmt: skip
         async with self.client.session.get(
@@ -293,7 +295,7 @@ class PolicyWatch:
         ) as response:
             async for line in response.content:
                 now = time.monotonic()
-                event = json.loads(line)
+                event = orjson.loads(line)
                 if event["type"] == "ERROR":
                     return ""
                 version = event["object"]["metadata"]["resourceVersion"]
@@ -378,7 +380,7 @@ async def counted(
         if time.monotonic() > deadline:
             raise TimeoutError(what)
         await asyncio.wait({reached}, timeout=1.0)
-    if not await count_is(watch.client, f"{NETPOL}/networkpolicies", want, None, watch.selector):
+    if not await count_is(watch.client, watch.path, want, None, watch.selector):
         raise RuntimeError(f"{what}: the watch counted {want} objects, a list disagrees")
     return reached.result() - started
 

@@ -67,17 +67,29 @@ def _own_objects(r: Result) -> str:
     return "-" if not own or not ratio else f"{own:,.0f} creates/s, {ratio:.2f} {X} objects/W"
 
 
+def _floors(r: Result) -> str:
+    """W (watched, the target's), the same unwatched (results before it have none), W_py."""
+    unwatched = r["W"].get("W_unobserved")
+    middle = f"{unwatched:,.0f}" if unwatched else "-"
+    return f"{r['W']['W'] or 0:,.0f} / {middle} / {r['W_py']['W']:,.0f}"
+
+
+def _unwatched(r: Result) -> str:
+    ratio = r["convergence"].get("ratio_to_W_unobserved")
+    return "-" if ratio is None else f"{ratio:.2f} {X} objects/W"
+
+
 def _target(r: Result) -> str:
     target = r["convergence"]["target_seconds"]
     return "-" if target is None else f"{target:.1f} s"
 
 
 FIGURES: list[tuple[str, Callable[[Result], str], str]] = [
-    ("W client-go / W_py (creates/s)",
-     lambda r: f"{r['W']['W'] or 0:,.0f} / {r['W_py']['W']:,.0f}", "floors"),
+    ("W client-go watched / unwatched / W_py (creates/s)", _floors, "floors"),
     ("converge 3N objects", lambda r: _times(r["convergence"]),
      f"1.5 {X} objects/W + 2 s"),
     ("  the target, in seconds", _target, ""),
+    ("  ratio to objects/W unwatched", _unwatched, "(context)"),
     ("  W and ratio for the operator's own objects", _own_objects, "(context)"),
     ("Compact layout: converge N objects", lambda r: _times(r["compact"]), "(same)"),
     ("writes, first convergence (policies / Events / other)",

@@ -191,6 +191,19 @@ def test_hash_is_short_stable_and_key_order_independent() -> None:
     assert spec_hash(NP, a) == hashlib.sha256(canonical.encode()).hexdigest()[:20]
 
 
+def test_a_remembered_digest_follows_the_spec_not_the_object() -> None:
+    """Digests are remembered by the spec's JSON: the same dict, changed in place after it was
+    hashed, must hash as its new content, and an equal spec in another kind as that kind."""
+    spec: dict[str, Any] = {"podSelector": {}, "ingress": [{"from": [{"podSelector": {}}]}]}
+    before = spec_hash(NP, spec)
+    spec["ingress"] = []
+    assert spec_hash(NP, spec) != before
+    assert spec_hash(NP, spec) == spec_hash(NP, {"podSelector": {}})
+    assert spec_hash(GLOBAL_NETWORK_POLICY, spec) != spec_hash(NP, spec)
+    uncached = json.dumps(normalize_spec(NP, spec), sort_keys=True, separators=(",", ":"))
+    assert spec_hash(NP, spec) == hashlib.sha256(uncached.encode()).hexdigest()[:20]
+
+
 def test_what_orjson_refuses_is_hashed_by_the_standard_library() -> None:
     """A template may render an integer beyond 64 bits; the apiserver, not the hash, refuses it."""
     huge = {"ingress": [{"ports": [{"port": 2**70}]}]}
