@@ -144,8 +144,12 @@ def test_bench_smoke_run_prints_and_writes_figures(tmp_path: Path) -> None:
     floor = run["W"]
     assert (floor["W"] is None and "skipped" in floor) or floor["W"] > 0, floor
     if floor["W"] is not None:  # measured watched, and beside it unwatched
-        assert floor["W_unobserved"] > 0 and floor["W_operator_objects"] > 0, floor
+        assert floor["W_unobserved"] > 0, floor
+        assert floor["W_operator_objects"] > 0, floor
+        assert len(floor["W_watched_runs"]) == 2, floor
+        assert floor["W"] == max(floor["W_watched_runs"]), floor
         assert run["convergence"]["ratio_to_W_unobserved"] > 0
+    assert run["convergence"]["resyncs"] >= 0  # counted from the operator's own metric
     assert run["convergence"]["objects"] == 3 * run["namespaces"]
     compact = run["compact"]
     assert compact["objects"] == compact["writes"]["networkpolicies"] == run["namespaces"]
