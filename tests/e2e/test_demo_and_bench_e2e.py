@@ -159,7 +159,11 @@ def test_bench_smoke_run_prints_and_writes_figures(tmp_path: Path) -> None:
     assert "namespaces" not in first["by_resource"]
     assert run["writes_noop_resync"]["networkpolicies"] == 0
     assert run["writes_restart"]["networkpolicies"] == 0
-    assert run["drift"]["writes_per_repair"]["networkpolicies"] == 1.0
+    drift = run["drift"]
+    assert drift["writes_per_repair"]["networkpolicies"] == 1.0
+    assert drift["deleted"]["count"] + drift["edited"]["count"] == drift["count"]
+    assert drift["deleted"]["count"] >= 1, drift
+    assert drift["edited"]["count"] >= 1, drift
     assert run["drift_burst"]["count"] == 100
     assert run["drift_burst"]["writes_per_repair"]["networkpolicies"] == 1.0
     rollout = run["rollout"]
