@@ -100,7 +100,8 @@ GNPS = "/apis/crd.projectcalico.org/v1/globalnetworkpolicies"
 CNPS = "/apis/policy.networking.k8s.io/v1beta1/clusternetworkpolicies"
 POLICY_NAMES = ("dpo-deny-all", "dpo-allow-dns", "dpo-allow-kube-system")
 RESYNC_METRIC = "dpo_last_full_resync_timestamp_seconds"
-#: full resyncs finished (the count of their durations)
+#: full resyncs whose re-list finished (the count of their durations; the re-planning
+#: they queue follows)
 RESYNCS_METRIC = "dpo_reconcile_duration_seconds_count"
 SETTLE = 2.0  # seconds for the apiserver's counters (and queued Events) to catch up
 #: after repairs, the repeats' report (one PATCH of the first Event) is due within this long
@@ -208,7 +209,7 @@ async def observed_floor(
 
     Convergence is timed by such a watch (``harness.counted``), and that watch is load on the
     apiserver: it sends every object the operator writes over one more stream. A floor
-    measured without it would carry less than the operator is measured under (11-12 % fewer
+    measured without it would carry less than the operator is measured under (9-12 % fewer
     creates/s, measured: 15,000 creates of the operator's objects, 64 workers, 3 runs each),
     so W is measured under the same observation. The unobserved rate is reported beside it.
     """

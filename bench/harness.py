@@ -144,6 +144,27 @@ def namespace(name: str, labels: dict[str, str]) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
 
 
+#: what the Prometheus text format appends to a family's name in its samples' names
+SAMPLE_SUFFIXES = ("_count", "_sum", "_bucket", "_total", "_created")
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples ``name`` with ``labels`` in a /metrics page: 0 while a labelled
+    series has not been observed yet, an error when the page has no such family at all, so
+    that a misspelled or renamed metric cannot read as a steady zero."""
+    lines = text.splitlines()
+    families = {name} | {name.removesuffix(s) for s in SAMPLE_SUFFIXES}
+    if not any(line.split(" ")[2:3] in ([f] for f in families) for line in lines
+               if line.startswith("# TYPE ")):  # fmt: skip
+        raise KeyError(f"no metric family {name} on the page")
+    return sum(
+        float(line.rpartition(" ")[2])
+        for line in lines
+        if line.split("{")[0].split(" ")[0] == name
+        and all(f'{k}="{v}"' in line for k, v in labels.items())
+    )
+
+
 @dataclass
 class Operator:
     """``dpo run`` as a child process, with its footprint read from /proc."""
@@ -180,13 +201,7 @@ class Operator:
             return ""
 
     def metric(self, name: str, **labels: str) -> float:
-        text = self.http("/metrics", self.metrics_port)
-        return sum(
-            float(line.rpartition(" ")[2])
-            for line in text.splitlines()
-            if line.split("{")[0].split(" ")[0] == name
-            and all(f'{k}="{v}"' in line for k, v in labels.items())
-        )
+        return metric_value(self.http("/metrics", self.metrics_port), name, **labels)
 
     def memory_mb(self, field_name: str) -> float:
         """``VmRSS`` (now) or ``VmHWM`` (the process's peak so far) from /proc, in MB."""

@@ -123,7 +123,8 @@ FIGURES: list[tuple[str, Callable[[Result], str], str]] = [
     ("ClusterNetworkPolicy: the same", lambda r: _takeover(r["cluster_network_policy"]), ""),
     ("peak RSS (VmHWM, one process, every phase) / converged / empty", _memory,
      "150 MB at 5,000, 400 MB at 20,000"),
-    ("CPU converging (full resyncs inside) / idle for 10 s after Ready", _cpu, "≈ 0 at idle"),
+    ("CPU converging (full resyncs re-listed inside) / idle for 10 s after Ready", _cpu,
+     "≈ 0 at idle"),
 ]  # fmt: skip
 
 
