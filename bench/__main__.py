@@ -360,28 +360,30 @@ async def phase_drift_single(b: Bench, result: dict[str, Any]) -> None:
     metric0 = b.operator.metric("dpo_api_writes_total", resource="networkpolicies")
     before = await b.client.mark()
     rng = random.Random(42)
-    latencies: dict[bool, list[float]] = {True: [], False: []}  # deleted?
+    deletions: list[float] = []
+    edits: list[float] = []
     for i in range(count):
         ns, name = rng.choice(b.apps), rng.choice(POLICY_NAMES)
         path = f"{NETPOL}/namespaces/{ns}/networkpolicies/{name}"
-        deleted = i % 2 == 0
-        if deleted:
+        if i % 2 == 0:
+            latencies = deletions
             future = b.watch.expect(added(ns, name))
             started = time.monotonic()
             await b.client.call("DELETE", path)
         else:
+            latencies = edits
             future = b.watch.expect(edit_undone(ns, name))
             started = time.monotonic()
             await b.client.call("PATCH", path, {"spec": {"podSelector": EDITED}}, patch=True)
-        latencies[deleted].append(await asyncio.wait_for(future, 30) - started)
+        latencies.append(await asyncio.wait_for(future, 30) - started)
         progress.advance()
         await asyncio.sleep(0.05)
     await asyncio.sleep(EVENTS_REPORTED)
     writes = await b.client.writes_since(before)
-    result["drift"] = summary([*latencies[True], *latencies[False]], None, target_p99=1.0)
+    result["drift"] = summary([*deletions, *edits], None, target_p99=1.0)
     # Apart, so that a peer that only repairs deletions is compared with deletions alone.
-    result["drift"]["deleted"] = summary(latencies[True], None, target_p99=1.0)
-    result["drift"]["edited"] = summary(latencies[False], None, target_p99=1.0)
+    result["drift"]["deleted"] = summary(deletions, None, target_p99=1.0)
+    result["drift"]["edited"] = summary(edits, None, target_p99=1.0)
     result["drift"]["writes"] = writes
     result["drift"]["writes_per_repair"] = per(writes, count)
     result["drift"]["operator_metric_networkpolicy_writes_per_repair"] = (

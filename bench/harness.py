@@ -153,9 +153,8 @@ def metric_value(text: str, name: str, **labels: str) -> float:
     series has not been observed yet, an error when the page has no such family at all, so
     that a misspelled or renamed metric cannot read as a steady zero."""
     lines = text.splitlines()
-    families = {name} | {name.removesuffix(s) for s in SAMPLE_SUFFIXES}
-    if not any(line.split(" ")[2:3] in ([f] for f in families) for line in lines
-               if line.startswith("# TYPE ")):  # fmt: skip
+    declared = {line.split(" ")[2] for line in lines if line.startswith("# TYPE ")}
+    if declared.isdisjoint({name, *(name.removesuffix(s) for s in SAMPLE_SUFFIXES)}):
         raise KeyError(f"no metric family {name} on the page")
     return sum(
         float(line.rpartition(" ")[2])

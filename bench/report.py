@@ -145,8 +145,6 @@ def _total(writes: dict[str, Any]) -> int:
     return int(sum(v for k, v in writes["by_resource"].items() if k != "leases"))
 
 
-#: (figure, ours, theirs): each a number (for the ratio) from the operator's result or from one
-#: of Kyverno's runs, and the format to print it in.
 def _deletions(result: dict[str, Any]) -> dict[str, Any]:
     """The operator's repairs of deleted policies: Kyverno's drift phase only deletes. Results
     files before the split hold deletions and edits together, and only that is shown for them."""
@@ -155,6 +153,8 @@ def _deletions(result: dict[str, Any]) -> dict[str, Any]:
     return deletions
 
 
+#: (figure, ours, theirs): each a number (for the ratio) from the operator's result or from one
+#: of Kyverno's runs, and the format to print it in.
 PEER_ROWS: list[tuple[str, Callable[[dict[str, Any]], float], Callable[[dict[str, Any]], float],
                       str]] = [
     ("converge 3N objects (s)", lambda r: r["convergence"]["seconds"], lambda k: k["seconds"],
