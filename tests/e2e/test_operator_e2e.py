@@ -63,6 +63,10 @@ def tag(unique_name: str, api: Api, operator_process: OperatorProcess) -> str:
     return unique_name
 
 
+def test_the_operator_runs_on_uvloop(operator_process: OperatorProcess) -> None:
+    assert "starting on uvloop's event loop" in operator_process.log_path.read_text()
+
+
 def test_profile_covers_existing_matching_namespaces_only(api: Api, tag: str) -> None:
     labels = {"dpo-test": tag, "env": "prod"}
     api.namespace(f"{tag}-match", labels)

@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 import gzip
 import itertools
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -22,6 +25,7 @@ from default_policy_operator.kube.http1 import (
     ReplyParser,
     _Connection,
 )
+from tests.kube.tls import Authority
 
 OK = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 7\r\n\r\n{"a":1}'
 CHUNKED = (
@@ -341,3 +345,36 @@ async def test_nothing_listening_is_an_http_error() -> None:
         pass  # closed: the port is free again
     with pytest.raises(HttpError, match="cannot connect"):
         await ConnectionPool(timeout=5).exchange(origin, request())
+
+
+# -- TLS, on each event loop the operator may run on ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "loop_factory", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"]
+)
+def test_exchanges_over_tls_on_either_event_loop(
+    loop_factory: Callable[[], asyncio.AbstractEventLoop], tmp_path: Path
+) -> None:
+    """uvloop's TLS transport is no subclass of ``asyncio.Transport``; the pool must not care."""
+    authority = Authority.create(tmp_path)
+    pair = authority.issue(
+        "server", "/CN=127.0.0.1", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"
+    )
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.load_cert_chain(pair.cert, pair.key)
+    trusted = ssl.create_default_context(cafile=str(authority.cert))
+
+    async def scenario() -> list[bytes]:
+        listener = await asyncio.start_server(Server(answer_ok).serve, "127.0.0.1", 0, ssl=served)
+        port = listener.sockets[0].getsockname()[1]
+        origin = Origin("127.0.0.1", port, trusted)
+        pool = ConnectionPool(keep=2, timeout=5)
+        try:
+            return [(await pool.exchange(origin, request())).body for _ in range(3)]
+        finally:
+            pool.close()
+            listener.close()
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        assert runner.run(scenario()) == [b'{"a":1}'] * 3

@@ -87,10 +87,31 @@ def cmd_run(args: argparse.Namespace) -> int:
         leader_election=election,
     )
     try:
-        asyncio.run(run_operator(options))
+        with asyncio.Runner(loop_factory=event_loop_factory(args.event_loop)) as runner:
+            runner.run(run_operator(options))
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """The event loop ``dpo run`` runs on: uvloop's unless ``asyncio`` is asked for (or uvloop
+    is not installed, as on Windows, where ``auto`` falls back).
+
+    Why uvloop: the operator's CPU per write is CPU the apiserver does not get when they share
+    cores, and under the standard loop a fifth of it went to asyncio's TLS transport, which is
+    Python. uvloop's loop and TLS transport are C (Cython); kopf's own CLI picks it too when
+    installed. ``--event-loop asyncio`` is the way back if uvloop ever misbehaves.
+    """
+    if choice == "asyncio":
+        return asyncio.new_event_loop
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop
 
 
 def _load_profiles(path: str) -> list[dict[str, Any]]:
@@ -196,6 +217,12 @@ def _add_run(add_parser: AddParser) -> None:
         help="seconds before a watch is renewed; liveness fails after 3 without any word",
     )
     run.add_argument("--workers", type=int, default=64, help="concurrent API writes")
+    run.add_argument(
+        "--event-loop",
+        choices=["auto", "uvloop", "asyncio"],
+        default="auto",
+        help="auto: uvloop where installed (it is a dependency on Linux), else asyncio's own",
+    )
     run.add_argument(
         "--handover-settle",
         type=float,

@@ -270,7 +270,8 @@ async def run_operator(options: RunOptions, stop: asyncio.Event | None = None) -
         ),
     ]
     log.info(
-        "default-policy-operator starting: metrics on :%d, health on :%d",
+        "default-policy-operator starting on %s's event loop: metrics on :%d, health on :%d",
+        type(asyncio.get_running_loop()).__module__.partition(".")[0],
         options.metrics_port,
         options.health_port,
     )

@@ -21,6 +21,7 @@ import base64
 import zlib
 from dataclasses import dataclass, field
 from ssl import SSLContext
+from typing import cast
 from urllib.parse import unquote, urlsplit
 
 #: answers that carry no body whatever their headers say (RFC 9112, section 6.3)
@@ -174,8 +175,9 @@ class _Connection(asyncio.Protocol):
         self._answer: asyncio.Future[Reply] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport, whatever its class: uvloop's TLS transport is not a subclass of
+        # asyncio.Transport, only its equal.
+        self.transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
