@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import aiohttp
 import orjson
@@ -162,6 +162,40 @@ def metric_value(text: str, name: str, **labels: str) -> float:
         if line.split("{")[0].split(" ")[0] == name
         and all(f'{k}="{v}"' in line for k, v in labels.items())
     )
+
+
+#: the operator's full resyncs: when the last one finished (wall clock), how many finished, and
+#: the seconds they took in all; all three are set only once a resync's re-list is done
+RESYNC_FINISHED = "dpo_last_full_resync_timestamp_seconds"
+RESYNC_COUNT = "dpo_reconcile_duration_seconds_count"
+RESYNC_SECONDS = "dpo_reconcile_duration_seconds_sum"
+
+
+class Metrics(Protocol):
+    def metric(self, name: str, **labels: str) -> float: ...
+
+
+async def resync_in_window(
+    operator: Metrics, finished_before: float, window_end: float, grace: float, poll: float = 1.0
+) -> bool:
+    """Whether a full resync ran during a window that ended at ``window_end`` (wall clock):
+    one finished inside it (the last finish moved from ``finished_before``), or one that
+    finishes within ``grace`` seconds after it had begun before the window's end.
+
+    The second case matters at 20,000 namespaces, where a re-list takes seconds: a resync that
+    began inside an idle-CPU window and ended after it used to pass as idleness.
+    """
+    if operator.metric(RESYNC_FINISHED) != finished_before:
+        return True
+    count = operator.metric(RESYNC_COUNT, trigger="resync")
+    seconds = operator.metric(RESYNC_SECONDS, trigger="resync")
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        await asyncio.sleep(poll)
+        if operator.metric(RESYNC_COUNT, trigger="resync") != count:
+            took = operator.metric(RESYNC_SECONDS, trigger="resync") - seconds
+            return operator.metric(RESYNC_FINISHED) - took < window_end
+    return False
 
 
 @dataclass

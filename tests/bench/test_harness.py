@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from bench.harness import metric_value
+from bench.harness import (
+    RESYNC_COUNT,
+    RESYNC_FINISHED,
+    RESYNC_SECONDS,
+    metric_value,
+    resync_in_window,
+)
 
 PAGE = """\
 # HELP dpo_reconcile_duration_seconds Time to plan and write one scope.
@@ -32,3 +38,38 @@ def test_a_family_the_page_does_not_have_is_an_error_not_a_zero() -> None:
         metric_value(PAGE, "dpo_reconcile_seconds_count", trigger="resync")
     with pytest.raises(KeyError):
         metric_value(PAGE, "dpo_api_write_total")
+
+
+class FakeOperator:
+    """A /metrics page whose resync figures a test moves as time goes on."""
+
+    def __init__(self, finished: float, count: float = 0.0, seconds: float = 0.0) -> None:
+        self.values = {RESYNC_FINISHED: finished, RESYNC_COUNT: count, RESYNC_SECONDS: seconds}
+        self.reads = 0
+        self.later: dict[str, float] = {}
+
+    def metric(self, name: str, **labels: str) -> float:
+        self.reads += 1
+        if self.reads > 3:  # after the first look: the resync finishes
+            self.values.update(self.later)
+        return self.values[name]
+
+
+async def test_a_resync_finished_inside_the_window_is_seen() -> None:
+    operator = FakeOperator(finished=1000.0)
+    operator.values[RESYNC_FINISHED] = 1005.0
+    assert await resync_in_window(operator, 1000.0, window_end=1010.0, grace=1, poll=0.01)
+
+
+async def test_a_resync_that_began_inside_the_window_and_ended_after_is_seen() -> None:
+    operator = FakeOperator(finished=1000.0, count=2, seconds=3.0)
+    operator.later = {RESYNC_FINISHED: 1014.0, RESYNC_COUNT: 3, RESYNC_SECONDS: 9.0}  # took 6 s
+    assert await resync_in_window(operator, 1000.0, window_end=1010.0, grace=1, poll=0.01)
+
+
+async def test_a_resync_that_began_after_the_window_or_none_is_not_counted() -> None:
+    operator = FakeOperator(finished=1000.0, count=2, seconds=3.0)
+    operator.later = {RESYNC_FINISHED: 1020.0, RESYNC_COUNT: 3, RESYNC_SECONDS: 9.0}  # from 1014
+    assert not await resync_in_window(operator, 1000.0, window_end=1010.0, grace=1, poll=0.01)
+    quiet = FakeOperator(finished=1000.0)
+    assert not await resync_in_window(quiet, 1000.0, window_end=1010.0, grace=0.05, poll=0.01)
