@@ -221,7 +221,7 @@ def _add_run(add_parser: AddParser) -> None:
         "--event-loop",
         choices=["auto", "uvloop", "asyncio"],
         default="auto",
-        help="auto: uvloop where installed (it is a dependency on Linux), else asyncio's own",
+        help="auto: uvloop where installed (a dependency everywhere but Windows), else asyncio's",
     )
     run.add_argument(
         "--handover-settle",
